@@ -1,0 +1,50 @@
+//! Shared types every tollgate layer speaks.
+//!
+//! A gateway is a stack of layers that each read what the ones before them decided. This crate
+//! holds the vocabulary they share, so that a throttle can key on the principal an authorizer
+//! verified, and every refusal reaches the client in the same shape:
+//!
+//! - [`Principal`]: who is calling, inserted by authorizers and usage plans.
+//! - [`Stage`]: which stage and deployment serves the request.
+//! - [`Rejection`]: every refusal, rendered as `application/problem+json` (RFC 9457) with the
+//!   headers its status needs.
+//! - [`KeyExtractor`]: what a limit or quota counts by (client IP behind trusted proxies, a
+//!   header, the principal, the API key, the matched route, or everyone together).
+//! - [`RouteTable`]: method + path template to settings, for per-route overrides.
+//! - [`Clock`]: the time source, so windows and TTLs are testable without sleeping.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate_core::Rejection;
+//!
+//! let refusal = Rejection::throttled(Duration::from_millis(200));
+//! let response = refusal.into_response::<http_body_util::Empty<bytes::Bytes>>();
+//! assert_eq!(response.status(), 429);
+//! assert_eq!(response.headers()["retry-after"], "1");
+//! assert_eq!(response.headers()["content-type"], "application/problem+json");
+//! ```
+#![warn(missing_docs)]
+#![deny(unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod client_ip;
+mod clock;
+#[cfg(feature = "axum")]
+mod extract;
+pub mod key;
+mod principal;
+mod rejection;
+mod route;
+mod stage;
+
+pub use body::ResponseBody;
+pub use client_ip::{ForwardedHeader, TrustedProxies, TrustedProxiesError};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use key::{Key, KeyError, KeyExtractor, KeyExtractorExt, KeyScope, PeerAddr, RequestHead};
+pub use principal::{Principal, PrincipalBuilder};
+pub use rejection::{retry_after_seconds, BearerError, ProblemType, Rejection};
+pub use route::{RouteMatch, RouteTable, RouteTableError};
+pub use stage::Stage;

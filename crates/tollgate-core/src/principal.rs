@@ -1,0 +1,153 @@
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// Who is calling: the verified subject, its scopes and claims, and — once a usage plan has
+/// matched — the API key id and usage plan id.
+///
+/// Authorizers insert it into the request's extensions; the usage-plan layer fills in the key
+/// and plan; throttles, quotas and caches key on it. Cheap to clone (one `Arc`).
+///
+/// ```
+/// use tollgate_core::Principal;
+///
+/// let principal = Principal::builder()
+///     .subject("user-42")
+///     .scopes(["orders:read", "orders:write"])
+///     .claim("tenant", "acme")
+///     .build();
+/// assert_eq!(principal.subject(), Some("user-42"));
+/// assert!(principal.has_scope("orders:read"));
+/// assert_eq!(principal.claim("tenant").and_then(|v| v.as_str()), Some("acme"));
+///
+/// let keyed = principal.with_api_key("key-7", "gold");
+/// assert_eq!(keyed.api_key_id(), Some("key-7"));
+/// assert_eq!(keyed.usage_plan_id(), Some("gold"));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Principal(Arc<PrincipalInner>);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct PrincipalInner {
+    subject: Option<Arc<str>>,
+    scopes: Vec<String>,
+    claims: Map<String, Value>,
+    api_key_id: Option<Arc<str>>,
+    usage_plan_id: Option<Arc<str>>,
+}
+
+impl Principal {
+    /// Starts building a principal.
+    pub fn builder() -> PrincipalBuilder {
+        PrincipalBuilder::default()
+    }
+
+    /// The verified subject (a JWT's `sub`, an authorizer's principal id).
+    pub fn subject(&self) -> Option<&str> {
+        self.0.subject.as_deref()
+    }
+
+    /// The subject as a shared string (a refcount bump), for use as a key.
+    pub fn subject_shared(&self) -> Option<&Arc<str>> {
+        self.0.subject.as_ref()
+    }
+
+    /// The granted scopes.
+    pub fn scopes(&self) -> &[String] {
+        &self.0.scopes
+    }
+
+    /// Whether `scope` was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.0.scopes.iter().any(|s| s == scope)
+    }
+
+    /// One verified claim or authorizer context value.
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.0.claims.get(name)
+    }
+
+    /// All verified claims and authorizer context values.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.0.claims
+    }
+
+    /// The id (never the secret) of the API key the request presented.
+    pub fn api_key_id(&self) -> Option<&str> {
+        self.0.api_key_id.as_deref()
+    }
+
+    /// The API key id as a shared string, for use as a key.
+    pub fn api_key_id_shared(&self) -> Option<&Arc<str>> {
+        self.0.api_key_id.as_ref()
+    }
+
+    /// The usage plan the API key belongs to.
+    pub fn usage_plan_id(&self) -> Option<&str> {
+        self.0.usage_plan_id.as_deref()
+    }
+
+    /// This principal with the API key id and usage plan id filled in.
+    #[must_use]
+    pub fn with_api_key(
+        mut self,
+        api_key_id: impl Into<Arc<str>>,
+        plan_id: impl Into<Arc<str>>,
+    ) -> Self {
+        let inner = Arc::make_mut(&mut self.0);
+        inner.api_key_id = Some(api_key_id.into());
+        inner.usage_plan_id = Some(plan_id.into());
+        self
+    }
+}
+
+/// Builds a [`Principal`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct PrincipalBuilder(PrincipalInner);
+
+impl PrincipalBuilder {
+    /// Sets the subject.
+    pub fn subject(mut self, subject: impl Into<Arc<str>>) -> Self {
+        self.0.subject = Some(subject.into());
+        self
+    }
+
+    /// Adds scopes.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.0.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds one claim or authorizer context value.
+    pub fn claim(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.0.claims.insert(name.into(), value.into());
+        self
+    }
+
+    /// Replaces all claims.
+    pub fn claims(mut self, claims: Map<String, Value>) -> Self {
+        self.0.claims = claims;
+        self
+    }
+
+    /// Sets the API key id and its usage plan id.
+    pub fn api_key(
+        mut self,
+        api_key_id: impl Into<Arc<str>>,
+        plan_id: impl Into<Arc<str>>,
+    ) -> Self {
+        self.0.api_key_id = Some(api_key_id.into());
+        self.0.usage_plan_id = Some(plan_id.into());
+        self
+    }
+
+    /// Finishes the principal.
+    pub fn build(self) -> Principal {
+        Principal(Arc::new(self.0))
+    }
+}

@@ -1,0 +1,230 @@
+//! Bounded keyed state for governor's GCRA.
+//!
+//! governor's own keyed stores grow with every key until someone calls `retain_recent`, so a
+//! flood of spoofed client keys would grow memory without limit. This store holds at most a
+//! configured number of keys. When a shard is full it first drops keys whose allowance has
+//! fully come back — for GCRA such a key is indistinguishable from an absent one, so nothing is
+//! lost — and only when none has, the key closest to full (lowest theoretical arrival time).
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use governor::clock::Clock as GovernorClock;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use hashbrown::HashTable;
+use tollgate_core::{Clock, Key, SharedClock};
+
+/// Keys per shard before a shard is split further: small enough that the full-shard sweep
+/// stays in the low microseconds, large enough that tiny capacities are not spread thin.
+const KEYS_PER_SHARD: usize = 1024;
+const MAX_SHARDS: usize = 1024;
+
+/// governor's view of a [`SharedClock`]: nanoseconds since the clock's origin.
+#[derive(Clone, Debug)]
+pub(crate) struct ClockAdapter(pub(crate) SharedClock);
+
+impl GovernorClock for ClockAdapter {
+    type Instant = Nanos;
+
+    #[inline]
+    fn now(&self) -> Nanos {
+        Nanos::from(self.0.now())
+    }
+}
+
+#[derive(Debug)]
+struct Shard {
+    table: HashTable<(Key, u64)>,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct BoundedInner {
+    shards: Box<[Mutex<Shard>]>,
+    shard_shift: u32,
+    hasher: foldhash::quality::RandomState,
+    clock: SharedClock,
+    /// The limiter's start in clock nanoseconds, or later; see [`BoundedState::set_start`].
+    start: AtomicU64,
+}
+
+/// A capacity-bounded, sharded map from key to GCRA theoretical arrival time.
+#[derive(Clone, Debug)]
+pub(crate) struct BoundedState(Arc<BoundedInner>);
+
+impl BoundedState {
+    pub(crate) fn new(capacity: usize, clock: SharedClock) -> Self {
+        let wanted = capacity.div_ceil(KEYS_PER_SHARD).clamp(1, MAX_SHARDS);
+        let shard_count = wanted.next_power_of_two().min(MAX_SHARDS);
+        let (base, extra) = (capacity / shard_count, capacity % shard_count);
+        // Per-shard capacities sum to exactly `capacity`.
+        let shards = (0..shard_count)
+            .map(|i| {
+                Mutex::new(Shard {
+                    table: HashTable::new(),
+                    capacity: base + usize::from(i < extra),
+                })
+            })
+            .collect();
+        Self(Arc::new(BoundedInner {
+            shards,
+            shard_shift: shard_count.trailing_zeros(),
+            hasher: foldhash::quality::RandomState::default(),
+            clock,
+            start: AtomicU64::new(u64::MAX),
+        }))
+    }
+
+    /// Records when the limiter started, read after governor's `RateLimiter::new` took its own
+    /// start: ours is then never earlier, so "now" for eviction is never later than governor's
+    /// and a key is only dropped when it is surely idle.
+    pub(crate) fn set_start(&self) {
+        let now = Nanos::from(self.0.clock.now()).as_u64();
+        self.0.start.store(now, Ordering::Relaxed);
+    }
+
+    /// The number of keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.0.shards.iter().map(|s| lock(s).table.len()).sum()
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        // Bits 32.. pick the shard: hashbrown uses the low bits for the bucket and the top
+        // seven for its control bytes, so the shard choice does not skew either.
+        let index = if self.0.shard_shift == 0 {
+            0
+        } else {
+            ((hash >> 32) as usize) & ((1 << self.0.shard_shift) - 1)
+        };
+        &self.0.shards[index]
+    }
+
+    fn elapsed(&self) -> u64 {
+        let now = Nanos::from(self.0.clock.now()).as_u64();
+        now.saturating_sub(self.0.start.load(Ordering::Relaxed))
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a half-written u64 behind.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shard {
+    /// Makes room for one more key.
+    fn evict_for_insert(&mut self, now: u64) {
+        self.table.retain(|(_, tat)| *tat > now);
+        if self.table.len() < self.capacity {
+            return;
+        }
+        let Some(oldest) = self.table.iter().map(|(_, tat)| *tat).min() else {
+            return;
+        };
+        let mut removed = false;
+        self.table.retain(|(_, tat)| {
+            let evict = !removed && *tat == oldest;
+            removed |= evict;
+            !evict
+        });
+    }
+}
+
+impl StateStore for BoundedState {
+    type Key = Key;
+
+    #[inline]
+    fn measure_and_replace<T, F, E>(&self, key: &Key, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let hasher = &self.0.hasher;
+        let hash = hasher.hash_one(key);
+        let mut shard = lock(self.shard(hash));
+        if let Some((_, tat)) = shard.table.find_mut(hash, |(k, _)| k == key) {
+            let (outcome, next) = f(Some(Nanos::new(*tat)))?;
+            *tat = next.as_u64();
+            return Ok(outcome);
+        }
+        let (outcome, next) = f(None)?;
+        if shard.capacity == 0 {
+            return Ok(outcome);
+        }
+        if shard.table.len() >= shard.capacity {
+            shard.evict_for_insert(self.elapsed());
+        }
+        shard
+            .table
+            .insert_unique(hash, (key.detached(), next.as_u64()), |(k, _)| {
+                hasher.hash_one(k)
+            });
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use governor::middleware::NoOpMiddleware;
+    use governor::{Quota, RateLimiter};
+
+    type Limiter = RateLimiter<Key, BoundedState, ClockAdapter, NoOpMiddleware<Nanos>>;
+    use tollgate_core::ManualClock;
+
+    fn limiter(capacity: usize, burst: u32, clock: &ManualClock) -> (Limiter, BoundedState) {
+        let state = BoundedState::new(capacity, clock.clone().into());
+        let quota = Quota::with_period(Duration::from_secs(1))
+            .unwrap()
+            .allow_burst(NonZeroU32::new(burst).unwrap());
+        let limiter = Limiter::new(quota, state.clone(), ClockAdapter(clock.clone().into()));
+        state.set_start();
+        (limiter, state)
+    }
+
+    fn ip_key(n: u32) -> Key {
+        Key::ip(IpAddr::V4(Ipv4Addr::from(n)))
+    }
+
+    #[test]
+    fn never_holds_more_keys_than_capacity() {
+        let clock = ManualClock::new();
+        let (limiter, state) = limiter(1000, 5, &clock);
+        for n in 0..20_000 {
+            limiter.check_key(&ip_key(n)).unwrap();
+            assert!(state.len() <= 1000);
+        }
+        assert_eq!(state.len(), 1000);
+    }
+
+    #[test]
+    fn active_keys_keep_their_state_while_idle_keys_are_evicted() {
+        let clock = ManualClock::new();
+        let (limiter, state) = limiter(64, 2, &clock);
+        let hot = ip_key(u32::MAX);
+        let mut hot_allowed = 0;
+        // 500 other keys pass through a 64-key store over five seconds.
+        for n in 0..500 {
+            hot_allowed += u32::from(limiter.check_key(&hot).is_ok());
+            limiter.check_key(&ip_key(n)).unwrap();
+            clock.advance(Duration::from_millis(10));
+        }
+        assert!(state.len() <= 64);
+        // Burst of 2, then one per second at t = 1, 2, 3, 4: the hot key was never forgotten.
+        assert_eq!(hot_allowed, 6);
+    }
+
+    #[test]
+    fn capacity_spread_over_shards_sums_exactly() {
+        for capacity in [1, 7, 1023, 1025, 10_000, 1_000_000] {
+            let state = BoundedState::new(capacity, SharedClock::default());
+            let total: usize = state.0.shards.iter().map(|s| lock(s).capacity).sum();
+            assert_eq!(total, capacity);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The throttle layer from a configuration file.
+
+use http::header::HeaderName;
+use tollgate_core::key::{ApiKeyId, ClientIp, Global, HeaderKey, PeerIp, RouteKey, Subject};
+use tollgate_core::{ForwardedHeader, RouteTable, TrustedProxies};
+
+use crate::{Rate, Rule, StoreFailure, ThrottleError, ThrottleLayer};
+
+/// A throttle layer as configuration: everything the builder does, from YAML, TOML or JSON.
+/// Unknown fields are refused, and errors name the field.
+///
+/// ```
+/// use tollgate_throttle::ThrottleConfig;
+///
+/// let config: ThrottleConfig = serde_json::from_str(r#"{
+///     "trusted_proxies": ["10.0.0.0/8"],
+///     "rules": [
+///         { "name": "global", "rate": "10000/s", "burst": 5000, "key": "global" },
+///         { "name": "per-client", "rate": "5/s", "burst": 5, "key": "client-ip" },
+///         { "name": "search", "rate": "100/min", "key": "global", "routes": ["GET /search"], "shadow": true }
+///     ]
+/// }"#).unwrap();
+/// let layer = config.build().unwrap();
+/// assert_eq!(layer.rules().len(), 3);
+/// ```
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// The rules.
+    pub rules: Vec<RuleConfig>,
+    /// Keys each rule remembers (default [`DEFAULT_CAPACITY`](crate::DEFAULT_CAPACITY)).
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    /// Proxies whose forwarding headers `client-ip` keys believe (default: none).
+    #[serde(default)]
+    pub trusted_proxies: TrustedProxies,
+    /// The forwarding header those proxies write (default `x-forwarded-for`).
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeader,
+    /// Whether allowed responses carry the `RateLimit` fields (default `true`).
+    #[serde(default = "default_true")]
+    pub headers_on_allowed: bool,
+    /// What to do when the store fails (default `allow`).
+    #[serde(default)]
+    pub on_store_error: StoreFailure,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One rule as configuration.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The rule's name.
+    pub name: String,
+    /// The sustained rate, such as `"10/s"`.
+    pub rate: Rate,
+    /// The burst (default: the rate's requests per period).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What the rule counts by.
+    pub key: KeyConfig,
+    /// Routes the rule covers, as `"GET /pets/{id}"` (default: all).
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
+    /// Shadow mode (default `false`).
+    #[serde(default)]
+    pub shadow: bool,
+    /// Keys this rule remembers (default: the layer's capacity).
+    #[serde(default)]
+    pub capacity: Option<usize>,
+}
+
+/// What a configured rule counts by.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum KeyConfig {
+    /// One budget for everyone.
+    Global,
+    /// The TCP peer's address.
+    PeerIp,
+    /// The client's address behind the trusted proxies.
+    ClientIp,
+    /// A request header's value: `{ "header": "x-client-id" }`.
+    Header(String),
+    /// The principal's subject.
+    Subject,
+    /// The API key id.
+    ApiKey,
+    /// The matched route, one of the rule's `routes`.
+    Route,
+}
+
+impl ThrottleConfig {
+    /// Builds the layer this configuration describes.
+    pub fn build(&self) -> Result<ThrottleLayer, ThrottleError> {
+        let mut builder = ThrottleLayer::builder()
+            .headers_on_allowed(self.headers_on_allowed)
+            .on_store_error(self.on_store_error);
+        if let Some(capacity) = self.capacity {
+            builder = builder.capacity(capacity);
+        }
+        for rule in &self.rules {
+            builder = builder.rule(self.rule(rule)?);
+        }
+        builder.build()
+    }
+
+    fn rule(&self, config: &RuleConfig) -> Result<Rule, ThrottleError> {
+        let error =
+            |message: String| ThrottleError::Config(format!("rule {:?}: {message}", config.name));
+        let routes = match &config.routes {
+            Some(routes) => {
+                let mut table = RouteTable::new();
+                for route in routes {
+                    table
+                        .insert(route, ())
+                        .map_err(|e| error(format!("routes: {e}")))?;
+                }
+                Some(table)
+            }
+            None => None,
+        };
+        let name = config.name.as_str();
+        let mut rule = match &config.key {
+            KeyConfig::Global => Rule::new(name, config.rate, Global),
+            KeyConfig::PeerIp => Rule::new(name, config.rate, PeerIp),
+            KeyConfig::ClientIp => Rule::new(
+                name,
+                config.rate,
+                ClientIp::new(self.trusted_proxies.clone()).header(self.forwarded_header),
+            ),
+            KeyConfig::Header(header) => {
+                let header = HeaderName::try_from(header.as_str())
+                    .map_err(|_| error(format!("key: invalid header name {header:?}")))?;
+                Rule::new(name, config.rate, HeaderKey::from_name(header))
+            }
+            KeyConfig::Subject => Rule::new(name, config.rate, Subject),
+            KeyConfig::ApiKey => Rule::new(name, config.rate, ApiKeyId),
+            KeyConfig::Route => {
+                let table = routes
+                    .clone()
+                    .ok_or_else(|| error("key: \"route\" needs the rule's routes".into()))?;
+                Rule::new(name, config.rate, RouteKey::new(table))
+            }
+        };
+        if let Some(burst) = config.burst {
+            rule = rule.burst(burst);
+        }
+        if let Some(routes) = routes {
+            rule = rule.routes(routes);
+        }
+        if let Some(capacity) = config.capacity {
+            rule = rule.capacity(capacity);
+        }
+        Ok(rule.shadow(config.shadow))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let error = serde_json::from_str::<ThrottleConfig>(
+            r#"{ "rules": [{ "name": "a", "rate": "1/s", "key": "global", "brust": 5 }] }"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("unknown field `brust`"), "{error}");
+    }
+
+    #[test]
+    fn bad_rate_is_refused_with_the_value() {
+        let error = serde_json::from_str::<ThrottleConfig>(
+            r#"{ "rules": [{ "name": "a", "rate": "10 per second", "key": "global" }] }"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("invalid rate \"10 per second\""), "{error}");
+    }
+
+    #[test]
+    fn route_key_without_routes_names_the_rule() {
+        let config: ThrottleConfig = serde_json::from_str(
+            r#"{ "rules": [{ "name": "per-route", "rate": "1/s", "key": "route" }] }"#,
+        )
+        .unwrap();
+        let error = config.build().unwrap_err().to_string();
+        assert!(error.contains("rule \"per-route\""), "{error}");
+    }
+
+    #[test]
+    fn header_key_and_rules_are_built_in_scope_order() {
+        let config: ThrottleConfig = serde_json::from_str(
+            r#"{ "rules": [
+                { "name": "global", "rate": "100/s", "key": "global" },
+                { "name": "by-client", "rate": "1/s", "key": { "header": "x-client-id" } }
+            ] }"#,
+        )
+        .unwrap();
+        let layer = config.build().unwrap();
+        let names: Vec<_> = layer.rules().iter().map(Rule::name).collect();
+        assert_eq!(names, ["by-client", "global"]);
+    }
+}

@@ -1,0 +1,351 @@
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tollgate_core::{Key, Rejection, RequestHead, SharedClock};
+use tower::Layer;
+
+use crate::headers::{self, Report};
+use crate::store::{Check, MemoryStore, Outcome, StoreError, ThrottleStore};
+use crate::{Rule, Throttle};
+
+/// Keys each rule remembers unless told otherwise: about 8 MB per rule at most.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// The most rules one layer holds.
+pub const MAX_RULES: usize = 64;
+
+/// What to do when the store cannot decide (a shared store that is unreachable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreFailure {
+    /// Let the request through and log it: an outage of the limiter does not take the API down.
+    #[default]
+    Allow,
+    /// Refuse with 503 and `Retry-After: 1`.
+    Reject,
+}
+
+/// Why a throttle layer could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ThrottleError {
+    /// The layer has no rules.
+    #[error("a throttle layer needs at least one rule")]
+    NoRules,
+    /// More rules than [`MAX_RULES`].
+    #[error("a throttle layer holds at most {MAX_RULES} rules, got {0}")]
+    TooManyRules(usize),
+    /// Two rules share a name.
+    #[error("two rules are named {0:?}; rule names must be unique")]
+    DuplicateRule(String),
+    /// A rule name that cannot appear in a `RateLimit` header.
+    #[error("invalid rule name {0:?}: expected 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.' or ':'")]
+    InvalidRuleName(String),
+    /// A rule with burst 0, which would refuse everything.
+    #[error("rule {0:?} has burst 0; the burst must be at least 1")]
+    ZeroBurst(String),
+    /// A configuration value is invalid.
+    #[error("invalid throttle configuration: {0}")]
+    Config(String),
+}
+
+pub(crate) struct Shared<St> {
+    pub(crate) rules: Box<[Rule]>,
+    pub(crate) store: St,
+    headers_on_allowed: bool,
+    on_store_error: StoreFailure,
+    all_policies: HeaderValue,
+    enforced: u64,
+}
+
+/// What became of a request after some of its rules were checked.
+pub(crate) enum Step<F> {
+    /// Every applicable rule allowed it (or only shadow rules refused).
+    Pass(Option<(HeaderValue, HeaderValue)>),
+    /// A rule refused it.
+    Reject(Rejection),
+    /// The rule at `rule` is being decided by a future.
+    Wait {
+        check: F,
+        rule: usize,
+        report: Report,
+    },
+}
+
+impl<St: ThrottleStore> Shared<St> {
+    /// Checks the rules from index `from` on, narrowest first, stopping at the first refusal so
+    /// that a refused request takes nothing from the wider (shared) budgets after it.
+    #[inline]
+    pub(crate) fn evaluate(
+        &self,
+        request: &RequestHead<'_>,
+        from: usize,
+        mut report: Report,
+    ) -> Step<St::Future> {
+        for rule in self.rules.get(from..).unwrap_or_default() {
+            if !rule.applies_to(request) {
+                continue;
+            }
+            let key = match rule.extractor.extract(request) {
+                Ok(key) => key,
+                Err(error) => {
+                    tracing::debug!(rule = %rule.name, %error, "tollgate throttle: no key for request");
+                    return Step::Reject(error.rejection());
+                }
+            };
+            match self.store.check(rule, &key) {
+                Check::Ready(result) => {
+                    if let Some(rejection) = self.decide(rule, Some(&key), result, &mut report) {
+                        return Step::Reject(rejection);
+                    }
+                }
+                Check::Pending(check) => {
+                    return Step::Wait {
+                        check,
+                        rule: rule.index,
+                        report,
+                    }
+                }
+            }
+        }
+        Step::Pass(if self.headers_on_allowed {
+            report.finish(&self.rules, &self.all_policies, self.enforced)
+        } else {
+            None
+        })
+    }
+
+    /// Applies one rule's outcome; returns the refusal if the request must stop here.
+    #[inline]
+    pub(crate) fn decide(
+        &self,
+        rule: &Rule,
+        key: Option<&Key>,
+        result: Result<Outcome, StoreError>,
+        report: &mut Report,
+    ) -> Option<Rejection> {
+        match result {
+            Ok(Outcome::Allowed { remaining, reset }) => {
+                rule.counters().allowed.increment(1);
+                tracing::trace!(rule = %rule.name, remaining, "tollgate throttle: allowed");
+                if self.headers_on_allowed {
+                    report.push(rule, remaining, reset);
+                }
+                None
+            }
+            Ok(Outcome::Limited { retry_after, reset }) => {
+                rule.counters().limited.increment(1);
+                // Only IP keys are logged: other keys may be credentials a user chose to key by.
+                let client = key.and_then(Key::as_ip);
+                if rule.shadow {
+                    tracing::info!(rule = %rule.name, client = ?client, ?retry_after, "tollgate throttle: would limit (shadow)");
+                    return None;
+                }
+                tracing::info!(rule = %rule.name, client = ?client, ?retry_after, "tollgate throttle: limited");
+                report.push(rule, 0, reset);
+                let mut rejection = Rejection::throttled(retry_after)
+                    .with_detail(format!("rate limit \"{}\" exceeded", rule.name));
+                let all = &self.all_policies;
+                if let Some((policy, ratelimit)) =
+                    std::mem::take(report).finish(&self.rules, all, self.enforced)
+                {
+                    let headers = rejection.headers_mut();
+                    headers.insert(headers::RATELIMIT_POLICY.clone(), policy);
+                    headers.insert(headers::RATELIMIT.clone(), ratelimit);
+                }
+                Some(rejection)
+            }
+            Err(error) => {
+                tracing::warn!(rule = %rule.name, %error, policy = ?self.on_store_error, "tollgate throttle: store failed");
+                match self.on_store_error {
+                    StoreFailure::Allow => None,
+                    StoreFailure::Reject => Some(Rejection::unavailable(Duration::from_secs(1))),
+                }
+            }
+        }
+    }
+}
+
+/// Throttles requests by rules; see the [crate docs](crate) for an example.
+///
+/// Clones share one set of limiters, so the limit holds across every connection and every
+/// clone axum makes of the service.
+#[must_use]
+pub struct ThrottleLayer<St = MemoryStore> {
+    pub(crate) shared: Arc<Shared<St>>,
+}
+
+impl<St> Clone for ThrottleLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<St> fmt::Debug for ThrottleLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottleLayer")
+            .field("rules", &self.shared.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThrottleLayer {
+    /// Starts building a throttle layer.
+    pub fn builder() -> ThrottleBuilder {
+        ThrottleBuilder::default()
+    }
+}
+
+impl<St> ThrottleLayer<St> {
+    /// The rules in evaluation order: per-client rules first, then per-route, then global.
+    pub fn rules(&self) -> &[Rule] {
+        &self.shared.rules
+    }
+}
+
+impl ThrottleLayer<MemoryStore> {
+    /// How many keys the rule named `rule` remembers now, or `None` for an unknown rule.
+    pub fn stored_keys(&self, rule: &str) -> Option<usize> {
+        let rule = self.shared.rules.iter().find(|r| &*r.name == rule)?;
+        Some(self.shared.store.stored_keys(rule.index))
+    }
+}
+
+impl<S, St> Layer<S> for ThrottleLayer<St> {
+    type Service = Throttle<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Throttle {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Builds a [`ThrottleLayer`].
+#[derive(Debug)]
+#[must_use]
+pub struct ThrottleBuilder {
+    rules: Vec<Rule>,
+    capacity: usize,
+    clock: SharedClock,
+    headers_on_allowed: bool,
+    on_store_error: StoreFailure,
+}
+
+impl Default for ThrottleBuilder {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            capacity: DEFAULT_CAPACITY,
+            clock: SharedClock::default(),
+            headers_on_allowed: true,
+            on_store_error: StoreFailure::default(),
+        }
+    }
+}
+
+impl ThrottleBuilder {
+    /// Adds a rule. A request must pass every rule that applies to it.
+    pub fn rule(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
+    /// The most keys each rule remembers (default [`DEFAULT_CAPACITY`]); past it, idle keys are
+    /// dropped first.
+    pub fn capacity(mut self, keys: usize) -> Self {
+        self.capacity = keys;
+        self
+    }
+
+    /// The clock (default: the system clock). Tests pass a `ManualClock`.
+    pub fn clock(mut self, clock: impl Into<SharedClock>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Whether allowed responses carry `RateLimit` and `RateLimit-Policy` too (default `true`).
+    /// Refusals always do.
+    pub fn headers_on_allowed(mut self, enabled: bool) -> Self {
+        self.headers_on_allowed = enabled;
+        self
+    }
+
+    /// What to do when the store cannot decide (default [`StoreFailure::Allow`]).
+    pub fn on_store_error(mut self, policy: StoreFailure) -> Self {
+        self.on_store_error = policy;
+        self
+    }
+
+    /// Builds the layer with in-memory state.
+    pub fn build(self) -> Result<ThrottleLayer, ThrottleError> {
+        let capacity = self.capacity;
+        self.build_with_store(|rules, clock| MemoryStore::new(rules, capacity, clock.clone()))
+    }
+
+    /// Builds the layer with state in a store made by `make` from the final, ordered rules.
+    pub fn build_with_store<St: ThrottleStore>(
+        mut self,
+        make: impl FnOnce(&[Rule], &SharedClock) -> St,
+    ) -> Result<ThrottleLayer<St>, ThrottleError> {
+        if self.rules.is_empty() {
+            return Err(ThrottleError::NoRules);
+        }
+        if self.rules.len() > MAX_RULES {
+            return Err(ThrottleError::TooManyRules(self.rules.len()));
+        }
+        let mut names = HashSet::new();
+        for rule in &self.rules {
+            let valid = (1..=64).contains(&rule.name.len())
+                && rule
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if !valid {
+                return Err(ThrottleError::InvalidRuleName(rule.name.to_string()));
+            }
+            if !names.insert(rule.name.clone()) {
+                return Err(ThrottleError::DuplicateRule(rule.name.to_string()));
+            }
+            if rule.burst == Some(0) {
+                return Err(ThrottleError::ZeroBurst(rule.name.to_string()));
+            }
+        }
+        // Narrowest budgets first: a request its own client's rule refuses never reaches, and
+        // so never spends, the budgets everyone shares.
+        self.rules.sort_by_key(Rule::scope);
+        let mut enforced = 0;
+        for (index, rule) in self.rules.iter_mut().enumerate() {
+            rule.index = index;
+            if !rule.shadow {
+                enforced |= 1 << index;
+            }
+        }
+        let all_policies = self
+            .rules
+            .iter()
+            .filter(|r| !r.shadow)
+            .map(headers::policy_item)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let all_policies = HeaderValue::try_from(all_policies)
+            .map_err(|_| ThrottleError::Config("rule names must be visible ASCII".into()))?;
+        let store = make(&self.rules, &self.clock);
+        Ok(ThrottleLayer {
+            shared: Arc::new(Shared {
+                rules: self.rules.into_boxed_slice(),
+                store,
+                headers_on_allowed: self.headers_on_allowed,
+                on_store_error: self.on_store_error,
+                all_policies,
+                enforced,
+            }),
+        })
+    }
+}

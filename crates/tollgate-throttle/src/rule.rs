@@ -1,0 +1,152 @@
+use std::num::NonZeroU32;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::Counter;
+use tollgate_core::{KeyExtractor, KeyScope, RequestHead, RouteTable};
+
+use crate::Rate;
+
+/// One limit: a rate, a burst, what it counts by, and optionally which routes it covers.
+///
+/// ```
+/// use tollgate_core::key::{ClientIp, Global};
+/// use tollgate_core::{RouteTable, TrustedProxies};
+/// use tollgate_throttle::{Rate, Rule};
+///
+/// // AWS-style tiers: everyone together, one hot route, and each client.
+/// let global = Rule::new("global", Rate::per_second(10_000), Global).burst(5_000);
+/// let search = Rule::new("search", "100/s".parse().unwrap(), Global)
+///     .routes(RouteTable::new().with("GET /search", ()).unwrap());
+/// let per_client = Rule::new("per-client", Rate::per_second(5), ClientIp::new(TrustedProxies::none()))
+///     .burst(5);
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Rule {
+    pub(crate) name: Arc<str>,
+    pub(crate) rate: Rate,
+    pub(crate) burst: Option<u32>,
+    pub(crate) extractor: Arc<dyn KeyExtractor>,
+    pub(crate) routes: Option<RouteTable<()>>,
+    pub(crate) shadow: bool,
+    pub(crate) capacity: Option<usize>,
+    /// Position in the layer's evaluation order, set when the layer is built.
+    pub(crate) index: usize,
+    pub(crate) counters: Arc<OnceLock<RuleCounters>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RuleCounters {
+    pub(crate) allowed: Counter,
+    pub(crate) limited: Counter,
+}
+
+impl Rule {
+    /// A rule named `name` (it appears in `RateLimit` headers, logs and metrics) that allows
+    /// `rate` per key of `extractor`. The burst defaults to the rate's requests per period,
+    /// rounded up (`10/s` allows 10 at once).
+    pub fn new(name: impl Into<Arc<str>>, rate: Rate, extractor: impl KeyExtractor) -> Self {
+        Self {
+            name: name.into(),
+            rate,
+            burst: None,
+            extractor: Arc::new(extractor),
+            routes: None,
+            shadow: false,
+            capacity: None,
+            index: 0,
+            counters: Arc::default(),
+        }
+    }
+
+    /// How many requests may arrive at once on a full allowance. `0` is refused at build time.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Applies the rule only to requests matching `routes`.
+    pub fn routes(mut self, routes: RouteTable<()>) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// Shadow mode: would-be refusals are counted and logged, and the request goes through.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The most keys this rule remembers (overrides the layer's capacity).
+    pub fn capacity(mut self, keys: usize) -> Self {
+        self.capacity = Some(keys);
+        self
+    }
+
+    /// The rule's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sustained rate.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// The burst size.
+    pub fn burst_size(&self) -> NonZeroU32 {
+        let burst = self
+            .burst
+            .unwrap_or_else(|| self.rate.requests().ceil() as u32);
+        NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// Whether the rule is in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// What the rule counts by.
+    pub fn extractor(&self) -> &dyn KeyExtractor {
+        &*self.extractor
+    }
+
+    /// The time for a drained allowance to come back whole: `burst × interval`.
+    pub fn refill_time(&self) -> Duration {
+        self.rate.interval() * self.burst_size().get()
+    }
+
+    /// The rule's position in its layer's evaluation order; stores index their state by it.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub(crate) fn scope(&self) -> KeyScope {
+        self.extractor.scope()
+    }
+
+    #[inline]
+    pub(crate) fn applies_to(&self, request: &RequestHead<'_>) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|routes| routes.at(request.method, request.uri.path()).is_some())
+    }
+
+    #[inline]
+    pub(crate) fn counters(&self) -> &RuleCounters {
+        // Registered on first use rather than at build time, so a recorder installed after the
+        // layer was built still sees the counts.
+        self.counters.get_or_init(|| {
+            let name = self.name.to_string();
+            RuleCounters {
+                allowed: metrics::counter!("tollgate_throttle_allowed_total", "rule" => name.clone()),
+                limited: metrics::counter!(
+                    "tollgate_throttle_limited_total",
+                    "rule" => name,
+                    "shadow" => if self.shadow { "true" } else { "false" }
+                ),
+            }
+        })
+    }
+}

@@ -1,0 +1,158 @@
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use governor::clock::Clock as _;
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::{Quota, RateLimiter};
+use tollgate_core::{Key, SharedClock};
+
+use crate::bounded::{BoundedState, ClockAdapter};
+use crate::Rule;
+
+/// The result of taking one request's allowance under a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request conforms; its allowance was taken.
+    Allowed {
+        /// Requests that could still be made right now.
+        remaining: u32,
+        /// Time until the allowance is whole again.
+        reset: Duration,
+    },
+    /// The request does not conform; nothing was taken.
+    Limited {
+        /// Time until one request would conform.
+        retry_after: Duration,
+        /// Time until the allowance is whole again.
+        reset: Duration,
+    },
+}
+
+/// A store could not decide (for example, Redis is unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("throttle store failed: {0}")]
+pub struct StoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// A decision available at once, or one still on its way.
+#[derive(Debug)]
+pub enum Check<F> {
+    /// Decided without waiting (the in-memory store always is).
+    Ready(Result<Outcome, StoreError>),
+    /// Decided by a future (a round trip to a shared store).
+    Pending(F),
+}
+
+/// Where rule state lives: the seam a shared backend (Redis) implements with the same
+/// semantics as [`MemoryStore`] — GCRA per rule and key, where a refused request takes nothing.
+///
+/// [`Check::Ready`] lets an in-process store answer without a future, a box or an allocation,
+/// so the in-memory hot path pays nothing for this seam.
+pub trait ThrottleStore: Send + Sync + 'static {
+    /// The future of a decision that needs to wait.
+    type Future: Future<Output = Result<Outcome, StoreError>> + Send + 'static;
+
+    /// Takes one request's allowance for `key` under `rule`, if it conforms.
+    fn check(&self, rule: &Rule, key: &Key) -> Check<Self::Future>;
+}
+
+/// The future type of a store that never waits; it cannot be constructed.
+#[derive(Debug)]
+pub struct NeverPending(Infallible);
+
+impl Future for NeverPending {
+    type Output = Result<Outcome, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0 {}
+    }
+}
+
+type Limiter = RateLimiter<Key, BoundedState, ClockAdapter, StateInformationMiddleware>;
+
+#[derive(Debug)]
+struct RuleState {
+    limiter: Limiter,
+    state: BoundedState,
+    interval: Duration,
+    burst: u32,
+}
+
+/// In-process rule state: governor's GCRA over a capacity-bounded keyed map per rule.
+#[derive(Debug)]
+pub struct MemoryStore {
+    rules: Box<[RuleState]>,
+    clock: ClockAdapter,
+}
+
+impl MemoryStore {
+    /// State for `rules` (in their layer order), each holding at most its capacity of keys.
+    pub fn new(rules: &[Rule], default_capacity: usize, clock: SharedClock) -> Self {
+        let clock = ClockAdapter(clock);
+        let rules = rules
+            .iter()
+            .map(|rule| {
+                let state =
+                    BoundedState::new(rule.capacity.unwrap_or(default_capacity), clock.0.clone());
+                let interval = rule.rate.interval();
+                let burst = rule.burst_size();
+                // `Rate` guarantees a non-zero interval, so `with_period` always succeeds.
+                let quota = Quota::with_period(interval)
+                    .unwrap_or(Quota::per_second(burst))
+                    .allow_burst(burst);
+                let limiter: Limiter = RateLimiter::<Key, _, _, NoOpMiddleware<Nanos>>::new(
+                    quota,
+                    state.clone(),
+                    clock.clone(),
+                )
+                .with_middleware::<StateInformationMiddleware>();
+                state.set_start();
+                RuleState {
+                    limiter,
+                    state,
+                    interval,
+                    burst: burst.get(),
+                }
+            })
+            .collect();
+        Self { rules, clock }
+    }
+
+    /// The number of keys the rule at `index` currently remembers.
+    pub fn stored_keys(&self, index: usize) -> usize {
+        self.rules.get(index).map_or(0, |rule| rule.state.len())
+    }
+}
+
+impl ThrottleStore for MemoryStore {
+    type Future = NeverPending;
+
+    #[inline]
+    fn check(&self, rule: &Rule, key: &Key) -> Check<NeverPending> {
+        let Some(state) = self.rules.get(rule.index) else {
+            return Check::Ready(Err(StoreError(
+                format!("rule {:?} is not part of this store", rule.name()).into(),
+            )));
+        };
+        let outcome = match state.limiter.check_key(key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Outcome::Allowed {
+                    remaining,
+                    reset: state.interval * state.burst.saturating_sub(remaining),
+                }
+            }
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(self.clock.now());
+                Outcome::Limited {
+                    retry_after,
+                    reset: retry_after + state.interval * (state.burst - 1),
+                }
+            }
+        };
+        Check::Ready(Ok(outcome))
+    }
+}
