@@ -139,12 +139,12 @@ impl<St: ThrottleStore> Shared<St> {
             Ok(Outcome::Limited { retry_after, reset }) => {
                 rule.counters().limited.increment(1);
                 // Only IP keys are logged: other keys may be credentials a user chose to key by.
-                let client = key.and_then(Key::as_ip);
+                let client = key.and_then(Key::as_ip).map(tracing::field::display);
                 if rule.shadow {
-                    tracing::info!(rule = %rule.name, client = ?client, ?retry_after, "tollgate throttle: would limit (shadow)");
+                    tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: would limit (shadow)");
                     return None;
                 }
-                tracing::info!(rule = %rule.name, client = ?client, ?retry_after, "tollgate throttle: limited");
+                tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: limited");
                 report.push(rule, 0, reset);
                 let mut rejection = Rejection::throttled(retry_after)
                     .with_detail(format!("rate limit \"{}\" exceeded", rule.name));

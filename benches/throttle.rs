@@ -1,0 +1,297 @@
+//! The throttle layer's cost beside a bare service, measured in the same group.
+//!
+//! Each group has a `bare` baseline; a layered variant's overhead is its median minus the
+//! baseline's. Every variant of a group builds its requests the same way, inside the timed
+//! loop, so the difference is the layer alone. Services are driven directly: `poll_ready`,
+//! `call`, and one poll with a no-op waker, since the in-memory store decides at once.
+//!
+//! - `throttle/one_key`: every request from one client.
+//! - `throttle/10k_keys`: 10 000 clients in turn, beside `tower_governor` with the same quota.
+//!   `tower_governor` needs an axum body, so it has its own `bare_axum_body` baseline and
+//!   tollgate is measured over that service too.
+//! - `throttle/1m_keys`: 1 000 000 clients in turn through a store bounded at 1 000 000 keys,
+//!   filled before measuring.
+//! - `throttle/refused`: the 429 path for one client whose allowance is spent.
+//!
+//! Run with `cargo bench --bench throttle --features full`.
+
+use std::convert::Infallible;
+use std::future::{ready, Future};
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use tollgate::key::PeerIp;
+use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+use tollgate::PeerAddr;
+use tower::{Service, ServiceBuilder};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::GovernorLayer;
+
+/// Allowed per client: one request per nanosecond with a burst of 1000, so nothing the
+/// benchmark sends is ever refused.
+const BURST: u32 = 1_000;
+
+fn unlimited_rate() -> Rate {
+    Rate::new(1e9, Duration::from_secs(1)).expect("1e9 per second is a valid rate")
+}
+
+fn bare() -> impl Service<Request<()>, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone
+{
+    tower::service_fn(|_req: Request<()>| {
+        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+    })
+}
+
+/// The bare service with axum's body, which `tower_governor` needs to build its refusals.
+fn bare_axum_body(
+) -> impl Service<Request<()>, Response = Response<Body>, Error = Infallible> + Clone {
+    tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(Response::new(Body::empty()))))
+}
+
+fn tollgate_layer(capacity: usize, headers_on_allowed: bool) -> ThrottleLayer {
+    ThrottleLayer::builder()
+        .rule(Rule::new("per-client", unlimited_rate(), PeerIp).burst(BURST))
+        .capacity(capacity)
+        .headers_on_allowed(headers_on_allowed)
+        .build()
+        .expect("the benchmark's throttle layer is valid")
+}
+
+/// Client `n`'s address: 10.0.0.0 onwards, so a million clients stay distinct.
+fn peers(count: u32) -> Vec<SocketAddr> {
+    (0..count)
+        .map(|n| SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + n), 40_000)))
+        .collect()
+}
+
+fn with_peer_addr(peer: SocketAddr) -> Request<()> {
+    let mut request = Request::new(());
+    request.extensions_mut().insert(PeerAddr(peer));
+    request
+}
+
+/// `tower_governor`'s `PeerIpKeyExtractor` reads axum's `ConnectInfo`; tollgate reads
+/// `PeerAddr` first. Both go on every request of a group that compares the two.
+fn with_peer_addr_and_connect_info(peer: SocketAddr) -> Request<()> {
+    let mut request = with_peer_addr(peer);
+    request.extensions_mut().insert(ConnectInfo(peer));
+    request
+}
+
+/// Serves one request the way a server would: `poll_ready`, `call`, then one poll, which
+/// answers at once on every path measured here.
+#[inline(always)]
+fn serve<S: Service<Request<()>>>(service: &mut S, request: Request<()>) -> S::Response {
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    match pin!(service.call(request)).poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response,
+        _ => panic!("the response was not ready at once"),
+    }
+}
+
+/// The clients of one group and how each variant turns a client into a request.
+struct Traffic {
+    peers: Vec<SocketAddr>,
+    request: fn(SocketAddr) -> Request<()>,
+}
+
+impl Traffic {
+    /// Measures `service` under `name`, after one pass over every client so that each key is
+    /// already stored when timing starts.
+    fn bench<S, B>(
+        &self,
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        name: &str,
+        mut service: S,
+        expected: StatusCode,
+    ) where
+        S: Service<Request<()>, Response = Response<B>>,
+    {
+        for &peer in &self.peers {
+            black_box(serve(&mut service, (self.request)(peer)));
+        }
+        let mut next = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let peer = self.peers[next];
+                next = if next + 1 == self.peers.len() {
+                    0
+                } else {
+                    next + 1
+                };
+                let response = serve(&mut service, (self.request)(black_box(peer)));
+                assert_eq!(response.status(), expected);
+                response
+            })
+        });
+    }
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+}
+
+fn one_key(c: &mut Criterion) {
+    let traffic = Traffic {
+        peers: peers(1),
+        request: with_peer_addr,
+    };
+    let mut group = c.benchmark_group("throttle/one_key");
+    configure(&mut group);
+    traffic.bench(&mut group, "bare", bare(), StatusCode::OK);
+    let layered = |headers| {
+        ServiceBuilder::new()
+            .layer(tollgate_layer(
+                tollgate::throttle::DEFAULT_CAPACITY,
+                headers,
+            ))
+            .service(bare())
+    };
+    traffic.bench(&mut group, "tollgate", layered(true), StatusCode::OK);
+    traffic.bench(
+        &mut group,
+        "tollgate_no_headers",
+        layered(false),
+        StatusCode::OK,
+    );
+    group.finish();
+}
+
+fn ten_thousand_keys(c: &mut Criterion) {
+    let traffic = Traffic {
+        peers: peers(10_000),
+        request: with_peer_addr_and_connect_info,
+    };
+    let capacity = tollgate::throttle::DEFAULT_CAPACITY;
+    let mut group = c.benchmark_group("throttle/10k_keys");
+    configure(&mut group);
+    traffic.bench(&mut group, "bare", bare(), StatusCode::OK);
+    let layered = |headers| {
+        ServiceBuilder::new()
+            .layer(tollgate_layer(capacity, headers))
+            .service(bare())
+    };
+    traffic.bench(&mut group, "tollgate", layered(true), StatusCode::OK);
+    traffic.bench(
+        &mut group,
+        "tollgate_no_headers",
+        layered(false),
+        StatusCode::OK,
+    );
+
+    traffic.bench(
+        &mut group,
+        "bare_axum_body",
+        bare_axum_body(),
+        StatusCode::OK,
+    );
+    let layered = |headers| {
+        ServiceBuilder::new()
+            .layer(tollgate_layer(capacity, headers))
+            .service(bare_axum_body())
+    };
+    traffic.bench(
+        &mut group,
+        "tollgate_axum_body",
+        layered(true),
+        StatusCode::OK,
+    );
+    traffic.bench(
+        &mut group,
+        "tollgate_no_headers_axum_body",
+        layered(false),
+        StatusCode::OK,
+    );
+    // governor's period is the time one request's allowance takes to come back, so 1 ns
+    // with a burst of 1000 is the quota of `unlimited_rate()` and `BURST`.
+    let governor = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(BURST)
+        .finish()
+        .expect("the benchmark's governor quota is valid");
+    let service = ServiceBuilder::new()
+        .layer(GovernorLayer::new(governor))
+        .service(bare_axum_body());
+    traffic.bench(&mut group, "tower_governor", service, StatusCode::OK);
+    let governor = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(BURST)
+        .use_headers()
+        .finish()
+        .expect("the benchmark's governor quota is valid");
+    let service = ServiceBuilder::new()
+        .layer(GovernorLayer::new(governor))
+        .service(bare_axum_body());
+    traffic.bench(
+        &mut group,
+        "tower_governor_headers",
+        service,
+        StatusCode::OK,
+    );
+    group.finish();
+}
+
+fn one_million_keys(c: &mut Criterion) {
+    const KEYS: u32 = 1_000_000;
+    let traffic = Traffic {
+        peers: peers(KEYS),
+        request: with_peer_addr,
+    };
+    let mut group = c.benchmark_group("throttle/1m_keys");
+    configure(&mut group);
+    traffic.bench(&mut group, "bare", bare(), StatusCode::OK);
+    for (name, headers) in [("tollgate", true), ("tollgate_no_headers", false)] {
+        let layer = tollgate_layer(KEYS as usize, headers);
+        let service = ServiceBuilder::new().layer(layer.clone()).service(bare());
+        traffic.bench(&mut group, name, service, StatusCode::OK);
+        let stored = layer.stored_keys("per-client").unwrap_or_default();
+        println!("throttle/1m_keys/{name}: the store holds {stored} keys of {KEYS}");
+    }
+    group.finish();
+}
+
+fn refused(c: &mut Criterion) {
+    let traffic = Traffic {
+        peers: peers(1),
+        request: with_peer_addr,
+    };
+    let mut group = c.benchmark_group("throttle/refused");
+    configure(&mut group);
+    traffic.bench(&mut group, "bare", bare(), StatusCode::OK);
+    // The pass before timing spends the only request of the day; every timed one is refused.
+    let layer = ThrottleLayer::builder()
+        .rule(Rule::new("per-client", Rate::per_day(1), PeerIp).burst(1))
+        .build()
+        .expect("the benchmark's throttle layer is valid");
+    let service = ServiceBuilder::new().layer(layer).service(bare());
+    traffic.bench(
+        &mut group,
+        "tollgate",
+        service,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    one_key,
+    ten_thousand_keys,
+    one_million_keys,
+    refused
+);
+criterion_main!(benches);

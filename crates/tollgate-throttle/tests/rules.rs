@@ -1,0 +1,256 @@
+//! Rule semantics through the service, driven by a manual clock.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use tollgate_core::key::{Global, HeaderKey, PeerIp};
+use tollgate_core::{Key, ManualClock, PeerAddr};
+use tollgate_throttle::{
+    Check, MemoryStore, Outcome, Rate, Rule, StoreError, StoreFailure, ThrottleError,
+    ThrottleLayer, ThrottleStore,
+};
+use tower::{Layer, Service, ServiceExt};
+
+type Bare = tower::util::ServiceFn<
+    fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>,
+>;
+
+fn bare() -> Bare {
+    tower::service_fn(|_| std::future::ready(Ok(Response::new(Empty::new()))))
+}
+
+fn request_from(peer: &str) -> Request<()> {
+    let mut request = Request::new(());
+    request
+        .extensions_mut()
+        .insert(PeerAddr(peer.parse().unwrap()));
+    request
+}
+
+async fn status<S>(service: &S, request: Request<()>) -> StatusCode
+where
+    S: Service<
+            Request<()>,
+            Response = Response<tollgate_core::ResponseBody<Empty<Bytes>>>,
+            Error = Infallible,
+        > + Clone,
+{
+    service.clone().oneshot(request).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn rates_admit_exactly_what_they_say_over_a_simulated_minute() {
+    for (rate, expected) in [("10/s", 600), ("100/min", 100), ("0.5/s", 30)] {
+        let clock = ManualClock::new();
+        let layer = ThrottleLayer::builder()
+            .rule(Rule::new("rate", rate.parse().unwrap(), Global).burst(1))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let service = layer.layer(bare());
+        let mut admitted = 0;
+        // A request every 10 ms for one minute: [0 s, 60 s).
+        for _ in 0..6000 {
+            if status(&service, request_from("192.0.2.1:1")).await == StatusCode::OK {
+                admitted += 1;
+            }
+            clock.advance(Duration::from_millis(10));
+        }
+        assert_eq!(admitted, expected, "{rate}");
+    }
+}
+
+#[tokio::test]
+async fn burst_adds_to_the_first_minute_only() {
+    let clock = ManualClock::new();
+    let layer = ThrottleLayer::builder()
+        .rule(Rule::new("rate", Rate::per_second(10), Global).burst(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let service = layer.layer(bare());
+    let mut per_minute = [0; 2];
+    for step in 0..12_000 {
+        if status(&service, request_from("192.0.2.1:1")).await == StatusCode::OK {
+            per_minute[step / 6000] += 1;
+        }
+        clock.advance(Duration::from_millis(10));
+    }
+    assert_eq!(per_minute, [609, 600]);
+}
+
+#[tokio::test]
+async fn stored_keys_never_exceed_capacity_under_200k_distinct_keys() {
+    let clock = ManualClock::new();
+    let layer = ThrottleLayer::builder()
+        .rule(
+            Rule::new(
+                "by-client",
+                Rate::per_second(5),
+                HeaderKey::new("x-client-id"),
+            )
+            .burst(5),
+        )
+        .capacity(10_000)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let service = layer.clone().layer(bare());
+    for n in 0..200_000u32 {
+        let mut request = request_from("192.0.2.1:1");
+        request
+            .headers_mut()
+            .insert("x-client-id", n.to_string().parse().unwrap());
+        assert_eq!(status(&service, request).await, StatusCode::OK);
+        if n % 1000 == 0 {
+            assert!(layer.stored_keys("by-client").unwrap() <= 10_000);
+        }
+        clock.advance(Duration::from_micros(10));
+    }
+    let stored = layer.stored_keys("by-client").unwrap();
+    assert!((1..=10_000).contains(&stored), "{stored}");
+}
+
+#[tokio::test]
+async fn clones_of_layer_and_service_share_one_limiter() {
+    // tower's RateLimit keeps its state per service clone; ours must not.
+    let layer = ThrottleLayer::builder()
+        .rule(Rule::new("shared", Rate::per_minute(5), PeerIp).burst(5))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let services: Vec<_> = (0..10)
+        .map(|i| {
+            if i % 2 == 0 {
+                layer.clone().layer(bare())
+            } else {
+                layer.layer(bare()).clone()
+            }
+        })
+        .collect();
+    let mut admitted = 0;
+    for service in services.iter().cycle().take(100) {
+        if status(service, request_from("192.0.2.1:1")).await == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+}
+
+/// A store that decides like the in-memory one, but always through a future, as a networked
+/// store would.
+struct DeferredStore(MemoryStore);
+
+impl ThrottleStore for DeferredStore {
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, StoreError>> + Send>>;
+
+    fn check(&self, rule: &Rule, key: &Key) -> Check<Self::Future> {
+        let Check::Ready(result) = self.0.check(rule, key) else {
+            unreachable!("the memory store is always ready");
+        };
+        Check::Pending(Box::pin(async move {
+            tokio::task::yield_now().await;
+            result
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_answers_later_gives_the_same_decisions_and_headers() {
+    let clock = ManualClock::new();
+    let build = |deferred: bool| {
+        let builder = ThrottleLayer::builder()
+            .rule(Rule::new("global", Rate::per_minute(3), Global).burst(3))
+            .rule(Rule::new("per-client", Rate::per_minute(2), PeerIp).burst(2))
+            .clock(clock.clone());
+        if deferred {
+            builder
+                .build_with_store(|rules, clock| {
+                    DeferredStore(MemoryStore::new(rules, 100, clock.clone()))
+                })
+                .map(|layer| layer.layer(bare()).boxed_clone())
+        } else {
+            builder
+                .build()
+                .map(|layer| layer.layer(bare()).boxed_clone())
+        }
+    };
+    let memory = build(false).unwrap();
+    let deferred = build(true).unwrap();
+    let peers = [
+        "192.0.2.1:1",
+        "192.0.2.1:1",
+        "192.0.2.1:1",
+        "192.0.2.2:1",
+        "192.0.2.3:1",
+    ];
+    for (i, peer) in peers.into_iter().enumerate() {
+        let a = memory.clone().oneshot(request_from(peer)).await.unwrap();
+        let b = deferred.clone().oneshot(request_from(peer)).await.unwrap();
+        assert_eq!(a.status(), b.status(), "request {i}");
+        assert_eq!(a.headers(), b.headers(), "request {i}");
+    }
+}
+
+struct BrokenStore;
+
+impl ThrottleStore for BrokenStore {
+    type Future = std::future::Ready<Result<Outcome, StoreError>>;
+
+    fn check(&self, _: &Rule, _: &Key) -> Check<Self::Future> {
+        Check::Pending(std::future::ready(Err(StoreError(
+            "connection refused".into(),
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn store_failure_follows_the_configured_policy() {
+    let build = |policy| {
+        ThrottleLayer::builder()
+            .rule(Rule::new("global", Rate::per_second(1), Global))
+            .on_store_error(policy)
+            .build_with_store(|_, _| BrokenStore)
+            .unwrap()
+            .layer(bare())
+    };
+    let open = build(StoreFailure::Allow)
+        .oneshot(request_from("192.0.2.1:1"))
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let closed = build(StoreFailure::Reject)
+        .oneshot(request_from("192.0.2.1:1"))
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(closed.headers()["retry-after"], "1");
+}
+
+#[test]
+fn invalid_layers_are_refused_at_build_time_with_the_rule_named() {
+    let rule = |name: &str| Rule::new(name.to_owned(), Rate::per_second(1), Global);
+    let error = |builder: tollgate_throttle::ThrottleBuilder| builder.build().unwrap_err();
+
+    assert!(matches!(
+        error(ThrottleLayer::builder()),
+        ThrottleError::NoRules
+    ));
+    let duplicate = error(ThrottleLayer::builder().rule(rule("a")).rule(rule("a")));
+    assert_eq!(
+        duplicate.to_string(),
+        r#"two rules are named "a"; rule names must be unique"#
+    );
+    let zero = error(ThrottleLayer::builder().rule(rule("a").burst(0)));
+    assert_eq!(
+        zero.to_string(),
+        r#"rule "a" has burst 0; the burst must be at least 1"#
+    );
+    let quoted = error(ThrottleLayer::builder().rule(rule("a\"b")));
+    assert!(matches!(quoted, ThrottleError::InvalidRuleName(name) if name == "a\"b"));
+}

@@ -1,0 +1,57 @@
+//! tollgate: an embeddable API gateway for Rust.
+//!
+//! What a hosted API gateway (Amazon API Gateway, Kong, KrakenD) does in front of your service —
+//! authorizers, API keys with usage plans, throttling, response caching, stage routing,
+//! aggregation — as tower layers you stack onto your own axum `Router` or hyper service. No
+//! second process and no extra network hop: a request that passes the stack costs
+//! microseconds.
+//!
+//! Each layer is a Cargo feature and a crate of its own; this crate re-exports them:
+//!
+//! | feature | module | what it gives |
+//! |---|---|---|
+//! | `throttle` (default) | [`throttle`] | GCRA rate limits per client, route or globally, bounded state, `RateLimit` headers |
+//! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
+//! | `full` | — | everything |
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "throttle")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{routing::get, Router};
+//! use tollgate::key::ClientIp;
+//! use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+//! use tollgate::TrustedProxies;
+//!
+//! let per_client = Rule::new("per-client", Rate::per_second(5), ClientIp::new(TrustedProxies::none()))
+//!     .burst(5);
+//! let app: Router = Router::new()
+//!     .route("/hello", get(|| async { "hello" }))
+//!     .layer(ThrottleLayer::builder().rule(per_client).build()?);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "throttle"))]
+//! # fn main() {}
+//! ```
+//!
+//! Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so the layer sees the
+//! client's address; `examples/quickstart.rs` is a complete program.
+#![warn(missing_docs)]
+#![deny(unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use tollgate_core::{
+    key, retry_after_seconds, BearerError, Clock, ForwardedHeader, Key, KeyError, KeyExtractor,
+    KeyExtractorExt, KeyScope, ManualClock, PeerAddr, Principal, PrincipalBuilder, ProblemType,
+    Rejection, RequestHead, ResponseBody, RouteMatch, RouteTable, RouteTableError, SharedClock,
+    Stage, SystemClock, TrustedProxies, TrustedProxiesError,
+};
+
+/// Shared types of every layer (`tollgate-core`).
+pub use tollgate_core as core;
+
+/// Throttling: GCRA rules with tiers, bounded keyed state and `RateLimit` headers.
+#[cfg(feature = "throttle")]
+#[cfg_attr(docsrs, doc(cfg(feature = "throttle")))]
+pub use tollgate_throttle as throttle;

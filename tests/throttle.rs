@@ -1,0 +1,405 @@
+//! The throttle layer over real loopback TCP, as a user sees it: status, headers, body.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::{serve_axum, serve_hyper, Client};
+use tokio::sync::Barrier;
+use tollgate::key::{ClientIp, Global, HeaderKey};
+use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+use tollgate::{ManualClock, RouteTable, TrustedProxies};
+
+fn per_client(rate: Rate, burst: u32, proxies: TrustedProxies) -> Rule {
+    Rule::new("per-client", rate, ClientIp::new(proxies)).burst(burst)
+}
+
+fn layer(rules: impl IntoIterator<Item = Rule>, clock: &ManualClock) -> ThrottleLayer {
+    rules
+        .into_iter()
+        .fold(ThrottleLayer::builder().clock(clock.clone()), |b, r| {
+            b.rule(r)
+        })
+        .build()
+        .unwrap()
+}
+
+fn hello_app(throttle: ThrottleLayer) -> Router {
+    Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .layer(throttle)
+}
+
+#[tokio::test]
+async fn burst_then_429_with_retry_after_and_ratelimit_fields_then_refill() {
+    let clock = ManualClock::new();
+    let throttle = layer(
+        [per_client(Rate::per_second(5), 5, TrustedProxies::none())],
+        &clock,
+    );
+    let addr = serve_axum(hello_app(throttle)).await;
+    let client = Client::new();
+
+    for remaining in (0..5).rev() {
+        let reply = client.get(addr, "/hello").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "hello");
+        assert_eq!(reply.header("ratelimit-policy"), r#""per-client";q=5;w=1"#);
+        let expected_reset = 5 - remaining as u64;
+        assert_eq!(
+            reply.header("ratelimit"),
+            format!(
+                r#""per-client";r={remaining};t={}"#,
+                expected_reset.div_ceil(5)
+            )
+        );
+    }
+
+    let refused = client.get(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("retry-after"), "1");
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        r#""per-client";q=5;w=1"#
+    );
+    assert_eq!(refused.header("ratelimit"), r#""per-client";r=0;t=1"#);
+    assert_eq!(refused.header("content-type"), "application/problem+json");
+    let problem = refused.json();
+    assert_eq!(problem["type"], "urn:tollgate:problem:throttled");
+    assert_eq!(problem["status"], 429);
+    assert_eq!(problem["detail"], r#"rate limit "per-client" exceeded"#);
+
+    // One interval (200 ms) brings back one request, a full period the whole burst.
+    clock.advance(Duration::from_millis(200));
+    assert_eq!(client.get(addr, "/hello").await.status, StatusCode::OK);
+    assert_eq!(
+        client.get(addr, "/hello").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    clock.advance(Duration::from_secs(1));
+    let refilled = client.get(addr, "/hello").await;
+    assert_eq!(refilled.status, StatusCode::OK);
+    assert_eq!(refilled.header("ratelimit"), r#""per-client";r=4;t=1"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_connections_against_burst_5_admit_exactly_5() {
+    let clock = ManualClock::new();
+    let throttle = layer(
+        [per_client(Rate::per_second(5), 5, TrustedProxies::none())],
+        &clock,
+    );
+    let addr = serve_axum(hello_app(throttle)).await;
+    let barrier = Arc::new(Barrier::new(50));
+
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                // A client of its own: its own connection, its own clone of the service.
+                let client = Client::new();
+                barrier.wait().await;
+                client.get(addr, "/hello").await.status
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, limited), (5, 45));
+}
+
+#[tokio::test]
+async fn clients_are_isolated_by_ip() {
+    let clock = ManualClock::new();
+    let throttle = layer(
+        [per_client(Rate::per_minute(2), 2, TrustedProxies::none())],
+        &clock,
+    );
+    let addr = serve_axum(hello_app(throttle)).await;
+    let alice = Client::from_ip("127.0.0.2");
+    let bob = Client::from_ip("127.0.0.3");
+
+    assert_eq!(alice.get(addr, "/hello").await.status, StatusCode::OK);
+    assert_eq!(alice.get(addr, "/hello").await.status, StatusCode::OK);
+    assert_eq!(
+        alice.get(addr, "/hello").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(bob.get(addr, "/hello").await.status, StatusCode::OK);
+    assert_eq!(bob.get(addr, "/hello").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn trusted_proxy_chain_is_honoured() {
+    let clock = ManualClock::new();
+    let proxies = TrustedProxies::new(["127.0.0.1", "10.0.0.0/8"]).unwrap();
+    let throttle = layer([per_client(Rate::per_minute(1), 1, proxies)], &clock);
+    let addr = serve_axum(hello_app(throttle)).await;
+    let proxy = Client::new();
+
+    // The load balancer (127.0.0.1) got it from 10.1.1.1, which got it from the client.
+    let chain = [("x-forwarded-for", "198.51.100.99, 203.0.113.5, 10.1.1.1")];
+    assert_eq!(
+        proxy.get_with(addr, "/hello", &chain).await.status,
+        StatusCode::OK
+    );
+    let again = [("x-forwarded-for", "203.0.113.5, 10.1.1.1")];
+    assert_eq!(
+        proxy.get_with(addr, "/hello", &again).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same client behind the same proxies must share one budget"
+    );
+    let other = [("x-forwarded-for", "203.0.113.6, 10.1.1.1")];
+    assert_eq!(
+        proxy.get_with(addr, "/hello", &other).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn spoofed_x_forwarded_for_from_untrusted_peer_is_ignored() {
+    let clock = ManualClock::new();
+    let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+    let throttle = layer([per_client(Rate::per_minute(2), 2, proxies)], &clock);
+    let addr = serve_axum(hello_app(throttle)).await;
+    let attacker = Client::new();
+
+    for (i, expected) in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spoof = format!("198.51.100.{i}");
+        let reply = attacker
+            .get_with(addr, "/hello", &[("x-forwarded-for", &spoof)])
+            .await;
+        assert_eq!(reply.status, expected, "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn one_client_hammering_does_not_exhaust_the_global_budget() {
+    let clock = ManualClock::new();
+    let global = Rule::new("global", Rate::per_minute(4), Global).burst(4);
+    let per_client = per_client(Rate::per_minute(1), 1, TrustedProxies::none());
+    let addr = serve_axum(hello_app(layer([global, per_client], &clock))).await;
+
+    let abuser = Client::from_ip("127.0.0.2");
+    let mut admitted = 0;
+    for _ in 0..50 {
+        let reply = abuser.get(addr, "/hello").await;
+        if reply.status == StatusCode::OK {
+            admitted += 1;
+        } else {
+            assert_eq!(
+                reply.json()["detail"],
+                r#"rate limit "per-client" exceeded"#
+            );
+        }
+    }
+    assert_eq!(admitted, 1);
+
+    // The global budget of 4 lost only the abuser's one admitted request.
+    for ip in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        let reply = Client::from_ip(ip).get(addr, "/hello").await;
+        assert_eq!(reply.status, StatusCode::OK, "{ip}");
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            r#""per-client";q=1;w=60, "global";q=4;w=60"#
+        );
+    }
+    let late = Client::from_ip("127.0.0.6").get(addr, "/hello").await;
+    assert_eq!(late.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(late.json()["detail"], r#"rate limit "global" exceeded"#);
+}
+
+#[tokio::test]
+async fn route_layer_throttles_only_its_routes() {
+    let clock = ManualClock::new();
+    let throttle = layer(
+        [per_client(Rate::per_minute(1), 1, TrustedProxies::none())],
+        &clock,
+    );
+    let app = Router::new()
+        .route("/limited", get(|| async { "limited" }))
+        .route_layer(throttle)
+        .route("/free", get(|| async { "free" }));
+    let addr = serve_axum(app).await;
+    let client = Client::new();
+
+    assert_eq!(client.get(addr, "/limited").await.status, StatusCode::OK);
+    assert_eq!(
+        client.get(addr, "/limited").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for _ in 0..3 {
+        let reply = client.get(addr, "/free").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.headers.get("ratelimit").is_none());
+    }
+    // route_layer leaves unmatched paths alone: a 404, not a 429.
+    assert_eq!(
+        client.get(addr, "/missing").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn works_on_a_plain_hyper_service() {
+    let clock = ManualClock::new();
+    let throttle = layer(
+        [per_client(Rate::per_minute(2), 2, TrustedProxies::none())],
+        &clock,
+    );
+    let service = tower::ServiceBuilder::new()
+        .layer(throttle)
+        .service(tower::service_fn(|_request| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"plain"))))
+        }));
+    let addr = serve_hyper(service).await;
+    let client = Client::new();
+
+    let reply = client.get(addr, "/anything").await;
+    assert_eq!(
+        (reply.status, &reply.body[..]),
+        (StatusCode::OK, &b"plain"[..])
+    );
+    assert_eq!(client.get(addr, "/anything").await.status, StatusCode::OK);
+    let refused = client.get(addr, "/anything").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("retry-after"), "30");
+}
+
+#[tokio::test]
+async fn route_scoped_rule_leaves_other_routes_alone() {
+    let clock = ManualClock::new();
+    let search = Rule::new("search", Rate::per_minute(1), Global)
+        .burst(1)
+        .routes(RouteTable::new().with("GET /search", ()).unwrap());
+    let app = Router::new()
+        .route("/search", get(|| async { "results" }))
+        .route("/hello", get(|| async { "hello" }))
+        .layer(layer([search], &clock));
+    let addr = serve_axum(app).await;
+    let client = Client::new();
+
+    assert_eq!(client.get(addr, "/search?q=a").await.status, StatusCode::OK);
+    assert_eq!(
+        client.get(addr, "/search?q=b").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let hello = client.get(addr, "/hello").await;
+    assert_eq!(hello.status, StatusCode::OK);
+    assert!(hello.headers.get("ratelimit").is_none());
+}
+
+#[tokio::test]
+async fn missing_key_header_is_a_clear_400_and_spends_nothing() {
+    let clock = ManualClock::new();
+    let global = Rule::new("global", Rate::per_minute(1), Global).burst(1);
+    let by_client = Rule::new(
+        "by-client",
+        Rate::per_minute(10),
+        HeaderKey::new("x-client-id"),
+    );
+    let addr = serve_axum(hello_app(layer([global, by_client], &clock))).await;
+    let client = Client::new();
+
+    let refused = client.get(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused.header("content-type"), "application/problem+json");
+    assert_eq!(refused.json()["detail"], "expected a x-client-id header");
+    // The refused request took nothing from the global budget of one.
+    let reply = client
+        .get_with(addr, "/hello", &[("x-client-id", "tenant-1")])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+fn metrics_snapshotter() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().unwrap();
+        snapshotter
+    })
+}
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+fn counter(snapshot: &Snapshot, name: &str, rule: &str) -> u64 {
+    snapshot
+        .iter()
+        .filter(|(key, ..)| {
+            key.key().name() == name
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "rule" && l.value() == rule)
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => *n,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn shadow_rule_lets_everything_through_and_counts() {
+    let snapshotter = metrics_snapshotter();
+    let clock = ManualClock::new();
+    let shadow = Rule::new("shadow-rollout", Rate::per_minute(2), Global)
+        .burst(2)
+        .shadow(true);
+    let addr = serve_axum(hello_app(layer([shadow], &clock))).await;
+    let client = Client::new();
+
+    for _ in 0..10 {
+        let reply = client.get(addr, "/hello").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        // A shadow rule is invisible to clients.
+        assert!(reply.headers.get("ratelimit").is_none());
+    }
+    // Taking a snapshot resets the debugging recorder's counters: take one.
+    let snapshot = snapshotter.snapshot().into_vec();
+    assert_eq!(
+        counter(
+            &snapshot,
+            "tollgate_throttle_allowed_total",
+            "shadow-rollout"
+        ),
+        2
+    );
+    assert_eq!(
+        counter(
+            &snapshot,
+            "tollgate_throttle_limited_total",
+            "shadow-rollout"
+        ),
+        8
+    );
+}
