@@ -28,7 +28,8 @@ use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use http::{Request, Response, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tollgate::key::PeerIp;
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
@@ -45,17 +46,27 @@ fn unlimited_rate() -> Rate {
     Rate::new(1e9, Duration::from_secs(1)).expect("1e9 per second is a valid rate")
 }
 
+/// A response as a real handler makes one: with a `content-type`, as axum sets for any body.
+/// (A header map that is still empty would charge the layer's `RateLimit` fields with the
+/// map's first allocation, which every real response has already paid.)
+fn hello<B>(body: B) -> Response<B> {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 fn bare() -> impl Service<Request<()>, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone
 {
-    tower::service_fn(|_req: Request<()>| {
-        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
-    })
+    tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(hello(Empty::<Bytes>::new()))))
 }
 
 /// The bare service with axum's body, which `tower_governor` needs to build its refusals.
 fn bare_axum_body(
 ) -> impl Service<Request<()>, Response = Response<Body>, Error = Infallible> + Clone {
-    tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(Response::new(Body::empty()))))
+    tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(hello(Body::empty()))))
 }
 
 fn tollgate_layer(capacity: usize, headers_on_allowed: bool) -> ThrottleLayer {
@@ -108,21 +119,28 @@ struct Traffic {
 
 impl Traffic {
     /// Measures `service` under `name`, after one pass over every client so that each key is
-    /// already stored when timing starts.
+    /// already stored when timing starts. Returns whether it ran (a filter may skip it).
     fn bench<S, B>(
         &self,
         group: &mut BenchmarkGroup<'_, WallTime>,
         name: &str,
         mut service: S,
         expected: StatusCode,
-    ) where
+    ) -> bool
+    where
         S: Service<Request<()>, Response = Response<B>>,
     {
-        for &peer in &self.peers {
-            black_box(serve(&mut service, (self.request)(peer)));
-        }
+        // Criterion calls the routine once per batch; a skipped benchmark never calls it, so
+        // its million-key pass is not paid either.
+        let mut warm = false;
         let mut next = 0;
         group.bench_function(name, |b| {
+            if !warm {
+                for &peer in &self.peers {
+                    black_box(serve(&mut service, (self.request)(peer)));
+                }
+                warm = true;
+            }
             b.iter(|| {
                 let peer = self.peers[next];
                 next = if next + 1 == self.peers.len() {
@@ -135,6 +153,7 @@ impl Traffic {
                 response
             })
         });
+        warm
     }
 }
 
@@ -257,9 +276,12 @@ fn one_million_keys(c: &mut Criterion) {
     for (name, headers) in [("tollgate", true), ("tollgate_no_headers", false)] {
         let layer = tollgate_layer(KEYS as usize, headers);
         let service = ServiceBuilder::new().layer(layer.clone()).service(bare());
-        traffic.bench(&mut group, name, service, StatusCode::OK);
-        let stored = layer.stored_keys("per-client").unwrap_or_default();
-        println!("throttle/1m_keys/{name}: the store holds {stored} keys of {KEYS}");
+        if traffic.bench(&mut group, name, service, StatusCode::OK) {
+            // Capacity is split evenly over shards and keys do not hash evenly, so a store
+            // sized for exactly the active keys holds fewer of them.
+            let stored = layer.stored_keys("per-client").unwrap_or_default();
+            println!("throttle/1m_keys/{name}: the store holds {stored} keys of {KEYS}");
+        }
     }
     group.finish();
 }

@@ -16,15 +16,40 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The real clock: a TSC-backed monotonic clock (`quanta`) and the system's wall clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
+///
+/// Every `SystemClock` shares one origin, so their readings compare.
+#[derive(Clone, Debug)]
+pub struct SystemClock {
+    // An owned quanta clock reads the TSC directly; `quanta::Instant::now()` would first check
+    // a thread-local override on every call.
+    clock: quanta::Clock,
+    origin: quanta::Instant,
+}
+
+impl SystemClock {
+    /// The system clock (calibrated once per process).
+    pub fn new() -> Self {
+        static SYSTEM: OnceLock<SystemClock> = OnceLock::new();
+        SYSTEM
+            .get_or_init(|| {
+                let clock = quanta::Clock::new();
+                let origin = clock.now();
+                SystemClock { clock, origin }
+            })
+            .clone()
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Clock for SystemClock {
     #[inline]
     fn now(&self) -> Duration {
-        static ORIGIN: OnceLock<quanta::Instant> = OnceLock::new();
-        let origin = *ORIGIN.get_or_init(quanta::Instant::now);
-        quanta::Instant::now().saturating_duration_since(origin)
+        self.clock.now().saturating_duration_since(self.origin)
     }
 
     fn system_time(&self) -> SystemTime {
@@ -87,25 +112,33 @@ impl Clock for ManualClock {
 }
 
 /// A cheaply clonable handle to any [`Clock`].
+///
+/// The system clock is read without dynamic dispatch: it is on every request's path.
 #[derive(Clone, Debug)]
-pub struct SharedClock(Arc<dyn Clock>);
+pub struct SharedClock(Source);
+
+#[derive(Clone, Debug)]
+enum Source {
+    System(SystemClock),
+    Other(Arc<dyn Clock>),
+}
 
 impl SharedClock {
     /// Shares `clock`.
     pub fn new(clock: impl Clock) -> Self {
-        Self(Arc::new(clock))
+        Self(Source::Other(Arc::new(clock)))
     }
 }
 
 impl Default for SharedClock {
     fn default() -> Self {
-        Self::new(SystemClock)
+        Self(Source::System(SystemClock::new()))
     }
 }
 
 impl From<SystemClock> for SharedClock {
     fn from(clock: SystemClock) -> Self {
-        Self::new(clock)
+        Self(Source::System(clock))
     }
 }
 
@@ -117,18 +150,24 @@ impl From<ManualClock> for SharedClock {
 
 impl From<Arc<dyn Clock>> for SharedClock {
     fn from(clock: Arc<dyn Clock>) -> Self {
-        Self(clock)
+        Self(Source::Other(clock))
     }
 }
 
 impl Clock for SharedClock {
     #[inline]
     fn now(&self) -> Duration {
-        self.0.now()
+        match &self.0 {
+            Source::System(clock) => clock.now(),
+            Source::Other(clock) => clock.now(),
+        }
     }
 
     fn system_time(&self) -> SystemTime {
-        self.0.system_time()
+        match &self.0 {
+            Source::System(clock) => clock.system_time(),
+            Source::Other(clock) => clock.system_time(),
+        }
     }
 }
 
@@ -138,8 +177,8 @@ mod tests {
 
     #[test]
     fn system_clock_is_monotonic() {
-        let a = SystemClock.now();
-        let b = SystemClock.now();
+        let a = SystemClock::new().now();
+        let b = SharedClock::default().now();
         assert!(b >= a);
     }
 

@@ -4,7 +4,7 @@ use http::header::HeaderName;
 use tollgate_core::key::{ApiKeyId, ClientIp, Global, HeaderKey, PeerIp, RouteKey, Subject};
 use tollgate_core::{ForwardedHeader, RouteTable, TrustedProxies};
 
-use crate::{Rate, Rule, StoreFailure, ThrottleError, ThrottleLayer};
+use crate::{MissingKey, Rate, Rule, StoreFailure, ThrottleError, ThrottleLayer};
 
 /// A throttle layer as configuration: everything the builder does, from YAML, TOML or JSON.
 /// Unknown fields are refused, and errors name the field.
@@ -68,6 +68,9 @@ pub struct RuleConfig {
     /// Shadow mode (default `false`).
     #[serde(default)]
     pub shadow: bool,
+    /// What to do when the key is missing: `reject` (default) or `skip`.
+    #[serde(default)]
+    pub on_missing_key: MissingKey,
     /// Keys this rule remembers (default: the layer's capacity).
     #[serde(default)]
     pub capacity: Option<usize>,
@@ -155,7 +158,9 @@ impl ThrottleConfig {
         if let Some(capacity) = config.capacity {
             rule = rule.capacity(capacity);
         }
-        Ok(rule.shadow(config.shadow))
+        Ok(rule
+            .shadow(config.shadow)
+            .on_missing_key(config.on_missing_key))
     }
 }
 

@@ -32,7 +32,7 @@ pin_project! {
         S: Service<Request<ReqBody>>,
         St: ThrottleStore,
     {
-        Rejected { rejection: Option<Rejection> },
+        Rejected { rejection: Option<Box<Rejection>> },
         Inner {
             #[pin]
             future: S::Future,
@@ -41,13 +41,20 @@ pin_project! {
         Waiting {
             #[pin]
             check: St::Future,
-            inner: Option<S>,
-            request: Option<Request<ReqBody>>,
-            shared: Arc<Shared<St>>,
-            rule: usize,
-            report: Report,
+            // Boxed: only a store that answers later pays for carrying the request, and the
+            // in-memory path keeps a small future.
+            paused: Option<Box<Paused<S, ReqBody, St>>>,
         },
     }
+}
+
+/// A request whose rules are part-way checked.
+struct Paused<S, ReqBody, St> {
+    inner: S,
+    request: Request<ReqBody>,
+    shared: Arc<Shared<St>>,
+    rule: usize,
+    report: Report,
 }
 
 impl<S, ReqBody, St> ResponseFuture<S, ReqBody, St>
@@ -55,13 +62,14 @@ where
     S: Service<Request<ReqBody>>,
     St: ThrottleStore,
 {
+    #[inline]
     pub(crate) fn inner(future: S::Future, headers: Option<(HeaderValue, HeaderValue)>) -> Self {
         Self {
             state: State::Inner { future, headers },
         }
     }
 
-    pub(crate) fn rejected(rejection: Rejection) -> Self {
+    pub(crate) fn rejected(rejection: Box<Rejection>) -> Self {
         Self {
             state: State::Rejected {
                 rejection: Some(rejection),
@@ -80,11 +88,13 @@ where
         Self {
             state: State::Waiting {
                 check,
-                inner: Some(inner),
-                request: Some(request),
-                shared,
-                rule,
-                report,
+                paused: Some(Box::new(Paused {
+                    inner,
+                    request,
+                    shared,
+                    rule,
+                    report,
+                })),
             },
         }
     }
@@ -105,7 +115,7 @@ where
                     let rejection = rejection
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(rejection.into_response()));
+                    return Poll::Ready(Ok((*rejection).into_response()));
                 }
                 StateProj::Inner { future, headers } => {
                     let mut response = ready!(future.poll(cx))?;
@@ -116,25 +126,22 @@ where
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
-                StateProj::Waiting {
-                    check,
-                    inner,
-                    request,
-                    shared,
-                    rule,
-                    report,
-                } => {
+                StateProj::Waiting { check, paused } => {
                     let result = ready!(check.poll(cx));
-                    let mut report = std::mem::take(report);
-                    let request_ref = request
-                        .as_ref()
+                    let mut paused = paused
+                        .take()
                         .expect("ResponseFuture polled after completion");
+                    let Paused {
+                        request,
+                        shared,
+                        rule,
+                        report,
+                        ..
+                    } = &mut *paused;
                     let step = match shared.rules.get(*rule) {
-                        Some(current) => match shared.decide(current, None, result, &mut report) {
-                            Some(rejection) => Step::Reject(rejection),
-                            None => {
-                                shared.evaluate(&RequestHead::of(request_ref), *rule + 1, report)
-                            }
+                        Some(current) => match shared.decide(current, None, result, report) {
+                            Some(rejection) => Step::Reject(Box::new(rejection)),
+                            None => shared.evaluate(&RequestHead::of(request), *rule + 1, report),
                         },
                         None => Step::Pass(None),
                     };
@@ -143,27 +150,21 @@ where
                             rejection: Some(rejection),
                         },
                         Step::Pass(headers) => {
-                            let (Some(mut service), Some(request)) = (inner.take(), request.take())
-                            else {
-                                unreachable!("ResponseFuture polled after completion");
-                            };
+                            let Paused {
+                                mut inner, request, ..
+                            } = *paused;
                             State::Inner {
-                                future: service.call(request),
+                                future: inner.call(request),
                                 headers,
                             }
                         }
-                        Step::Wait {
-                            check,
-                            rule,
-                            report,
-                        } => State::Waiting {
-                            check,
-                            inner: inner.take(),
-                            request: request.take(),
-                            shared: shared.clone(),
-                            rule,
-                            report,
-                        },
+                        Step::Wait { check, rule } => {
+                            paused.rule = rule;
+                            State::Waiting {
+                                check,
+                                paused: Some(paused),
+                            }
+                        }
                     }
                 }
             };

@@ -1,6 +1,7 @@
 //! The IETF `RateLimit-Policy` and `RateLimit` fields
 //! (draft-ietf-httpapi-ratelimit-headers-10, structured-field lists).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -24,42 +25,161 @@ fn reset_seconds(reset: Duration) -> u64 {
     reset.as_secs() + u64::from(reset.subsec_nanos() > 0)
 }
 
+/// The largest table of ready-made `RateLimit` values a rule keeps: (burst + 1) × (refill
+/// seconds + 1) entries of at most a few dozen bytes each.
+const MAX_CACHED_VALUES: u64 = 4096;
+
+/// Ready-made `RateLimit` values of one rule for each `(r, t)` pair, made on first use.
+///
+/// A request that meets one rule (the common case) then clones a value instead of formatting,
+/// validating and allocating one.
+#[derive(Debug, Default)]
+pub(crate) struct ValueCache {
+    width: u64,
+    values: Box<[OnceLock<HeaderValue>]>,
+}
+
+impl ValueCache {
+    pub(crate) fn for_rule(rule: &Rule) -> Self {
+        let burst = u64::from(rule.burst_size().get());
+        let width = reset_seconds(rule.refill_time()) + 1;
+        let size = (burst + 1).saturating_mul(width);
+        if size > MAX_CACHED_VALUES {
+            return Self::default();
+        }
+        Self {
+            width,
+            values: (0..size).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn value(&self, rule: &Rule, remaining: u32, reset: u64) -> Option<HeaderValue> {
+        let make = || {
+            let mut field = FieldBuf::default();
+            push_item(&mut field, rule, remaining, reset);
+            field.into_value()
+        };
+        if reset >= self.width {
+            return make();
+        }
+        let index = usize::try_from(u64::from(remaining) * self.width + reset).ok()?;
+        match self.values.get(index) {
+            // Rule names are checked to be visible ASCII at build time, so `make` succeeds.
+            Some(cell) => Some(
+                cell.get_or_init(|| make().unwrap_or_else(|| HeaderValue::from_static("")))
+                    .clone(),
+            ),
+            None => make(),
+        }
+    }
+}
+
+fn push_item(field: &mut FieldBuf, rule: &Rule, remaining: u32, reset: u64) {
+    field.push(b"\"");
+    field.push(rule.name.as_bytes());
+    field.push(b"\";r=");
+    field.push(itoa::Buffer::new().format(remaining).as_bytes());
+    field.push(b";t=");
+    field.push(itoa::Buffer::new().format(reset).as_bytes());
+}
+
+/// Bytes built on the stack, spilling to the heap only for long values: a header value then
+/// costs one exact-size allocation.
+#[derive(Debug)]
+struct FieldBuf {
+    len: usize,
+    inline: [u8; 96],
+    spill: Vec<u8>,
+}
+
+impl Default for FieldBuf {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            inline: [0; 96],
+            spill: Vec::new(),
+        }
+    }
+}
+
+impl FieldBuf {
+    fn is_empty(&self) -> bool {
+        self.len == 0 && self.spill.is_empty()
+    }
+
+    #[inline]
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if self.spill.is_empty() && end <= self.inline.len() {
+            self.inline[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.spill.extend_from_slice(bytes);
+        }
+    }
+
+    fn into_value(self) -> Option<HeaderValue> {
+        if self.spill.is_empty() {
+            HeaderValue::from_bytes(&self.inline[..self.len]).ok()
+        } else {
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(self.spill)).ok()
+        }
+    }
+}
+
 /// The rate-limit fields of one request, built as its rules are checked.
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     /// Bit `i` set when the rule at index `i` was reported (a layer holds at most 64 rules).
     applied: u64,
-    ratelimit: String,
+    /// The only item so far, as `(rule index, r, t)`: served from the rule's cache.
+    single: Option<(usize, u32, u64)>,
+    /// The items once there are several.
+    several: Option<FieldBuf>,
 }
 
 impl Report {
-    pub(crate) fn push(&mut self, rule: &Rule, remaining: u32, reset: Duration) {
+    #[inline]
+    pub(crate) fn push(&mut self, rules: &[Rule], rule: &Rule, remaining: u32, reset: Duration) {
         if rule.shadow {
             return;
         }
         self.applied |= 1 << rule.index;
-        if !self.ratelimit.is_empty() {
-            self.ratelimit.push_str(", ");
+        let reset = reset_seconds(reset);
+        if self.applied.count_ones() == 1 {
+            self.single = Some((rule.index, remaining, reset));
+            return;
         }
-        self.ratelimit.push('"');
-        self.ratelimit.push_str(&rule.name);
-        self.ratelimit.push_str("\";r=");
-        self.ratelimit
-            .push_str(itoa::Buffer::new().format(remaining));
-        self.ratelimit.push_str(";t=");
-        self.ratelimit
-            .push_str(itoa::Buffer::new().format(reset_seconds(reset)));
+        self.spill(rules, rule, remaining, reset);
     }
 
-    /// `(RateLimit-Policy, RateLimit)`, or `None` when no reported rule applied.
-    /// `all` is the policy field of every enforced rule, `enforced` their bits.
+    /// Moves to the formatted list once a second rule reports.
+    #[cold]
+    fn spill(&mut self, rules: &[Rule], rule: &Rule, remaining: u32, reset: u64) {
+        let field = self.several.get_or_insert_with(FieldBuf::default);
+        if let Some((index, first_remaining, first_reset)) = self.single.take() {
+            if let Some(first) = rules.get(index) {
+                push_item(field, first, first_remaining, first_reset);
+            }
+        }
+        if !field.is_empty() {
+            field.push(b", ");
+        }
+        push_item(field, rule, remaining, reset);
+    }
+
+    /// `(RateLimit-Policy, RateLimit)`, or `None` when no reported rule applied. `all` is the
+    /// policy field of every enforced rule, `enforced` their bits.
     pub(crate) fn finish(
         self,
         rules: &[Rule],
         all: &HeaderValue,
         enforced: u64,
     ) -> Option<(HeaderValue, HeaderValue)> {
-        if self.ratelimit.is_empty() {
+        if self.applied == 0 {
             return None;
         }
         let policy = if self.applied == enforced {
@@ -72,7 +192,13 @@ impl Report {
                 .collect();
             HeaderValue::try_from(items.join(", ")).ok()?
         };
-        let ratelimit = HeaderValue::try_from(self.ratelimit).ok()?;
+        let ratelimit = match self.single {
+            Some((index, remaining, reset)) => {
+                let rule = rules.get(index)?;
+                rule.ratelimit_values.value(rule, remaining, reset)?
+            }
+            None => self.several?.into_value()?,
+        };
         Some((policy, ratelimit))
     }
 }
@@ -80,6 +206,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_fields_spill_to_the_heap_intact() {
+        let mut field = FieldBuf::default();
+        let item = "\"a-rather-long-rule-name\";r=100;t=60";
+        for _ in 0..5 {
+            field.push(item.as_bytes());
+        }
+        assert_eq!(field.into_value().unwrap(), item.repeat(5).as_str());
+    }
 
     #[test]
     fn reset_rounds_up() {

@@ -9,7 +9,7 @@ use tower::Layer;
 
 use crate::headers::{self, Report};
 use crate::store::{Check, MemoryStore, Outcome, StoreError, ThrottleStore};
-use crate::{Rule, Throttle};
+use crate::{MissingKey, Rule, Throttle};
 
 /// Keys each rule remembers unless told otherwise: about 8 MB per rule at most.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -65,14 +65,10 @@ pub(crate) struct Shared<St> {
 pub(crate) enum Step<F> {
     /// Every applicable rule allowed it (or only shadow rules refused).
     Pass(Option<(HeaderValue, HeaderValue)>),
-    /// A rule refused it.
-    Reject(Rejection),
+    /// A rule refused it. Boxed so the allowed path does not move a refusal's worth of bytes.
+    Reject(Box<Rejection>),
     /// The rule at `rule` is being decided by a future.
-    Wait {
-        check: F,
-        rule: usize,
-        report: Report,
-    },
+    Wait { check: F, rule: usize },
 }
 
 impl<St: ThrottleStore> Shared<St> {
@@ -83,7 +79,7 @@ impl<St: ThrottleStore> Shared<St> {
         &self,
         request: &RequestHead<'_>,
         from: usize,
-        mut report: Report,
+        report: &mut Report,
     ) -> Step<St::Future> {
         for rule in self.rules.get(from..).unwrap_or_default() {
             if !rule.applies_to(request) {
@@ -93,26 +89,28 @@ impl<St: ThrottleStore> Shared<St> {
                 Ok(key) => key,
                 Err(error) => {
                     tracing::debug!(rule = %rule.name, %error, "tollgate throttle: no key for request");
-                    return Step::Reject(error.rejection());
+                    match rule.on_missing_key {
+                        MissingKey::Reject => return Step::Reject(Box::new(error.rejection())),
+                        MissingKey::Skip => continue,
+                    }
                 }
             };
             match self.store.check(rule, &key) {
                 Check::Ready(result) => {
-                    if let Some(rejection) = self.decide(rule, Some(&key), result, &mut report) {
-                        return Step::Reject(rejection);
+                    if let Some(rejection) = self.decide(rule, Some(&key), result, report) {
+                        return Step::Reject(Box::new(rejection));
                     }
                 }
                 Check::Pending(check) => {
                     return Step::Wait {
                         check,
                         rule: rule.index,
-                        report,
                     }
                 }
             }
         }
         Step::Pass(if self.headers_on_allowed {
-            report.finish(&self.rules, &self.all_policies, self.enforced)
+            std::mem::take(report).finish(&self.rules, &self.all_policies, self.enforced)
         } else {
             None
         })
@@ -132,7 +130,7 @@ impl<St: ThrottleStore> Shared<St> {
                 rule.counters().allowed.increment(1);
                 tracing::trace!(rule = %rule.name, remaining, "tollgate throttle: allowed");
                 if self.headers_on_allowed {
-                    report.push(rule, remaining, reset);
+                    report.push(&self.rules, rule, remaining, reset);
                 }
                 None
             }
@@ -145,7 +143,7 @@ impl<St: ThrottleStore> Shared<St> {
                     return None;
                 }
                 tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: limited");
-                report.push(rule, 0, reset);
+                report.push(&self.rules, rule, 0, reset);
                 let mut rejection = Rejection::throttled(retry_after)
                     .with_detail(format!("rate limit \"{}\" exceeded", rule.name));
                 let all = &self.all_policies;
@@ -323,6 +321,7 @@ impl ThrottleBuilder {
         let mut enforced = 0;
         for (index, rule) in self.rules.iter_mut().enumerate() {
             rule.index = index;
+            rule.ratelimit_values = Arc::new(headers::ValueCache::for_rule(rule));
             if !rule.shadow {
                 enforced |= 1 << index;
             }

@@ -40,7 +40,7 @@
 //! # Knobs
 //!
 //! - [`Rule::burst`], [`Rule::routes`], [`Rule::shadow`] (count would-be refusals, refuse
-//!   nothing), [`Rule::capacity`].
+//!   nothing), [`Rule::on_missing_key`], [`Rule::capacity`].
 //! - [`ThrottleBuilder::capacity`], [`ThrottleBuilder::clock`],
 //!   [`ThrottleBuilder::headers_on_allowed`], [`ThrottleBuilder::on_store_error`].
 //! - [`ThrottleConfig`]: the same from a configuration file.
@@ -71,6 +71,6 @@ pub use layer::{
     StoreFailure, ThrottleBuilder, ThrottleError, ThrottleLayer, DEFAULT_CAPACITY, MAX_RULES,
 };
 pub use rate::{Rate, RateError};
-pub use rule::Rule;
+pub use rule::{MissingKey, Rule};
 pub use service::Throttle;
 pub use store::{Check, MemoryStore, NeverPending, Outcome, StoreError, ThrottleStore};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use metrics::Counter;
 use tollgate_core::{KeyExtractor, KeyScope, RequestHead, RouteTable};
 
+use crate::headers::ValueCache;
 use crate::Rate;
 
 /// One limit: a rate, a burst, what it counts by, and optionally which routes it covers.
@@ -30,10 +31,25 @@ pub struct Rule {
     pub(crate) extractor: Arc<dyn KeyExtractor>,
     pub(crate) routes: Option<RouteTable<()>>,
     pub(crate) shadow: bool,
+    pub(crate) on_missing_key: MissingKey,
     pub(crate) capacity: Option<usize>,
     /// Position in the layer's evaluation order, set when the layer is built.
     pub(crate) index: usize,
     pub(crate) counters: Arc<OnceLock<RuleCounters>>,
+    pub(crate) ratelimit_values: Arc<ValueCache>,
+}
+
+/// What a rule does with a request its extractor finds no key for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingKey {
+    /// Refuse with the extractor's error: a 400 naming the missing header, a 401 for a missing
+    /// principal or API key, a 500 when the server passes no peer address.
+    #[default]
+    Reject,
+    /// Let the request past this rule (it still has to pass the others): for example a
+    /// per-API-key rule that does not apply to anonymous requests.
+    Skip,
 }
 
 #[derive(Debug)]
@@ -54,9 +70,11 @@ impl Rule {
             extractor: Arc::new(extractor),
             routes: None,
             shadow: false,
+            on_missing_key: MissingKey::default(),
             capacity: None,
             index: 0,
             counters: Arc::default(),
+            ratelimit_values: Arc::default(),
         }
     }
 
@@ -75,6 +93,14 @@ impl Rule {
     /// Shadow mode: would-be refusals are counted and logged, and the request goes through.
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
+        self
+    }
+
+    /// What to do with a request the rule's extractor finds no key for (default
+    /// [`MissingKey::Reject`]). To count such requests under another key instead, give the
+    /// rule a fallback extractor with [`KeyExtractorExt::or`](tollgate_core::KeyExtractorExt::or).
+    pub fn on_missing_key(mut self, policy: MissingKey) -> Self {
+        self.on_missing_key = policy;
         self
     }
 

@@ -51,17 +51,14 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let mut report = Report::default();
         let step = self
             .shared
-            .evaluate(&RequestHead::of(&request), 0, Report::default());
+            .evaluate(&RequestHead::of(&request), 0, &mut report);
         match step {
             Step::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
             Step::Reject(rejection) => ResponseFuture::rejected(rejection),
-            Step::Wait {
-                check,
-                rule,
-                report,
-            } => {
+            Step::Wait { check, rule } => {
                 // The ready service goes with the request; a clone takes its place here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);

@@ -11,7 +11,7 @@ use http_body_util::Empty;
 use tollgate_core::key::{Global, HeaderKey, PeerIp};
 use tollgate_core::{Key, ManualClock, PeerAddr};
 use tollgate_throttle::{
-    Check, MemoryStore, Outcome, Rate, Rule, StoreError, StoreFailure, ThrottleError,
+    Check, MemoryStore, MissingKey, Outcome, Rate, Rule, StoreError, StoreFailure, ThrottleError,
     ThrottleLayer, ThrottleStore,
 };
 use tower::{Layer, Service, ServiceExt};
@@ -195,6 +195,54 @@ async fn a_store_that_answers_later_gives_the_same_decisions_and_headers() {
         assert_eq!(a.status(), b.status(), "request {i}");
         assert_eq!(a.headers(), b.headers(), "request {i}");
     }
+}
+
+#[tokio::test]
+async fn a_rule_that_skips_missing_keys_leaves_anonymous_requests_to_the_other_rules() {
+    let layer = ThrottleLayer::builder()
+        .rule(
+            Rule::new(
+                "per-tenant",
+                Rate::per_minute(1),
+                HeaderKey::new("x-tenant"),
+            )
+            .burst(1)
+            .on_missing_key(MissingKey::Skip),
+        )
+        .rule(Rule::new("global", Rate::per_minute(3), Global).burst(3))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let service = layer.layer(bare());
+    let tenant = || {
+        let mut request = request_from("192.0.2.1:1");
+        request
+            .headers_mut()
+            .insert("x-tenant", "acme".parse().unwrap());
+        request
+    };
+
+    assert_eq!(status(&service, tenant()).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, tenant()).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Anonymous requests skip the per-tenant rule and meet only the global one (2 left of 3).
+    let anonymous = service
+        .clone()
+        .oneshot(request_from("192.0.2.2:1"))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::OK);
+    assert_eq!(anonymous.headers()["ratelimit"], r#""global";r=1;t=40"#);
+    assert_eq!(
+        status(&service, request_from("192.0.2.2:1")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&service, request_from("192.0.2.2:1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 struct BrokenStore;
