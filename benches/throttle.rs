@@ -5,7 +5,9 @@
 //! loop, so the difference is the layer alone. Services are driven directly: `poll_ready`,
 //! `call`, and one poll with a no-op waker, since the in-memory store decides at once.
 //!
-//! - `throttle/one_key`: every request from one client.
+//! - `throttle/one_key`: every request from one client; `tollgate` is the default (allowed
+//!   responses carry `RateLimit`), `tollgate_no_headers` sends no fields on allowed responses,
+//!   `tollgate_with_policy` adds `RateLimit-Policy` to them.
 //! - `throttle/10k_keys`: 10 000 clients in turn, beside `tower_governor` with the same quota.
 //!   `tower_governor` needs an axum body, so it has its own `bare_axum_body` baseline and
 //!   tollgate is measured over that service too.
@@ -32,7 +34,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tollgate::key::PeerIp;
-use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+use tollgate::throttle::{AllowedFields, Rate, Rule, ThrottleLayer};
 use tollgate::PeerAddr;
 use tower::{Service, ServiceBuilder};
 use tower_governor::governor::GovernorConfigBuilder;
@@ -69,11 +71,11 @@ fn bare_axum_body(
     tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(hello(Body::empty()))))
 }
 
-fn tollgate_layer(capacity: usize, headers_on_allowed: bool) -> ThrottleLayer {
+fn tollgate_layer(capacity: usize, fields: AllowedFields) -> ThrottleLayer {
     ThrottleLayer::builder()
         .rule(Rule::new("per-client", unlimited_rate(), PeerIp).burst(BURST))
         .capacity(capacity)
-        .headers_on_allowed(headers_on_allowed)
+        .allowed_fields(fields)
         .build()
         .expect("the benchmark's throttle layer is valid")
 }
@@ -180,11 +182,22 @@ fn one_key(c: &mut Criterion) {
             ))
             .service(bare())
     };
-    traffic.bench(&mut group, "tollgate", layered(true), StatusCode::OK);
+    traffic.bench(
+        &mut group,
+        "tollgate",
+        layered(AllowedFields::RateLimit),
+        StatusCode::OK,
+    );
     traffic.bench(
         &mut group,
         "tollgate_no_headers",
-        layered(false),
+        layered(AllowedFields::None),
+        StatusCode::OK,
+    );
+    traffic.bench(
+        &mut group,
+        "tollgate_with_policy",
+        layered(AllowedFields::RateLimitAndPolicy),
         StatusCode::OK,
     );
     group.finish();
@@ -204,11 +217,16 @@ fn ten_thousand_keys(c: &mut Criterion) {
             .layer(tollgate_layer(capacity, headers))
             .service(bare())
     };
-    traffic.bench(&mut group, "tollgate", layered(true), StatusCode::OK);
+    traffic.bench(
+        &mut group,
+        "tollgate",
+        layered(AllowedFields::RateLimit),
+        StatusCode::OK,
+    );
     traffic.bench(
         &mut group,
         "tollgate_no_headers",
-        layered(false),
+        layered(AllowedFields::None),
         StatusCode::OK,
     );
 
@@ -226,13 +244,13 @@ fn ten_thousand_keys(c: &mut Criterion) {
     traffic.bench(
         &mut group,
         "tollgate_axum_body",
-        layered(true),
+        layered(AllowedFields::RateLimit),
         StatusCode::OK,
     );
     traffic.bench(
         &mut group,
         "tollgate_no_headers_axum_body",
-        layered(false),
+        layered(AllowedFields::None),
         StatusCode::OK,
     );
     // governor's period is the time one request's allowance takes to come back, so 1 ns
@@ -273,7 +291,10 @@ fn one_million_keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("throttle/1m_keys");
     configure(&mut group);
     traffic.bench(&mut group, "bare", bare(), StatusCode::OK);
-    for (name, headers) in [("tollgate", true), ("tollgate_no_headers", false)] {
+    for (name, headers) in [
+        ("tollgate", AllowedFields::RateLimit),
+        ("tollgate_no_headers", AllowedFields::None),
+    ] {
         let layer = tollgate_layer(KEYS as usize, headers);
         let service = ServiceBuilder::new().layer(layer.clone()).service(bare());
         if traffic.bench(&mut group, name, service, StatusCode::OK) {

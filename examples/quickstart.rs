@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("Try:");
     println!("  curl -i http://{addr}/hello");
-    println!("      200, with RateLimit-Policy: \"per-client\";q=5;w=1 and RateLimit: \"per-client\";r=4;t=1");
+    println!("      200, with RateLimit: \"per-client\";r=4;t=1 (4 more now, whole again in 1 s)");
     println!("  for i in $(seq 1 6); do curl -s -o /dev/null -w '%{{http_code}}\\n' http://{addr}/hello; done");
     println!("      200s until the burst of 5 is spent, then 429");
     println!("  curl -i http://{addr}/hello   (right after)");

@@ -15,7 +15,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::{serve_axum, serve_hyper, Client};
 use tokio::sync::Barrier;
 use tollgate::key::{ClientIp, Global, HeaderKey};
-use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+use tollgate::throttle::{AllowedFields, Rate, Rule, ThrottleLayer};
 use tollgate::{ManualClock, RouteTable, TrustedProxies};
 
 fn per_client(rate: Rate, burst: u32, proxies: TrustedProxies) -> Rule {
@@ -52,7 +52,8 @@ async fn burst_then_429_with_retry_after_and_ratelimit_fields_then_refill() {
         let reply = client.get(addr, "/hello").await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body, "hello");
-        assert_eq!(reply.header("ratelimit-policy"), r#""per-client";q=5;w=1"#);
+        // The policy is the same on every response; allowed ones carry only RateLimit.
+        assert!(reply.headers.get("ratelimit-policy").is_none());
         let expected_reset = 5 - remaining as u64;
         assert_eq!(
             reply.header("ratelimit"),
@@ -218,17 +219,63 @@ async fn one_client_hammering_does_not_exhaust_the_global_budget() {
     assert_eq!(admitted, 1);
 
     // The global budget of 4 lost only the abuser's one admitted request.
-    for ip in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+    for (ip, global_left) in [("127.0.0.3", 2), ("127.0.0.4", 1), ("127.0.0.5", 0)] {
         let reply = Client::from_ip(ip).get(addr, "/hello").await;
         assert_eq!(reply.status, StatusCode::OK, "{ip}");
         assert_eq!(
-            reply.header("ratelimit-policy"),
-            r#""per-client";q=1;w=60, "global";q=4;w=60"#
+            reply.header("ratelimit"),
+            format!(
+                r#""per-client";r=0;t=60, "global";r={global_left};t={}"#,
+                (4 - global_left) * 15
+            )
         );
     }
     let late = Client::from_ip("127.0.0.6").get(addr, "/hello").await;
     assert_eq!(late.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        late.header("ratelimit-policy"),
+        r#""per-client";q=1;w=60, "global";q=4;w=60"#
+    );
     assert_eq!(late.json()["detail"], r#"rate limit "global" exceeded"#);
+}
+
+#[tokio::test]
+async fn allowed_responses_can_carry_the_policy_too_or_no_fields() {
+    let clock = ManualClock::new();
+    let rule = || per_client(Rate::per_second(5), 5, TrustedProxies::none());
+    let with_policy = ThrottleLayer::builder()
+        .rule(rule())
+        .allowed_fields(AllowedFields::RateLimitAndPolicy)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let without = ThrottleLayer::builder()
+        .rule(rule())
+        .allowed_fields(AllowedFields::None)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let client = Client::new();
+
+    let addr = serve_axum(hello_app(with_policy)).await;
+    let reply = client.get(addr, "/hello").await;
+    assert_eq!(reply.header("ratelimit-policy"), r#""per-client";q=5;w=1"#);
+    assert_eq!(reply.header("ratelimit"), r#""per-client";r=4;t=1"#);
+
+    let addr = serve_axum(hello_app(without)).await;
+    for _ in 0..5 {
+        let reply = client.get(addr, "/hello").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.headers.get("ratelimit").is_none());
+    }
+    // Refusals carry both fields whatever the setting.
+    let refused = client.get(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        r#""per-client";q=5;w=1"#
+    );
+    assert_eq!(refused.header("ratelimit"), r#""per-client";r=0;t=1"#);
 }
 
 #[tokio::test]

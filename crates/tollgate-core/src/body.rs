@@ -23,7 +23,8 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
+        // Boxed: a pass-through response stays as small as the inner one.
+        Full { data: Option<Box<Bytes>> },
     }
 }
 
@@ -40,7 +41,7 @@ impl<B> ResponseBody<B> {
         let data = data.into();
         Self {
             kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
+                data: (!data.is_empty()).then(|| Box::new(data)),
             },
         }
     }
@@ -67,7 +68,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(*d)))),
         }
     }
 

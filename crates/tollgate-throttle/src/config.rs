@@ -4,7 +4,7 @@ use http::header::HeaderName;
 use tollgate_core::key::{ApiKeyId, ClientIp, Global, HeaderKey, PeerIp, RouteKey, Subject};
 use tollgate_core::{ForwardedHeader, RouteTable, TrustedProxies};
 
-use crate::{MissingKey, Rate, Rule, StoreFailure, ThrottleError, ThrottleLayer};
+use crate::{AllowedFields, MissingKey, Rate, Rule, StoreFailure, ThrottleError, ThrottleLayer};
 
 /// A throttle layer as configuration: everything the builder does, from YAML, TOML or JSON.
 /// Unknown fields are refused, and errors name the field.
@@ -37,16 +37,13 @@ pub struct ThrottleConfig {
     /// The forwarding header those proxies write (default `x-forwarded-for`).
     #[serde(default)]
     pub forwarded_header: ForwardedHeader,
-    /// Whether allowed responses carry the `RateLimit` fields (default `true`).
-    #[serde(default = "default_true")]
-    pub headers_on_allowed: bool,
+    /// Which rate-limit fields allowed responses carry: `none`, `rate-limit` (default) or
+    /// `rate-limit-and-policy`.
+    #[serde(default)]
+    pub allowed_fields: AllowedFields,
     /// What to do when the store fails (default `allow`).
     #[serde(default)]
     pub on_store_error: StoreFailure,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// One rule as configuration.
@@ -100,7 +97,7 @@ impl ThrottleConfig {
     /// Builds the layer this configuration describes.
     pub fn build(&self) -> Result<ThrottleLayer, ThrottleError> {
         let mut builder = ThrottleLayer::builder()
-            .headers_on_allowed(self.headers_on_allowed)
+            .allowed_fields(self.allowed_fields)
             .on_store_error(self.on_store_error);
         if let Some(capacity) = self.capacity {
             builder = builder.capacity(capacity);

@@ -3,13 +3,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tollgate_core::{Rejection, RequestHead, ResponseBody};
 use tower::Service;
 
 use crate::headers::{Report, RATELIMIT, RATELIMIT_POLICY};
-use crate::layer::{Shared, Step};
+use crate::layer::{Fields, Shared, Step};
 use crate::store::ThrottleStore;
 
 pin_project! {
@@ -36,7 +36,7 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
-            headers: Option<(HeaderValue, HeaderValue)>,
+            headers: Option<Fields>,
         },
         Waiting {
             #[pin]
@@ -63,7 +63,7 @@ where
     St: ThrottleStore,
 {
     #[inline]
-    pub(crate) fn inner(future: S::Future, headers: Option<(HeaderValue, HeaderValue)>) -> Self {
+    pub(crate) fn inner(future: S::Future, headers: Option<Fields>) -> Self {
         Self {
             state: State::Inner { future, headers },
         }
@@ -121,7 +121,9 @@ where
                     let mut response = ready!(future.poll(cx))?;
                     if let Some((policy, ratelimit)) = headers.take() {
                         let map = response.headers_mut();
-                        map.insert(RATELIMIT_POLICY.clone(), policy);
+                        if let Some(policy) = policy {
+                            map.insert(RATELIMIT_POLICY.clone(), policy);
+                        }
                         map.insert(RATELIMIT.clone(), ratelimit);
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::HeaderValue;
 
+use crate::layer::Fields;
 use crate::Rule;
 
 /// `RateLimit-Policy`: each applied rule's quota `q` per window `w` seconds.
@@ -142,6 +143,10 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.applied == 0
+    }
+
     #[inline]
     pub(crate) fn push(&mut self, rules: &[Rule], rule: &Rule, remaining: u32, reset: Duration) {
         if rule.shadow {
@@ -171,26 +176,27 @@ impl Report {
         push_item(field, rule, remaining, reset);
     }
 
-    /// `(RateLimit-Policy, RateLimit)`, or `None` when no reported rule applied. `all` is the
-    /// policy field of every enforced rule, `enforced` their bits.
+    /// `(RateLimit-Policy, RateLimit)`, or `None` when no reported rule applied. `policy`, when
+    /// the policy field is wanted, is the field of every enforced rule and those rules' bits.
     pub(crate) fn finish(
         self,
         rules: &[Rule],
-        all: &HeaderValue,
-        enforced: u64,
-    ) -> Option<(HeaderValue, HeaderValue)> {
+        policy: Option<(&HeaderValue, u64)>,
+    ) -> Option<Fields> {
         if self.applied == 0 {
             return None;
         }
-        let policy = if self.applied == enforced {
-            all.clone()
-        } else {
-            let items: Vec<String> = rules
-                .iter()
-                .filter(|r| self.applied & (1 << r.index) != 0)
-                .map(policy_item)
-                .collect();
-            HeaderValue::try_from(items.join(", ")).ok()?
+        let policy = match policy {
+            None => None,
+            Some((all, enforced)) if self.applied == enforced => Some(all.clone()),
+            Some(_) => {
+                let items: Vec<String> = rules
+                    .iter()
+                    .filter(|r| self.applied & (1 << r.index) != 0)
+                    .map(policy_item)
+                    .collect();
+                Some(HeaderValue::try_from(items.join(", ")).ok()?)
+            }
         };
         let ratelimit = match self.single {
             Some((index, remaining, reset)) => {

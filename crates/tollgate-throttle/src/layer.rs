@@ -28,6 +28,26 @@ pub enum StoreFailure {
     Reject,
 }
 
+/// Which rate-limit fields allowed responses carry. Refusals always carry both.
+///
+/// `RateLimit` (remaining requests and seconds until the allowance is whole) is what a client
+/// paces itself by; `RateLimit-Policy` is the same on every response, so sending it on each
+/// allowed one costs a header per response for no new information.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllowedFields {
+    /// No rate-limit fields on allowed responses.
+    None,
+    /// `RateLimit` only.
+    #[default]
+    RateLimit,
+    /// `RateLimit` and `RateLimit-Policy`.
+    RateLimitAndPolicy,
+}
+
+/// `(RateLimit-Policy, RateLimit)` of one response.
+pub(crate) type Fields = (Option<HeaderValue>, HeaderValue);
+
 /// Why a throttle layer could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -55,7 +75,7 @@ pub enum ThrottleError {
 pub(crate) struct Shared<St> {
     pub(crate) rules: Box<[Rule]>,
     pub(crate) store: St,
-    headers_on_allowed: bool,
+    allowed_fields: AllowedFields,
     on_store_error: StoreFailure,
     all_policies: HeaderValue,
     enforced: u64,
@@ -64,7 +84,7 @@ pub(crate) struct Shared<St> {
 /// What became of a request after some of its rules were checked.
 pub(crate) enum Step<F> {
     /// Every applicable rule allowed it (or only shadow rules refused).
-    Pass(Option<(HeaderValue, HeaderValue)>),
+    Pass(Option<Fields>),
     /// A rule refused it. Boxed so the allowed path does not move a refusal's worth of bytes.
     Reject(Box<Rejection>),
     /// The rule at `rule` is being decided by a future.
@@ -109,10 +129,12 @@ impl<St: ThrottleStore> Shared<St> {
                 }
             }
         }
-        Step::Pass(if self.headers_on_allowed {
-            std::mem::take(report).finish(&self.rules, &self.all_policies, self.enforced)
-        } else {
+        Step::Pass(if report.is_empty() {
             None
+        } else {
+            let policy = (self.allowed_fields == AllowedFields::RateLimitAndPolicy)
+                .then_some((&self.all_policies, self.enforced));
+            std::mem::take(report).finish(&self.rules, policy)
         })
     }
 
@@ -129,7 +151,7 @@ impl<St: ThrottleStore> Shared<St> {
             Ok(Outcome::Allowed { remaining, reset }) => {
                 rule.counters().allowed.increment(1);
                 tracing::trace!(rule = %rule.name, remaining, "tollgate throttle: allowed");
-                if self.headers_on_allowed {
+                if self.allowed_fields != AllowedFields::None {
                     report.push(&self.rules, rule, remaining, reset);
                 }
                 None
@@ -146,12 +168,12 @@ impl<St: ThrottleStore> Shared<St> {
                 report.push(&self.rules, rule, 0, reset);
                 let mut rejection = Rejection::throttled(retry_after)
                     .with_detail(format!("rate limit \"{}\" exceeded", rule.name));
-                let all = &self.all_policies;
-                if let Some((policy, ratelimit)) =
-                    std::mem::take(report).finish(&self.rules, all, self.enforced)
-                {
+                let all = Some((&self.all_policies, self.enforced));
+                if let Some((policy, ratelimit)) = std::mem::take(report).finish(&self.rules, all) {
                     let headers = rejection.headers_mut();
-                    headers.insert(headers::RATELIMIT_POLICY.clone(), policy);
+                    if let Some(policy) = policy {
+                        headers.insert(headers::RATELIMIT_POLICY.clone(), policy);
+                    }
                     headers.insert(headers::RATELIMIT.clone(), ratelimit);
                 }
                 Some(rejection)
@@ -232,7 +254,7 @@ pub struct ThrottleBuilder {
     rules: Vec<Rule>,
     capacity: usize,
     clock: SharedClock,
-    headers_on_allowed: bool,
+    allowed_fields: AllowedFields,
     on_store_error: StoreFailure,
 }
 
@@ -242,7 +264,7 @@ impl Default for ThrottleBuilder {
             rules: Vec::new(),
             capacity: DEFAULT_CAPACITY,
             clock: SharedClock::default(),
-            headers_on_allowed: true,
+            allowed_fields: AllowedFields::default(),
             on_store_error: StoreFailure::default(),
         }
     }
@@ -268,10 +290,10 @@ impl ThrottleBuilder {
         self
     }
 
-    /// Whether allowed responses carry `RateLimit` and `RateLimit-Policy` too (default `true`).
-    /// Refusals always do.
-    pub fn headers_on_allowed(mut self, enabled: bool) -> Self {
-        self.headers_on_allowed = enabled;
+    /// Which rate-limit fields allowed responses carry (default [`AllowedFields::RateLimit`]).
+    /// Refusals always carry `RateLimit` and `RateLimit-Policy`.
+    pub fn allowed_fields(mut self, fields: AllowedFields) -> Self {
+        self.allowed_fields = fields;
         self
     }
 
@@ -321,6 +343,7 @@ impl ThrottleBuilder {
         let mut enforced = 0;
         for (index, rule) in self.rules.iter_mut().enumerate() {
             rule.index = index;
+            rule.reports_remaining = self.allowed_fields != AllowedFields::None && !rule.shadow;
             rule.ratelimit_values = Arc::new(headers::ValueCache::for_rule(rule));
             if !rule.shadow {
                 enforced |= 1 << index;
@@ -340,7 +363,7 @@ impl ThrottleBuilder {
             shared: Arc::new(Shared {
                 rules: self.rules.into_boxed_slice(),
                 store,
-                headers_on_allowed: self.headers_on_allowed,
+                allowed_fields: self.allowed_fields,
                 on_store_error: self.on_store_error,
                 all_policies,
                 enforced,

@@ -42,7 +42,7 @@
 //! - [`Rule::burst`], [`Rule::routes`], [`Rule::shadow`] (count would-be refusals, refuse
 //!   nothing), [`Rule::on_missing_key`], [`Rule::capacity`].
 //! - [`ThrottleBuilder::capacity`], [`ThrottleBuilder::clock`],
-//!   [`ThrottleBuilder::headers_on_allowed`], [`ThrottleBuilder::on_store_error`].
+//!   [`ThrottleBuilder::allowed_fields`], [`ThrottleBuilder::on_store_error`].
 //! - [`ThrottleConfig`]: the same from a configuration file.
 //! - [`ThrottleStore`]: where state lives; [`MemoryStore`] by default.
 //!
@@ -68,7 +68,8 @@ mod store;
 pub use config::{KeyConfig, RuleConfig, ThrottleConfig};
 pub use future::ResponseFuture;
 pub use layer::{
-    StoreFailure, ThrottleBuilder, ThrottleError, ThrottleLayer, DEFAULT_CAPACITY, MAX_RULES,
+    AllowedFields, StoreFailure, ThrottleBuilder, ThrottleError, ThrottleLayer, DEFAULT_CAPACITY,
+    MAX_RULES,
 };
 pub use rate::{Rate, RateError};
 pub use rule::{MissingKey, Rule};

@@ -37,6 +37,7 @@ pub struct Rule {
     pub(crate) index: usize,
     pub(crate) counters: Arc<OnceLock<RuleCounters>>,
     pub(crate) ratelimit_values: Arc<ValueCache>,
+    pub(crate) reports_remaining: bool,
 }
 
 /// What a rule does with a request its extractor finds no key for.
@@ -75,6 +76,7 @@ impl Rule {
             index: 0,
             counters: Arc::default(),
             ratelimit_values: Arc::default(),
+            reports_remaining: true,
         }
     }
 
@@ -146,6 +148,13 @@ impl Rule {
     /// The rule's position in its layer's evaluation order; stores index their state by it.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// Whether the layer reports this rule's remaining allowance on allowed responses. When it
+    /// does not, an [`Outcome::Allowed`](crate::Outcome::Allowed)'s `remaining` and `reset` go
+    /// unread and a store may skip computing them.
+    pub fn reports_remaining(&self) -> bool {
+        self.reports_remaining
     }
 
     pub(crate) fn scope(&self) -> KeyScope {

@@ -71,7 +71,13 @@ impl Future for NeverPending {
     }
 }
 
-type Limiter = RateLimiter<Key, BoundedState, ClockAdapter, StateInformationMiddleware>;
+/// governor's limiter, with the state snapshot (and its division) only where the remaining
+/// allowance is reported.
+#[derive(Debug)]
+enum Limiter {
+    Reporting(RateLimiter<Key, BoundedState, ClockAdapter, StateInformationMiddleware>),
+    Silent(RateLimiter<Key, BoundedState, ClockAdapter, NoOpMiddleware<Nanos>>),
+}
 
 #[derive(Debug)]
 struct RuleState {
@@ -103,12 +109,16 @@ impl MemoryStore {
                 let quota = Quota::with_period(interval)
                     .unwrap_or(Quota::per_second(burst))
                     .allow_burst(burst);
-                let limiter: Limiter = RateLimiter::<Key, _, _, NoOpMiddleware<Nanos>>::new(
+                let silent = RateLimiter::<Key, _, _, NoOpMiddleware<Nanos>>::new(
                     quota,
                     state.clone(),
                     clock.clone(),
-                )
-                .with_middleware::<StateInformationMiddleware>();
+                );
+                let limiter = if rule.reports_remaining() {
+                    Limiter::Reporting(silent.with_middleware::<StateInformationMiddleware>())
+                } else {
+                    Limiter::Silent(silent)
+                };
                 state.set_start();
                 RuleState {
                     limiter,
@@ -137,14 +147,17 @@ impl ThrottleStore for MemoryStore {
                 format!("rule {:?} is not part of this store", rule.name()).into(),
             )));
         };
-        let outcome = match state.limiter.check_key(key) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                Outcome::Allowed {
-                    remaining,
-                    reset: state.interval * state.burst.saturating_sub(remaining),
-                }
-            }
+        let decision = match &state.limiter {
+            Limiter::Reporting(limiter) => limiter
+                .check_key(key)
+                .map(|snapshot| snapshot.remaining_burst_capacity()),
+            Limiter::Silent(limiter) => limiter.check_key(key).map(|()| 0),
+        };
+        let outcome = match decision {
+            Ok(remaining) => Outcome::Allowed {
+                remaining,
+                reset: state.interval * state.burst.saturating_sub(remaining),
+            },
             Err(not_until) => {
                 let retry_after = not_until.wait_time_from(self.clock.now());
                 Outcome::Limited {
