@@ -359,6 +359,63 @@ async fn route_scoped_rule_leaves_other_routes_alone() {
 }
 
 #[tokio::test]
+async fn a_refused_route_request_does_not_spend_the_global_budget() {
+    let clock = ManualClock::new();
+    let global = Rule::new("global", Rate::per_minute(2), Global).burst(2);
+    let search = Rule::new("search", Rate::per_minute(1), Global)
+        .burst(1)
+        .routes(RouteTable::new().with("GET /search", ()).unwrap());
+    let app = Router::new()
+        .route("/search", get(|| async { "results" }))
+        .route("/hello", get(|| async { "hello" }))
+        .layer(layer([global, search], &clock));
+    let addr = serve_axum(app).await;
+    let client = Client::new();
+
+    assert_eq!(client.get(addr, "/search").await.status, StatusCode::OK);
+    for _ in 0..5 {
+        let refused = client.get(addr, "/search").await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.json()["detail"], r#"rate limit "search" exceeded"#);
+    }
+    // The global budget of 2 lost only the one admitted search.
+    let hello = client.get(addr, "/hello").await;
+    assert_eq!(hello.status, StatusCode::OK);
+    assert_eq!(hello.header("ratelimit"), r#""global";r=0;t=60"#);
+}
+
+#[tokio::test]
+async fn stacked_throttles_report_both_rules_and_the_inner_refusal_stays_true() {
+    let clock = ManualClock::new();
+    let coarse = layer(
+        [Rule::new("coarse", Rate::per_minute(100), Global).burst(100)],
+        &clock,
+    );
+    let plan = layer(
+        [per_client(Rate::per_minute(1), 1, TrustedProxies::none())],
+        &clock,
+    );
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .layer(plan)
+        .layer(coarse);
+    let addr = serve_axum(app).await;
+    let client = Client::new();
+
+    let allowed = client.get(addr, "/hello").await;
+    assert_eq!(allowed.status, StatusCode::OK);
+    let items: Vec<_> = allowed.headers.get_all("ratelimit").iter().collect();
+    assert_eq!(items, [r#""per-client";r=0;t=60"#, r#""coarse";r=99;t=1"#]);
+
+    let refused = client.get(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let items: Vec<_> = refused.headers.get_all("ratelimit").iter().collect();
+    assert_eq!(items, [r#""per-client";r=0;t=60"#, r#""coarse";r=98;t=2"#]);
+    let policies: Vec<_> = refused.headers.get_all("ratelimit-policy").iter().collect();
+    assert_eq!(policies, [r#""per-client";q=1;w=60"#]);
+}
+
+#[tokio::test]
 async fn missing_key_header_is_a_clear_400_and_spends_nothing() {
     let clock = ManualClock::new();
     let global = Rule::new("global", Rate::per_minute(1), Global).burst(1);
@@ -398,15 +455,14 @@ type Snapshot = Vec<(
     DebugValue,
 )>;
 
-fn counter(snapshot: &Snapshot, name: &str, rule: &str) -> u64 {
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
     snapshot
         .iter()
         .filter(|(key, ..)| {
             key.key().name() == name
-                && key
-                    .key()
-                    .labels()
-                    .any(|l| l.key() == "rule" && l.value() == rule)
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
         })
         .map(|(.., value)| match value {
             DebugValue::Counter(n) => *n,
@@ -422,31 +478,49 @@ async fn shadow_rule_lets_everything_through_and_counts() {
     let shadow = Rule::new("shadow-rollout", Rate::per_minute(2), Global)
         .burst(2)
         .shadow(true);
-    let addr = serve_axum(hello_app(layer([shadow], &clock))).await;
+    // Unique rule names: the recorder is global to this test binary.
+    let enforced = Rule::new(
+        "beside-shadow",
+        Rate::per_minute(20),
+        ClientIp::new(TrustedProxies::none()),
+    )
+    .burst(20);
+    let addr = serve_axum(hello_app(layer([shadow, enforced], &clock))).await;
     let client = Client::new();
 
-    for _ in 0..10 {
+    for remaining in (10..20).rev() {
         let reply = client.get(addr, "/hello").await;
         assert_eq!(reply.status, StatusCode::OK);
-        // A shadow rule is invisible to clients.
-        assert!(reply.headers.get("ratelimit").is_none());
+        // A shadow rule is invisible to clients; the enforced one still reports.
+        assert_eq!(
+            reply.header("ratelimit"),
+            format!(
+                r#""beside-shadow";r={remaining};t={}"#,
+                (20 - remaining) * 3
+            )
+        );
     }
     // Taking a snapshot resets the debugging recorder's counters: take one.
     let snapshot = snapshotter.snapshot().into_vec();
+    let shadow_rule = ("rule", "shadow-rollout");
     assert_eq!(
-        counter(
-            &snapshot,
-            "tollgate_throttle_allowed_total",
-            "shadow-rollout"
-        ),
+        counter(&snapshot, "tollgate_throttle_allowed_total", &[shadow_rule]),
         2
     );
     assert_eq!(
         counter(
             &snapshot,
             "tollgate_throttle_limited_total",
-            "shadow-rollout"
+            &[shadow_rule, ("shadow", "true")]
         ),
         8
+    );
+    assert_eq!(
+        counter(
+            &snapshot,
+            "tollgate_throttle_allowed_total",
+            &[("rule", "beside-shadow")]
+        ),
+        10
     );
 }

@@ -25,6 +25,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -157,7 +158,8 @@ impl Key {
         }
     }
 
-    /// A key chosen by a custom extractor.
+    /// A key chosen by a custom extractor. Keep it short (a store holds it for as long as the
+    /// key is active) and hash it first if it is a secret.
     pub fn custom(value: impl Into<Bytes>) -> Self {
         Self {
             kind: KeyKind::Custom,
@@ -272,6 +274,9 @@ pub enum KeyError {
     /// The request lacks the header the key is read from.
     #[error("missing header {0}")]
     MissingHeader(HeaderName),
+    /// The header the key is read from is longer than [`MAX_KEY_BYTES`].
+    #[error("header {0} is longer than {MAX_KEY_BYTES} bytes")]
+    KeyTooLong(HeaderName),
     /// No authorizer set a principal with a subject.
     #[error("no authenticated principal on the request")]
     MissingPrincipal,
@@ -281,7 +286,8 @@ pub enum KeyError {
     /// The request's path matches no configured route.
     #[error("no configured route matches the request")]
     NoRoute,
-    /// A custom extractor could not find its key.
+    /// A custom extractor could not find its key. The message is sent to the client as the
+    /// refusal's detail, so it must say what was expected and hold no secret.
     #[error("{0}")]
     Custom(String),
 }
@@ -293,10 +299,25 @@ impl KeyError {
     /// address is misconfigured, which is a 500 whose cause goes to the log, not the client.
     pub fn rejection(&self) -> Rejection {
         match self {
-            Self::MissingPeerAddr => Rejection::internal(self),
+            Self::MissingPeerAddr => {
+                // A misconfigured server fails every request: say so loudly once, then quietly.
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                if LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %self, "tollgate: no peer address");
+                    Rejection::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        crate::ProblemType::Internal,
+                    )
+                } else {
+                    Rejection::internal(self)
+                }
+            }
             Self::MissingHeader(name) => {
                 Rejection::bad_request(format!("expected a {name} header"))
             }
+            Self::KeyTooLong(name) => Rejection::bad_request(format!(
+                "the {name} header must be at most {MAX_KEY_BYTES} bytes"
+            )),
             Self::MissingPrincipal => Rejection::unauthorized(crate::BearerError::Missing)
                 .with_detail("authentication required"),
             Self::MissingApiKey => {
@@ -438,22 +459,28 @@ impl KeyExtractor for ClientIp {
     }
 }
 
-/// The value of a request header (for example `X-Client-Id`).
+/// The longest header value a key is made of. Stores hold a configured number of keys, so
+/// this bounds their memory too: a client cannot make each key kilobytes long.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// The value of a request header (for example `X-Client-Id`), at most [`MAX_KEY_BYTES`] long.
 #[derive(Clone, Debug)]
 pub struct HeaderKey {
     name: HeaderName,
 }
 
 impl HeaderKey {
-    /// Keys by header `name`.
+    /// Keys by header `name`, in any case (`X-Client-Id` or `x-client-id`).
     ///
     /// # Panics
     ///
-    /// If `name` is not a valid header name; use [`HeaderKey::from_name`] for names that come
-    /// from configuration.
+    /// If `name` is not a valid header name: it is written in the code, so this is a bug
+    /// found on first run. Use [`HeaderKey::from_name`] for names that come from
+    /// configuration.
     pub fn new(name: &'static str) -> Self {
-        Self {
-            name: HeaderName::from_static(name),
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => Self { name },
+            Err(_) => panic!("HeaderKey::new: {name:?} is not a valid header name"),
         }
     }
 
@@ -467,6 +494,9 @@ impl KeyExtractor for HeaderKey {
     #[inline]
     fn extract(&self, request: &RequestHead<'_>) -> Result<Key, KeyError> {
         match request.headers.get(&self.name) {
+            Some(value) if value.len() > MAX_KEY_BYTES => {
+                Err(KeyError::KeyTooLong(self.name.clone()))
+            }
             // A clone shares the request's buffer; `Key::detached` copies it when it is stored.
             Some(value) if !value.is_empty() => Ok(Key {
                 kind: KeyKind::Header,
@@ -617,6 +647,32 @@ mod tests {
         let rejection = error.rejection();
         assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
         assert_eq!(rejection.detail(), Some("expected a x-client-id header"));
+    }
+
+    #[test]
+    fn header_key_accepts_names_in_any_case() {
+        let mut request = request_from("192.0.2.1:1");
+        request
+            .headers_mut()
+            .insert("x-client-id", "abc".parse().unwrap());
+        let key = key_of(&HeaderKey::new("X-Client-Id"), &request).unwrap();
+        assert_eq!(key.to_string(), "header:abc");
+    }
+
+    #[test]
+    fn an_overlong_key_header_is_refused_by_name() {
+        let mut request = request_from("192.0.2.1:1");
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        request
+            .headers_mut()
+            .insert("x-client-id", long.parse().unwrap());
+        let error = key_of(&HeaderKey::new("x-client-id"), &request).unwrap_err();
+        let rejection = error.rejection();
+        assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            rejection.detail(),
+            Some("the x-client-id header must be at most 256 bytes")
+        );
     }
 
     #[test]

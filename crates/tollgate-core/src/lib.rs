@@ -43,7 +43,9 @@ mod stage;
 pub use body::ResponseBody;
 pub use client_ip::{ForwardedHeader, TrustedProxies, TrustedProxiesError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use key::{Key, KeyError, KeyExtractor, KeyExtractorExt, KeyScope, PeerAddr, RequestHead};
+pub use key::{
+    Key, KeyError, KeyExtractor, KeyExtractorExt, KeyScope, PeerAddr, RequestHead, MAX_KEY_BYTES,
+};
 pub use principal::{Principal, PrincipalBuilder};
 pub use rejection::{retry_after_seconds, BearerError, ProblemType, Rejection};
 pub use route::{RouteMatch, RouteTable, RouteTableError};

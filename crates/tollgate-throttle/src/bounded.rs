@@ -2,9 +2,12 @@
 //!
 //! governor's own keyed stores grow with every key until someone calls `retain_recent`, so a
 //! flood of spoofed client keys would grow memory without limit. This store holds at most a
-//! configured number of keys. When a shard is full it first drops keys whose allowance has
-//! fully come back — for GCRA such a key is indistinguishable from an absent one, so nothing is
-//! lost — and only when none has, the key closest to full (lowest theoretical arrival time).
+//! configured number of keys, split evenly over shards that each hold their share. When a
+//! key's shard is full it first drops the shard's keys whose allowance has fully come back —
+//! for GCRA such a key is indistinguishable from an absent one, so nothing is lost — and only
+//! when none has, the shard's key closest to full (lowest theoretical arrival time), which then
+//! starts afresh. Shards fill unevenly, so a store meant to hold N active keys needs some
+//! headroom above N.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,20 +206,53 @@ mod tests {
     }
 
     #[test]
-    fn active_keys_keep_their_state_while_idle_keys_are_evicted() {
+    fn a_full_store_drops_idle_keys_first_and_keeps_active_ones() {
         let clock = ManualClock::new();
         let (limiter, state) = limiter(64, 2, &clock);
         let hot = ip_key(u32::MAX);
-        let mut hot_allowed = 0;
-        // 500 other keys pass through a 64-key store over five seconds.
-        for n in 0..500 {
-            hot_allowed += u32::from(limiter.check_key(&hot).is_ok());
+        limiter.check_key(&hot).unwrap();
+        limiter.check_key(&hot).unwrap();
+        // 63 keys fill the store at t = 0; their allowance is whole again at t = 1 s.
+        for n in 0..63 {
             limiter.check_key(&ip_key(n)).unwrap();
-            clock.advance(Duration::from_millis(10));
         }
-        assert!(state.len() <= 64);
-        // Burst of 2, then one per second at t = 1, 2, 3, 4: the hot key was never forgotten.
-        assert_eq!(hot_allowed, 6);
+        assert_eq!(state.len(), 64);
+        // At t = 1.5 s they are idle, the hot key (drained to t = 2 s) is not.
+        clock.advance(Duration::from_millis(1500));
+        limiter.check_key(&ip_key(1000)).unwrap();
+        assert_eq!(
+            state.len(),
+            2,
+            "idle keys should all have gone, the hot one stayed"
+        );
+        assert!(limiter.check_key(&hot).is_ok());
+        assert!(
+            limiter.check_key(&hot).is_err(),
+            "the hot key lost its state"
+        );
+    }
+
+    #[test]
+    fn a_full_store_of_active_keys_drops_the_one_closest_to_idle() {
+        let clock = ManualClock::new();
+        let (limiter, state) = limiter(4, 1, &clock);
+        for n in 0..4 {
+            limiter.check_key(&ip_key(n)).unwrap();
+            clock.advance(Duration::from_millis(100));
+        }
+        // Key 0 has the earliest arrival time; a fifth key pushes it out, and only it.
+        limiter.check_key(&ip_key(4)).unwrap();
+        assert_eq!(state.len(), 4);
+        assert!(
+            limiter.check_key(&ip_key(0)).is_ok(),
+            "key 0 was evicted, so it is fresh"
+        );
+        for n in 2..5 {
+            assert!(
+                limiter.check_key(&ip_key(n)).is_err(),
+                "key {n} lost its state"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The throttle layer from a configuration file.
 
+use std::sync::Arc;
+
 use http::header::HeaderName;
 use tollgate_core::key::{ApiKeyId, ClientIp, Global, HeaderKey, PeerIp, RouteKey, Subject};
-use tollgate_core::{ForwardedHeader, RouteTable, TrustedProxies};
+use tollgate_core::{ForwardedHeader, KeyExtractor, KeyExtractorExt, RouteTable, TrustedProxies};
 
 use crate::{AllowedFields, MissingKey, Rate, Rule, StoreFailure, ThrottleError, ThrottleLayer};
 
@@ -59,6 +61,9 @@ pub struct RuleConfig {
     pub burst: Option<u32>,
     /// What the rule counts by.
     pub key: KeyConfig,
+    /// What it counts by when `key` finds nothing (default: none, see `on_missing_key`).
+    #[serde(default)]
+    pub fallback: Option<KeyConfig>,
     /// Routes the rule covers, as `"GET /pets/{id}"` (default: all).
     #[serde(default)]
     pub routes: Option<Vec<String>>,
@@ -123,29 +128,12 @@ impl ThrottleConfig {
             }
             None => None,
         };
-        let name = config.name.as_str();
-        let mut rule = match &config.key {
-            KeyConfig::Global => Rule::new(name, config.rate, Global),
-            KeyConfig::PeerIp => Rule::new(name, config.rate, PeerIp),
-            KeyConfig::ClientIp => Rule::new(
-                name,
-                config.rate,
-                ClientIp::new(self.trusted_proxies.clone()).header(self.forwarded_header),
-            ),
-            KeyConfig::Header(header) => {
-                let header = HeaderName::try_from(header.as_str())
-                    .map_err(|_| error(format!("key: invalid header name {header:?}")))?;
-                Rule::new(name, config.rate, HeaderKey::from_name(header))
-            }
-            KeyConfig::Subject => Rule::new(name, config.rate, Subject),
-            KeyConfig::ApiKey => Rule::new(name, config.rate, ApiKeyId),
-            KeyConfig::Route => {
-                let table = routes
-                    .clone()
-                    .ok_or_else(|| error("key: \"route\" needs the rule's routes".into()))?;
-                Rule::new(name, config.rate, RouteKey::new(table))
-            }
-        };
+        let mut extractor = self.extractor(&config.key, routes.as_ref(), &error)?;
+        if let Some(fallback) = &config.fallback {
+            let fallback = self.extractor(fallback, routes.as_ref(), &error)?;
+            extractor = Arc::new(extractor.or(fallback));
+        }
+        let mut rule = Rule::with_shared_extractor(config.name.as_str(), config.rate, extractor);
         if let Some(burst) = config.burst {
             rule = rule.burst(burst);
         }
@@ -158,6 +146,34 @@ impl ThrottleConfig {
         Ok(rule
             .shadow(config.shadow)
             .on_missing_key(config.on_missing_key))
+    }
+
+    fn extractor(
+        &self,
+        key: &KeyConfig,
+        routes: Option<&RouteTable<()>>,
+        error: &dyn Fn(String) -> ThrottleError,
+    ) -> Result<Arc<dyn KeyExtractor>, ThrottleError> {
+        Ok(match key {
+            KeyConfig::Global => Arc::new(Global),
+            KeyConfig::PeerIp => Arc::new(PeerIp),
+            KeyConfig::ClientIp => {
+                Arc::new(ClientIp::new(self.trusted_proxies.clone()).header(self.forwarded_header))
+            }
+            KeyConfig::Header(header) => {
+                let header = HeaderName::try_from(header.as_str())
+                    .map_err(|_| error(format!("key: invalid header name {header:?}")))?;
+                Arc::new(HeaderKey::from_name(header))
+            }
+            KeyConfig::Subject => Arc::new(Subject),
+            KeyConfig::ApiKey => Arc::new(ApiKeyId),
+            KeyConfig::Route => {
+                let table = routes
+                    .cloned()
+                    .ok_or_else(|| error("key: \"route\" needs the rule's routes".into()))?;
+                Arc::new(RouteKey::new(table))
+            }
+        })
     }
 }
 
@@ -193,6 +209,25 @@ mod tests {
         .unwrap();
         let error = config.build().unwrap_err().to_string();
         assert!(error.contains("rule \"per-route\""), "{error}");
+    }
+
+    #[test]
+    fn a_configured_fallback_key_is_used_when_the_first_is_missing() {
+        let config: ThrottleConfig = serde_json::from_str(
+            r#"{ "rules": [{ "name": "by-client", "rate": "1/min", "burst": 1,
+                 "key": { "header": "x-client-id" }, "fallback": "peer-ip" }] }"#,
+        )
+        .unwrap();
+        let layer = config.build().unwrap();
+        let extractor = layer.rules()[0].extractor();
+        let mut request = http::Request::new(());
+        request
+            .extensions_mut()
+            .insert(tollgate_core::PeerAddr("192.0.2.7:1".parse().unwrap()));
+        let key = extractor
+            .extract(&tollgate_core::RequestHead::of(&request))
+            .unwrap();
+        assert_eq!(key.to_string(), "ip:192.0.2.7");
     }
 
     #[test]

@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -9,7 +10,7 @@ use tollgate_core::{Rejection, RequestHead, ResponseBody};
 use tower::Service;
 
 use crate::headers::{Report, RATELIMIT, RATELIMIT_POLICY};
-use crate::layer::{Fields, Shared, Step};
+use crate::service::{Fields, Shared, Step};
 use crate::store::ThrottleStore;
 
 pin_project! {
@@ -54,6 +55,7 @@ struct Paused<S, ReqBody, St> {
     request: Request<ReqBody>,
     shared: Arc<Shared<St>>,
     rule: usize,
+    client: Option<IpAddr>,
     report: Report,
 }
 
@@ -83,6 +85,7 @@ where
         request: Request<ReqBody>,
         shared: Arc<Shared<St>>,
         rule: usize,
+        client: Option<IpAddr>,
         report: Report,
     ) -> Self {
         Self {
@@ -93,6 +96,7 @@ where
                     request,
                     shared,
                     rule,
+                    client,
                     report,
                 })),
             },
@@ -120,11 +124,13 @@ where
                 StateProj::Inner { future, headers } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some((policy, ratelimit)) = headers.take() {
+                        // Appended, not inserted: a throttle further in (a usage plan's) may
+                        // have set its own items, and field lines of a list combine.
                         let map = response.headers_mut();
                         if let Some(policy) = policy {
-                            map.insert(RATELIMIT_POLICY.clone(), policy);
+                            map.append(RATELIMIT_POLICY.clone(), policy);
                         }
-                        map.insert(RATELIMIT.clone(), ratelimit);
+                        map.append(RATELIMIT.clone(), ratelimit);
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
@@ -137,11 +143,12 @@ where
                         request,
                         shared,
                         rule,
+                        client,
                         report,
                         ..
                     } = &mut *paused;
                     let step = match shared.rules.get(*rule) {
-                        Some(current) => match shared.decide(current, None, result, report) {
+                        Some(current) => match shared.decide(current, *client, result, report) {
                             Some(rejection) => Step::Reject(Box::new(rejection)),
                             None => shared.evaluate(&RequestHead::of(request), *rule + 1, report),
                         },
@@ -160,8 +167,13 @@ where
                                 headers,
                             }
                         }
-                        Step::Wait { check, rule } => {
+                        Step::Wait {
+                            check,
+                            rule,
+                            client,
+                        } => {
                             paused.rule = rule;
+                            paused.client = client;
                             State::Waiting {
                                 check,
                                 paused: Some(paused),

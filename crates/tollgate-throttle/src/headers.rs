@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::HeaderValue;
 
-use crate::layer::Fields;
+use crate::service::Fields;
 use crate::Rule;
 
 /// `RateLimit-Policy`: each applied rule's quota `q` per window `w` seconds.
@@ -65,11 +65,13 @@ impl ValueCache {
         }
         let index = usize::try_from(u64::from(remaining) * self.width + reset).ok()?;
         match self.values.get(index) {
-            // Rule names are checked to be visible ASCII at build time, so `make` succeeds.
-            Some(cell) => Some(
-                cell.get_or_init(|| make().unwrap_or_else(|| HeaderValue::from_static("")))
-                    .clone(),
-            ),
+            Some(cell) => match cell.get() {
+                Some(value) => Some(value.clone()),
+                None => {
+                    let value = make()?;
+                    Some(cell.get_or_init(|| value).clone())
+                }
+            },
             None => make(),
         }
     }

@@ -4,15 +4,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tollgate_core::{Key, Rejection, RequestHead, SharedClock};
+use tollgate_core::SharedClock;
 use tower::Layer;
 
-use crate::headers::{self, Report};
-use crate::store::{Check, MemoryStore, Outcome, StoreError, ThrottleStore};
-use crate::{MissingKey, Rule, Throttle};
+use crate::headers;
+use crate::service::Shared;
+use crate::store::{MemoryStore, ThrottleStore};
+use crate::{Rule, Throttle};
 
-/// Keys each rule remembers unless told otherwise: about 8 MB per rule at most.
+/// Keys each rule remembers unless told otherwise: about 8 MB per rule for IP keys, plus the
+/// header values of header keys (at most `MAX_KEY_BYTES` each).
 pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// The longest time a drained allowance may take to come back (burst × interval): governor
+/// counts in u64 nanoseconds, which a few centuries overflow.
+const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// The most rules one layer holds.
 pub const MAX_RULES: usize = 64;
@@ -45,9 +51,6 @@ pub enum AllowedFields {
     RateLimitAndPolicy,
 }
 
-/// `(RateLimit-Policy, RateLimit)` of one response.
-pub(crate) type Fields = (Option<HeaderValue>, HeaderValue);
-
 /// Why a throttle layer could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,126 +70,20 @@ pub enum ThrottleError {
     /// A rule with burst 0, which would refuse everything.
     #[error("rule {0:?} has burst 0; the burst must be at least 1")]
     ZeroBurst(String),
+    /// A rule that could remember no key, and so would limit nothing.
+    #[error("rule {0:?} has capacity 0; it must remember at least one key")]
+    ZeroCapacity(String),
+    /// A rate whose allowance takes longer to come back than the limiter can count.
+    #[error("rule {rule:?}: {reason}")]
+    RateOutOfRange {
+        /// The rule's name.
+        rule: String,
+        /// What is out of range.
+        reason: &'static str,
+    },
     /// A configuration value is invalid.
     #[error("invalid throttle configuration: {0}")]
     Config(String),
-}
-
-pub(crate) struct Shared<St> {
-    pub(crate) rules: Box<[Rule]>,
-    pub(crate) store: St,
-    allowed_fields: AllowedFields,
-    on_store_error: StoreFailure,
-    all_policies: HeaderValue,
-    enforced: u64,
-}
-
-/// What became of a request after some of its rules were checked.
-pub(crate) enum Step<F> {
-    /// Every applicable rule allowed it (or only shadow rules refused).
-    Pass(Option<Fields>),
-    /// A rule refused it. Boxed so the allowed path does not move a refusal's worth of bytes.
-    Reject(Box<Rejection>),
-    /// The rule at `rule` is being decided by a future.
-    Wait { check: F, rule: usize },
-}
-
-impl<St: ThrottleStore> Shared<St> {
-    /// Checks the rules from index `from` on, narrowest first, stopping at the first refusal so
-    /// that a refused request takes nothing from the wider (shared) budgets after it.
-    #[inline]
-    pub(crate) fn evaluate(
-        &self,
-        request: &RequestHead<'_>,
-        from: usize,
-        report: &mut Report,
-    ) -> Step<St::Future> {
-        for rule in self.rules.get(from..).unwrap_or_default() {
-            if !rule.applies_to(request) {
-                continue;
-            }
-            let key = match rule.extractor.extract(request) {
-                Ok(key) => key,
-                Err(error) => {
-                    tracing::debug!(rule = %rule.name, %error, "tollgate throttle: no key for request");
-                    match rule.on_missing_key {
-                        MissingKey::Reject => return Step::Reject(Box::new(error.rejection())),
-                        MissingKey::Skip => continue,
-                    }
-                }
-            };
-            match self.store.check(rule, &key) {
-                Check::Ready(result) => {
-                    if let Some(rejection) = self.decide(rule, Some(&key), result, report) {
-                        return Step::Reject(Box::new(rejection));
-                    }
-                }
-                Check::Pending(check) => {
-                    return Step::Wait {
-                        check,
-                        rule: rule.index,
-                    }
-                }
-            }
-        }
-        Step::Pass(if report.is_empty() {
-            None
-        } else {
-            let policy = (self.allowed_fields == AllowedFields::RateLimitAndPolicy)
-                .then_some((&self.all_policies, self.enforced));
-            std::mem::take(report).finish(&self.rules, policy)
-        })
-    }
-
-    /// Applies one rule's outcome; returns the refusal if the request must stop here.
-    #[inline]
-    pub(crate) fn decide(
-        &self,
-        rule: &Rule,
-        key: Option<&Key>,
-        result: Result<Outcome, StoreError>,
-        report: &mut Report,
-    ) -> Option<Rejection> {
-        match result {
-            Ok(Outcome::Allowed { remaining, reset }) => {
-                rule.counters().allowed.increment(1);
-                tracing::trace!(rule = %rule.name, remaining, "tollgate throttle: allowed");
-                if self.allowed_fields != AllowedFields::None {
-                    report.push(&self.rules, rule, remaining, reset);
-                }
-                None
-            }
-            Ok(Outcome::Limited { retry_after, reset }) => {
-                rule.counters().limited.increment(1);
-                // Only IP keys are logged: other keys may be credentials a user chose to key by.
-                let client = key.and_then(Key::as_ip).map(tracing::field::display);
-                if rule.shadow {
-                    tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: would limit (shadow)");
-                    return None;
-                }
-                tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: limited");
-                report.push(&self.rules, rule, 0, reset);
-                let mut rejection = Rejection::throttled(retry_after)
-                    .with_detail(format!("rate limit \"{}\" exceeded", rule.name));
-                let all = Some((&self.all_policies, self.enforced));
-                if let Some((policy, ratelimit)) = std::mem::take(report).finish(&self.rules, all) {
-                    let headers = rejection.headers_mut();
-                    if let Some(policy) = policy {
-                        headers.insert(headers::RATELIMIT_POLICY.clone(), policy);
-                    }
-                    headers.insert(headers::RATELIMIT.clone(), ratelimit);
-                }
-                Some(rejection)
-            }
-            Err(error) => {
-                tracing::warn!(rule = %rule.name, %error, policy = ?self.on_store_error, "tollgate throttle: store failed");
-                match self.on_store_error {
-                    StoreFailure::Allow => None,
-                    StoreFailure::Reject => Some(Rejection::unavailable(Duration::from_secs(1))),
-                }
-            }
-        }
-    }
 }
 
 /// Throttles requests by rules; see the [crate docs](crate) for an example.
@@ -335,6 +232,18 @@ impl ThrottleBuilder {
             }
             if rule.burst == Some(0) {
                 return Err(ThrottleError::ZeroBurst(rule.name.to_string()));
+            }
+            if rule.capacity.unwrap_or(self.capacity) == 0 {
+                return Err(ThrottleError::ZeroCapacity(rule.name.to_string()));
+            }
+            if rule
+                .checked_refill_time()
+                .is_none_or(|refill| refill > MAX_REFILL)
+            {
+                return Err(ThrottleError::RateOutOfRange {
+                    rule: rule.name.to_string(),
+                    reason: "burst × interval must be at most 100 years",
+                });
             }
         }
         // Narrowest budgets first: a request its own client's rule refuses never reaches, and

@@ -5,8 +5,10 @@
 //! `0.5/s` — each means what it says), a burst, a [`KeyExtractor`](tollgate_core::KeyExtractor)
 //! that says what it counts by, and optionally the routes it covers. A request must pass every
 //! rule that applies to it; rules are checked narrowest first (per client, then per route, then
-//! global), so a request refused by its own client's rule takes nothing from the budgets that
-//! everyone shares. Refusals are `429` problem+json documents with `Retry-After`,
+//! global) and checking stops at the first refusal, so a request refused by its own client's
+//! rule takes nothing from the budgets that everyone shares. The converse is deliberate: a
+//! request refused by a shared rule has already spent its client's own allowance, as the
+//! client did send it. Within one scope, rules are checked in the order they were added. Refusals are `429` problem+json documents with `Retry-After`,
 //! `RateLimit-Policy` and `RateLimit`.
 //!
 //! The decision is governor's GCRA. Keyed state is bounded: each rule remembers at most

@@ -22,6 +22,7 @@ use std::time::Duration;
 pub struct Rate {
     requests: f64,
     period: Duration,
+    interval: Duration,
 }
 
 /// Why a rate could not be built or parsed.
@@ -33,7 +34,8 @@ pub struct RateError {
 }
 
 impl Rate {
-    /// `requests` per second.
+    /// `requests` per second. A count of 0 is taken as 1: zero requests per period is a
+    /// quota, not a rate.
     pub fn per_second(requests: u32) -> Self {
         Self::from_parts(f64::from(requests), Duration::from_secs(1))
     }
@@ -53,7 +55,7 @@ impl Rate {
         Self::from_parts(f64::from(requests), Duration::from_secs(86_400))
     }
 
-    /// `requests` (fractions allowed) per `period`.
+    /// `requests` (fractions allowed) per `period`, a whole number of milliseconds.
     pub fn new(requests: f64, period: Duration) -> Result<Self, RateError> {
         let error = |reason| RateError {
             input: format!("{requests}/{period:?}"),
@@ -62,21 +64,31 @@ impl Rate {
         if !(requests.is_finite() && requests > 0.0) {
             return Err(error("the number of requests must be a positive number"));
         }
-        if period.is_zero() {
-            return Err(error("the period must be longer than zero"));
+        if period.is_zero() || period.subsec_nanos() % 1_000_000 != 0 {
+            return Err(error(
+                "the period must be a whole, non-zero number of milliseconds",
+            ));
         }
-        let rate = Self { requests, period };
-        if rate.interval().is_zero() {
+        let interval = Duration::try_from_secs_f64(period.as_secs_f64() / requests)
+            .map_err(|_| error("the time between requests is too long to count"))?;
+        if interval.is_zero() {
             return Err(error("more than one request per nanosecond"));
         }
-        Ok(rate)
+        Ok(Self {
+            requests,
+            period,
+            interval,
+        })
     }
 
     fn from_parts(requests: f64, period: Duration) -> Self {
-        // per_* take u32 counts; 0 would mean "never", which is a quota of zero, not a rate.
+        let requests = requests.max(1.0);
         Self {
-            requests: requests.max(1.0),
+            requests,
             period,
+            // At most u32::MAX per second: at least 0.23 ns, so never more than 1 ns apart.
+            interval: Duration::from_secs_f64(period.as_secs_f64() / requests)
+                .max(Duration::from_nanos(1)),
         }
     }
 
@@ -92,20 +104,28 @@ impl Rate {
 
     /// The time one request's allowance takes to come back: `period / requests`.
     pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.period.as_secs_f64() / self.requests)
+        self.interval
     }
 
-    /// The rate as an integer quota per whole-second window, `(q, w)`, for `RateLimit-Policy`.
+    /// The rate as an integer quota `q` per window of `w` whole seconds, for
+    /// `RateLimit-Policy`: exact where a window of up to a day makes it so (`2.5/s` is 5 per
+    /// 2 s), otherwise rounded so as never to promise more than the rate allows.
     pub(crate) fn quota_window(&self) -> (u64, u64) {
         let period = self.period.as_secs_f64();
         if self.requests.fract() == 0.0 && self.period.subsec_nanos() == 0 && period >= 1.0 {
             return (self.requests as u64, period as u64);
         }
         let per_second = self.requests / period;
+        for window in 1..=86_400u64 {
+            let quota = per_second * window as f64;
+            if quota >= 1.0 && (quota - quota.round()).abs() < 1e-9 {
+                return (quota.round() as u64, window);
+            }
+        }
         if per_second >= 1.0 {
-            (per_second.round() as u64, 1)
+            (per_second.floor() as u64, 1)
         } else {
-            (1, (1.0 / per_second).round().max(1.0) as u64)
+            (1, (1.0 / per_second).ceil() as u64)
         }
     }
 }
@@ -135,14 +155,15 @@ impl FromStr for Rate {
                 .parse()
                 .map_err(|_| error("the period's count is not a whole number"))?
         };
-        let unit_secs = match unit {
-            "s" | "sec" | "second" | "seconds" => 1,
-            "m" | "min" | "minute" | "minutes" => 60,
-            "h" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86_400,
-            _ => return Err(error("the period's unit must be s, min, h or day")),
+        let unit_millis = match unit {
+            "ms" => 1,
+            "s" | "sec" | "second" | "seconds" => 1000,
+            "m" | "min" | "minute" | "minutes" => 60_000,
+            "h" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            _ => return Err(error("the period's unit must be ms, s, min, h or day")),
         };
-        let period = Duration::from_secs(multiplier.saturating_mul(unit_secs));
+        let period = Duration::from_millis(multiplier.saturating_mul(unit_millis));
         Rate::new(requests, period).map_err(|e| RateError {
             input: input.to_owned(),
             reason: e.reason,
@@ -152,16 +173,18 @@ impl FromStr for Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.period.as_secs();
-        let (count, unit) = match secs {
-            86_400 => (1, "day"),
-            3600 => (1, "h"),
-            60 => (1, "min"),
-            _ if self.period.subsec_nanos() == 0 && secs % 86_400 == 0 => (secs / 86_400, "day"),
-            _ if self.period.subsec_nanos() == 0 && secs % 3600 == 0 => (secs / 3600, "h"),
-            _ if self.period.subsec_nanos() == 0 && secs % 60 == 0 => (secs / 60, "min"),
-            _ => (secs, "s"),
-        };
+        // Periods are whole milliseconds (Rate::new and the parser see to it); pick the
+        // largest unit that divides the period.
+        let millis = self.period.as_millis();
+        let (count, unit) = [
+            (86_400_000, "day"),
+            (3_600_000, "h"),
+            (60_000, "min"),
+            (1000, "s"),
+        ]
+        .into_iter()
+        .find(|(size, _)| millis % size == 0)
+        .map_or((millis, "ms"), |(size, unit)| (millis / size, unit));
         write!(f, "{}/", self.requests)?;
         if count != 1 {
             write!(f, "{count}")?;
@@ -234,13 +257,31 @@ mod tests {
         assert!("-1/s".parse::<Rate>().is_err());
         assert!("NaN/s".parse::<Rate>().is_err());
         assert!("10/0s".parse::<Rate>().is_err());
+        assert!("1e-300/s"
+            .parse::<Rate>()
+            .unwrap_err()
+            .to_string()
+            .contains("too long"));
+        assert!(Rate::new(1.0, Duration::from_nanos(1500)).is_err());
     }
 
     #[test]
-    fn policy_window_is_integer() {
-        assert_eq!(Rate::per_second(5).quota_window(), (5, 1));
-        assert_eq!(Rate::per_minute(100).quota_window(), (100, 60));
-        assert_eq!("0.5/s".parse::<Rate>().unwrap().quota_window(), (1, 2));
-        assert_eq!("2.5/s".parse::<Rate>().unwrap().quota_window(), (3, 1));
+    fn per_constructors_never_give_a_zero_interval() {
+        assert_eq!(Rate::per_second(0), Rate::per_second(1));
+        assert_eq!(
+            Rate::per_second(u32::MAX).interval(),
+            Duration::from_nanos(1)
+        );
+    }
+
+    #[test]
+    fn policy_window_states_the_rate_exactly() {
+        let window = |text: &str| text.parse::<Rate>().unwrap().quota_window();
+        assert_eq!(window("5/s"), (5, 1));
+        assert_eq!(window("100/min"), (100, 60));
+        assert_eq!(window("0.5/s"), (1, 2));
+        assert_eq!(window("2.5/s"), (5, 2));
+        assert_eq!(window("0.3/s"), (3, 10));
+        assert_eq!(window("1/500ms"), (2, 1));
     }
 }

@@ -64,11 +64,20 @@ impl Rule {
     /// `rate` per key of `extractor`. The burst defaults to the rate's requests per period,
     /// rounded up (`10/s` allows 10 at once).
     pub fn new(name: impl Into<Arc<str>>, rate: Rate, extractor: impl KeyExtractor) -> Self {
+        Self::with_shared_extractor(name, rate, Arc::new(extractor))
+    }
+
+    /// [`Rule::new`] with an extractor chosen at run time (for example from configuration).
+    pub fn with_shared_extractor(
+        name: impl Into<Arc<str>>,
+        rate: Rate,
+        extractor: Arc<dyn KeyExtractor>,
+    ) -> Self {
         Self {
             name: name.into(),
             rate,
             burst: None,
-            extractor: Arc::new(extractor),
+            extractor,
             routes: None,
             shadow: false,
             on_missing_key: MissingKey::default(),
@@ -140,9 +149,13 @@ impl Rule {
         &*self.extractor
     }
 
-    /// The time for a drained allowance to come back whole: `burst × interval`.
+    /// The time for a drained allowance to come back whole: `burst × interval` (saturating).
     pub fn refill_time(&self) -> Duration {
-        self.rate.interval() * self.burst_size().get()
+        self.checked_refill_time().unwrap_or(Duration::MAX)
+    }
+
+    pub(crate) fn checked_refill_time(&self) -> Option<Duration> {
+        self.rate.interval().checked_mul(self.burst_size().get())
     }
 
     /// The rule's position in its layer's evaluation order; stores index their state by it.
@@ -157,8 +170,13 @@ impl Rule {
         self.reports_remaining
     }
 
+    /// A rule limited to some routes shares its budget no wider than those routes, whatever
+    /// its key: a global key on `GET /search` is a per-route budget.
     pub(crate) fn scope(&self) -> KeyScope {
-        self.extractor.scope()
+        match (self.extractor.scope(), &self.routes) {
+            (KeyScope::Global, Some(_)) => KeyScope::Route,
+            (scope, _) => scope,
+        }
     }
 
     #[inline]
@@ -170,8 +188,8 @@ impl Rule {
 
     #[inline]
     pub(crate) fn counters(&self) -> &RuleCounters {
-        // Registered on first use rather than at build time, so a recorder installed after the
-        // layer was built still sees the counts.
+        // Registered on the rule's first request rather than at build time, so a recorder
+        // installed between building the layer and serving still sees the counts.
         self.counters.get_or_init(|| {
             let name = self.name.to_string();
             RuleCounters {

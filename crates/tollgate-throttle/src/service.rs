@@ -1,14 +1,18 @@
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::{Request, Response};
-use tollgate_core::{RequestHead, ResponseBody};
+use http::{HeaderValue, Request, Response};
+use tollgate_core::{Rejection, RequestHead, ResponseBody};
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::headers::Report;
-use crate::layer::{Shared, Step};
+use crate::headers::{self, Report};
+use crate::store::{Check, Outcome, StoreError};
+use crate::{AllowedFields, MissingKey, Rule, StoreFailure};
+
 use crate::store::{MemoryStore, ThrottleStore};
 
 /// The service a [`ThrottleLayer`](crate::ThrottleLayer) wraps around an inner service.
@@ -58,11 +62,150 @@ where
         match step {
             Step::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
             Step::Reject(rejection) => ResponseFuture::rejected(rejection),
-            Step::Wait { check, rule } => {
+            Step::Wait {
+                check,
+                rule,
+                client,
+            } => {
                 // The ready service goes with the request; a clone takes its place here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(check, inner, request, self.shared.clone(), rule, report)
+                ResponseFuture::waiting(
+                    check,
+                    inner,
+                    request,
+                    self.shared.clone(),
+                    rule,
+                    client,
+                    report,
+                )
+            }
+        }
+    }
+}
+
+/// `(RateLimit-Policy, RateLimit)` of one response.
+pub(crate) type Fields = (Option<HeaderValue>, HeaderValue);
+
+/// What every clone of a layer and its services shares.
+pub(crate) struct Shared<St> {
+    pub(crate) rules: Box<[Rule]>,
+    pub(crate) store: St,
+    pub(crate) allowed_fields: AllowedFields,
+    pub(crate) on_store_error: StoreFailure,
+    /// `RateLimit-Policy` of every enforced rule, and those rules' bits.
+    pub(crate) all_policies: HeaderValue,
+    pub(crate) enforced: u64,
+}
+
+/// What became of a request after some of its rules were checked.
+pub(crate) enum Step<F> {
+    /// Every applicable rule allowed it (or only shadow rules refused).
+    Pass(Option<Fields>),
+    /// A rule refused it. Boxed so the allowed path does not move a refusal's worth of bytes.
+    Reject(Box<Rejection>),
+    /// The rule at `rule` is being decided by a future; `client` is kept for the log.
+    Wait {
+        check: F,
+        rule: usize,
+        client: Option<IpAddr>,
+    },
+}
+
+impl<St: ThrottleStore> Shared<St> {
+    /// Checks the rules from index `from` on, narrowest first, stopping at the first refusal so
+    /// that a refused request takes nothing from the wider (shared) budgets after it.
+    #[inline]
+    pub(crate) fn evaluate(
+        &self,
+        request: &RequestHead<'_>,
+        from: usize,
+        report: &mut Report,
+    ) -> Step<St::Future> {
+        for rule in self.rules.get(from..).unwrap_or_default() {
+            if !rule.applies_to(request) {
+                continue;
+            }
+            let key = match rule.extractor.extract(request) {
+                Ok(key) => key,
+                Err(error) => {
+                    tracing::debug!(rule = %rule.name, %error, "tollgate throttle: no key for request");
+                    match rule.on_missing_key {
+                        MissingKey::Reject => return Step::Reject(Box::new(error.rejection())),
+                        MissingKey::Skip => continue,
+                    }
+                }
+            };
+            match self.store.check(rule, &key) {
+                Check::Ready(result) => {
+                    if let Some(rejection) = self.decide(rule, key.as_ip(), result, report) {
+                        return Step::Reject(Box::new(rejection));
+                    }
+                }
+                Check::Pending(check) => {
+                    return Step::Wait {
+                        check,
+                        rule: rule.index,
+                        client: key.as_ip(),
+                    }
+                }
+            }
+        }
+        Step::Pass(if report.is_empty() {
+            None
+        } else {
+            let policy = (self.allowed_fields == AllowedFields::RateLimitAndPolicy)
+                .then_some((&self.all_policies, self.enforced));
+            std::mem::take(report).finish(&self.rules, policy)
+        })
+    }
+
+    /// Applies one rule's outcome; returns the refusal if the request must stop here.
+    #[inline]
+    pub(crate) fn decide(
+        &self,
+        rule: &Rule,
+        client: Option<IpAddr>,
+        result: Result<Outcome, StoreError>,
+        report: &mut Report,
+    ) -> Option<Rejection> {
+        match result {
+            Ok(Outcome::Allowed { remaining, reset }) => {
+                rule.counters().allowed.increment(1);
+                tracing::trace!(rule = %rule.name, remaining, "tollgate throttle: allowed");
+                if self.allowed_fields != AllowedFields::None {
+                    report.push(&self.rules, rule, remaining, reset);
+                }
+                None
+            }
+            Ok(Outcome::Limited { retry_after, reset }) => {
+                rule.counters().limited.increment(1);
+                // Only IP keys are logged: other keys may be credentials a user chose to key by.
+                let client = client.map(tracing::field::display);
+                if rule.shadow {
+                    tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: would limit (shadow)");
+                    return None;
+                }
+                tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: limited");
+                report.push(&self.rules, rule, 0, reset);
+                let mut rejection = Rejection::throttled(retry_after)
+                    .with_detail(format!("rate limit \"{}\" exceeded", rule.name));
+                let all = Some((&self.all_policies, self.enforced));
+                if let Some((policy, ratelimit)) = std::mem::take(report).finish(&self.rules, all) {
+                    let headers = rejection.headers_mut();
+                    if let Some(policy) = policy {
+                        headers.insert(headers::RATELIMIT_POLICY.clone(), policy);
+                    }
+                    headers.insert(headers::RATELIMIT.clone(), ratelimit);
+                }
+                Some(rejection)
+            }
+            Err(error) => {
+                tracing::warn!(rule = %rule.name, %error, policy = ?self.on_store_error, "tollgate throttle: store failed");
+                match self.on_store_error {
+                    StoreFailure::Allow => None,
+                    StoreFailure::Reject => Some(Rejection::unavailable(Duration::from_secs(1))),
+                }
             }
         }
     }

@@ -156,13 +156,16 @@ impl ThrottleStore for MemoryStore {
         let outcome = match decision {
             Ok(remaining) => Outcome::Allowed {
                 remaining,
-                reset: state.interval * state.burst.saturating_sub(remaining),
+                reset: state
+                    .interval
+                    .saturating_mul(state.burst.saturating_sub(remaining)),
             },
             Err(not_until) => {
                 let retry_after = not_until.wait_time_from(self.clock.now());
                 Outcome::Limited {
                     retry_after,
-                    reset: retry_after + state.interval * (state.burst - 1),
+                    reset: retry_after
+                        .saturating_add(state.interval.saturating_mul(state.burst - 1)),
                 }
             }
         };

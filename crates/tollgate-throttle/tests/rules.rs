@@ -101,12 +101,20 @@ async fn stored_keys_never_exceed_capacity_under_200k_distinct_keys() {
         .build()
         .unwrap();
     let service = layer.clone().layer(bare());
-    for n in 0..200_000u32 {
+    let from = |client: &str| {
         let mut request = request_from("192.0.2.1:1");
         request
             .headers_mut()
-            .insert("x-client-id", n.to_string().parse().unwrap());
-        assert_eq!(status(&service, request).await, StatusCode::OK);
+            .insert("x-client-id", client.parse().unwrap());
+        request
+    };
+    let mut hot_admitted = 0;
+    // 200,000 distinct clients at one every 10 µs (2 s), while one client sends every time.
+    for n in 0..200_000u32 {
+        assert_eq!(status(&service, from(&n.to_string())).await, StatusCode::OK);
+        if status(&service, from("hot")).await == StatusCode::OK {
+            hot_admitted += 1;
+        }
         if n % 1000 == 0 {
             assert!(layer.stored_keys("by-client").unwrap() <= 10_000);
         }
@@ -114,6 +122,8 @@ async fn stored_keys_never_exceed_capacity_under_200k_distinct_keys() {
     }
     let stored = layer.stored_keys("by-client").unwrap();
     assert!((1..=10_000).contains(&stored), "{stored}");
+    // The flood never pushed the active client out: burst 5, then one per 200 ms for 2 s.
+    assert_eq!(hot_admitted, 5 + 9);
 }
 
 #[tokio::test]
@@ -301,4 +311,15 @@ fn invalid_layers_are_refused_at_build_time_with_the_rule_named() {
     );
     let quoted = error(ThrottleLayer::builder().rule(rule("a\"b")));
     assert!(matches!(quoted, ThrottleError::InvalidRuleName(name) if name == "a\"b"));
+    let forgetful = error(ThrottleLayer::builder().rule(rule("a").capacity(0)));
+    assert_eq!(
+        forgetful.to_string(),
+        r#"rule "a" has capacity 0; it must remember at least one key"#
+    );
+    let centuries = Rule::new("slow", "1/300000day".parse().unwrap(), Global);
+    let too_slow = error(ThrottleLayer::builder().rule(centuries));
+    assert_eq!(
+        too_slow.to_string(),
+        r#"rule "slow": burst × interval must be at most 100 years"#
+    );
 }
