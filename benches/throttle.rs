@@ -71,6 +71,12 @@ fn bare_axum_body(
     tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(hello(Body::empty()))))
 }
 
+/// The default (allowed responses carry `RateLimit`) and no fields on allowed responses.
+const VARIANTS: [(&str, AllowedFields); 2] = [
+    ("tollgate", AllowedFields::RateLimit),
+    ("tollgate_no_headers", AllowedFields::None),
+];
+
 fn tollgate_layer(capacity: usize, fields: AllowedFields) -> ThrottleLayer {
     ThrottleLayer::builder()
         .rule(Rule::new("per-client", unlimited_rate(), PeerIp).burst(BURST))
@@ -182,18 +188,9 @@ fn one_key(c: &mut Criterion) {
             ))
             .service(bare())
     };
-    traffic.bench(
-        &mut group,
-        "tollgate",
-        layered(AllowedFields::RateLimit),
-        StatusCode::OK,
-    );
-    traffic.bench(
-        &mut group,
-        "tollgate_no_headers",
-        layered(AllowedFields::None),
-        StatusCode::OK,
-    );
+    for (name, fields) in VARIANTS {
+        traffic.bench(&mut group, name, layered(fields), StatusCode::OK);
+    }
     traffic.bench(
         &mut group,
         "tollgate_with_policy",
@@ -217,18 +214,9 @@ fn ten_thousand_keys(c: &mut Criterion) {
             .layer(tollgate_layer(capacity, headers))
             .service(bare())
     };
-    traffic.bench(
-        &mut group,
-        "tollgate",
-        layered(AllowedFields::RateLimit),
-        StatusCode::OK,
-    );
-    traffic.bench(
-        &mut group,
-        "tollgate_no_headers",
-        layered(AllowedFields::None),
-        StatusCode::OK,
-    );
+    for (name, fields) in VARIANTS {
+        traffic.bench(&mut group, name, layered(fields), StatusCode::OK);
+    }
 
     traffic.bench(
         &mut group,
@@ -291,11 +279,8 @@ fn one_million_keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("throttle/1m_keys");
     configure(&mut group);
     traffic.bench(&mut group, "bare", bare(), StatusCode::OK);
-    for (name, headers) in [
-        ("tollgate", AllowedFields::RateLimit),
-        ("tollgate_no_headers", AllowedFields::None),
-    ] {
-        let layer = tollgate_layer(KEYS as usize, headers);
+    for (name, fields) in VARIANTS {
+        let layer = tollgate_layer(KEYS as usize, fields);
         let service = ServiceBuilder::new().layer(layer.clone()).service(bare());
         if traffic.bench(&mut group, name, service, StatusCode::OK) {
             // Capacity is split evenly over shards and keys do not hash evenly, so a store

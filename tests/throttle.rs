@@ -32,6 +32,13 @@ fn layer(rules: impl IntoIterator<Item = Rule>, clock: &ManualClock) -> Throttle
         .unwrap()
 }
 
+/// `GET /hello` behind a throttle of `rules` on a manual clock, served on loopback.
+async fn serve_hello(rules: impl IntoIterator<Item = Rule>) -> (std::net::SocketAddr, ManualClock) {
+    let clock = ManualClock::new();
+    let addr = serve_axum(hello_app(layer(rules, &clock))).await;
+    (addr, clock)
+}
+
 fn hello_app(throttle: ThrottleLayer) -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
@@ -40,12 +47,8 @@ fn hello_app(throttle: ThrottleLayer) -> Router {
 
 #[tokio::test]
 async fn burst_then_429_with_retry_after_and_ratelimit_fields_then_refill() {
-    let clock = ManualClock::new();
-    let throttle = layer(
-        [per_client(Rate::per_second(5), 5, TrustedProxies::none())],
-        &clock,
-    );
-    let addr = serve_axum(hello_app(throttle)).await;
+    let (addr, clock) =
+        serve_hello([per_client(Rate::per_second(5), 5, TrustedProxies::none())]).await;
     let client = Client::new();
 
     for remaining in (0..5).rev() {
@@ -93,12 +96,8 @@ async fn burst_then_429_with_retry_after_and_ratelimit_fields_then_refill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_connections_against_burst_5_admit_exactly_5() {
-    let clock = ManualClock::new();
-    let throttle = layer(
-        [per_client(Rate::per_second(5), 5, TrustedProxies::none())],
-        &clock,
-    );
-    let addr = serve_axum(hello_app(throttle)).await;
+    let (addr, _clock) =
+        serve_hello([per_client(Rate::per_second(5), 5, TrustedProxies::none())]).await;
     let barrier = Arc::new(Barrier::new(50));
 
     let tasks: Vec<_> = (0..50)
@@ -126,12 +125,8 @@ async fn fifty_concurrent_connections_against_burst_5_admit_exactly_5() {
 
 #[tokio::test]
 async fn clients_are_isolated_by_ip() {
-    let clock = ManualClock::new();
-    let throttle = layer(
-        [per_client(Rate::per_minute(2), 2, TrustedProxies::none())],
-        &clock,
-    );
-    let addr = serve_axum(hello_app(throttle)).await;
+    let (addr, _clock) =
+        serve_hello([per_client(Rate::per_minute(2), 2, TrustedProxies::none())]).await;
     let alice = Client::from_ip("127.0.0.2");
     let bob = Client::from_ip("127.0.0.3");
 
@@ -147,10 +142,8 @@ async fn clients_are_isolated_by_ip() {
 
 #[tokio::test]
 async fn trusted_proxy_chain_is_honoured() {
-    let clock = ManualClock::new();
     let proxies = TrustedProxies::new(["127.0.0.1", "10.0.0.0/8"]).unwrap();
-    let throttle = layer([per_client(Rate::per_minute(1), 1, proxies)], &clock);
-    let addr = serve_axum(hello_app(throttle)).await;
+    let (addr, _clock) = serve_hello([per_client(Rate::per_minute(1), 1, proxies)]).await;
     let proxy = Client::new();
 
     // The load balancer (127.0.0.1) got it from 10.1.1.1, which got it from the client.
@@ -174,10 +167,8 @@ async fn trusted_proxy_chain_is_honoured() {
 
 #[tokio::test]
 async fn spoofed_x_forwarded_for_from_untrusted_peer_is_ignored() {
-    let clock = ManualClock::new();
     let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
-    let throttle = layer([per_client(Rate::per_minute(2), 2, proxies)], &clock);
-    let addr = serve_axum(hello_app(throttle)).await;
+    let (addr, _clock) = serve_hello([per_client(Rate::per_minute(2), 2, proxies)]).await;
     let attacker = Client::new();
 
     for (i, expected) in [
@@ -198,10 +189,9 @@ async fn spoofed_x_forwarded_for_from_untrusted_peer_is_ignored() {
 
 #[tokio::test]
 async fn one_client_hammering_does_not_exhaust_the_global_budget() {
-    let clock = ManualClock::new();
     let global = Rule::new("global", Rate::per_minute(4), Global).burst(4);
     let per_client = per_client(Rate::per_minute(1), 1, TrustedProxies::none());
-    let addr = serve_axum(hello_app(layer([global, per_client], &clock))).await;
+    let (addr, _clock) = serve_hello([global, per_client]).await;
 
     let abuser = Client::from_ip("127.0.0.2");
     let mut admitted = 0;

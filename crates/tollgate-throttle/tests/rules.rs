@@ -1,5 +1,7 @@
 //! Rule semantics through the service, driven by a manual clock.
 
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,29 +10,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
+use support::{bare, request_from};
 use tollgate_core::key::{Global, HeaderKey, PeerIp};
-use tollgate_core::{Key, ManualClock, PeerAddr};
+use tollgate_core::{Key, ManualClock};
 use tollgate_throttle::{
     Check, MemoryStore, MissingKey, Outcome, Rate, Rule, StoreError, StoreFailure, ThrottleError,
     ThrottleLayer, ThrottleStore,
 };
 use tower::{Layer, Service, ServiceExt};
-
-type Bare = tower::util::ServiceFn<
-    fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>,
->;
-
-fn bare() -> Bare {
-    tower::service_fn(|_| std::future::ready(Ok(Response::new(Empty::new()))))
-}
-
-fn request_from(peer: &str) -> Request<()> {
-    let mut request = Request::new(());
-    request
-        .extensions_mut()
-        .insert(PeerAddr(peer.parse().unwrap()));
-    request
-}
 
 async fn status<S>(service: &S, request: Request<()>) -> StatusCode
 where

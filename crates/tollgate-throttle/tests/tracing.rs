@@ -2,29 +2,15 @@
 //! interest globally, and tests on other threads hitting the same callsites without a
 //! subscriber would race with this one's.
 
-use std::convert::Infallible;
+mod support;
+
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Empty;
+use support::{bare, request_from};
 use tollgate_core::key::PeerIp;
-use tollgate_core::{ManualClock, PeerAddr};
+use tollgate_core::ManualClock;
 use tollgate_throttle::{Rate, Rule, ThrottleLayer};
 use tower::{Layer, Service};
-
-fn request_from(peer: &str) -> Request<()> {
-    let mut request = Request::new(());
-    request
-        .extensions_mut()
-        .insert(PeerAddr(peer.parse().unwrap()));
-    request
-}
-
-fn bare() -> impl Service<Request<()>, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone
-{
-    tower::service_fn(|_| std::future::ready(Ok(Response::new(Empty::new()))))
-}
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
