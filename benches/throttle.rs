@@ -11,6 +11,8 @@
 //! - `throttle/10k_keys`: 10 000 clients in turn, beside `tower_governor` with the same quota.
 //!   `tower_governor` needs an axum body, so it has its own `bare_axum_body` baseline and
 //!   tollgate is measured over that service too.
+//! - `throttle/axum_router`: one route of an axum `Router` with the layer added by
+//!   `Router::layer`, with and without `keep_inner_body`, beside `tower_governor`.
 //! - `throttle/1m_keys`: 1 000 000 clients in turn through a store bounded at 1 000 000 keys,
 //!   filled before measuring.
 //! - `throttle/refused`: the 429 path for one client whose allowance is spent.
@@ -27,6 +29,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::routing::get;
+use axum::Router;
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
@@ -36,7 +40,7 @@ use http_body_util::Empty;
 use tollgate::key::PeerIp;
 use tollgate::throttle::{AllowedFields, Rate, Rule, ThrottleLayer};
 use tollgate::PeerAddr;
-use tower::{Service, ServiceBuilder};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::GovernorLayer;
 
@@ -315,10 +319,60 @@ fn refused(c: &mut Criterion) {
     group.finish();
 }
 
+/// One route of an axum `Router`, as a user stacks the layer with `Router::layer`: the
+/// comparison users see, including what axum does with each layer's response.
+fn axum_router(c: &mut Criterion) {
+    let traffic = Traffic {
+        peers: peers(10_000),
+        request: with_peer_addr_and_connect_info,
+    };
+    let router = || Router::new().route("/", get(|| async { "hello" }));
+    let serve = |router: Router| {
+        router
+            .into_service::<Body>()
+            .map_request(|request: Request<()>| request.map(|()| Body::empty()))
+    };
+    let capacity = tollgate::throttle::DEFAULT_CAPACITY;
+    let mut group = c.benchmark_group("throttle/axum_router");
+    configure(&mut group);
+    traffic.bench(&mut group, "bare", serve(router()), StatusCode::OK);
+    for (name, fields) in VARIANTS {
+        let layer = tollgate_layer(capacity, fields);
+        traffic.bench(
+            &mut group,
+            name,
+            serve(router().layer(layer.clone())),
+            StatusCode::OK,
+        );
+        let inner = format!("{name}_inner_body");
+        let layer = layer.keep_inner_body();
+        traffic.bench(
+            &mut group,
+            &inner,
+            serve(router().layer(layer)),
+            StatusCode::OK,
+        );
+    }
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(BURST)
+        .finish()
+        .expect("the benchmark's governor configuration is valid");
+    let governor = router().layer(GovernorLayer::new(config));
+    traffic.bench(
+        &mut group,
+        "tower_governor",
+        serve(governor),
+        StatusCode::OK,
+    );
+    group.finish();
+}
+
 criterion_group!(
     benches,
     one_key,
     ten_thousand_keys,
+    axum_router,
     one_million_keys,
     refused
 );

@@ -269,6 +269,31 @@ async fn allowed_responses_can_carry_the_policy_too_or_no_fields() {
 }
 
 #[tokio::test]
+async fn keeping_the_inner_body_changes_nothing_a_client_sees() {
+    let clock = ManualClock::new();
+    let throttle = layer(
+        [per_client(Rate::per_second(5), 1, TrustedProxies::none())],
+        &clock,
+    )
+    .keep_inner_body();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .layer(throttle);
+    let addr = serve_axum(app).await;
+    let client = Client::new();
+
+    let allowed = client.get(addr, "/hello").await;
+    assert_eq!(allowed.status, StatusCode::OK);
+    assert_eq!(allowed.body, "hello");
+    assert_eq!(allowed.header("ratelimit"), r#""per-client";r=0;t=1"#);
+    let refused = client.get(addr, "/hello").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("content-type"), "application/problem+json");
+    assert_eq!(refused.header("retry-after"), "1");
+    assert_eq!(refused.json()["type"], "urn:tollgate:problem:throttled");
+}
+
+#[tokio::test]
 async fn route_layer_throttles_only_its_routes() {
     let clock = ManualClock::new();
     let throttle = layer(

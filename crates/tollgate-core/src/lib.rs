@@ -40,7 +40,7 @@ mod rejection;
 mod route;
 mod stage;
 
-pub use body::ResponseBody;
+pub use body::{BodyMode, InnerBody, ResponseBody, WrapBody};
 pub use client_ip::{ForwardedHeader, TrustedProxies, TrustedProxiesError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use key::{

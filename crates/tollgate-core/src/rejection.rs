@@ -293,8 +293,12 @@ impl Rejection {
 
     /// Renders the refusal as a response whose body type fits any inner service.
     pub fn into_response<B>(self) -> Response<ResponseBody<B>> {
-        let body = self.to_json();
-        let mut response = Response::new(ResponseBody::full(body));
+        self.into_response_with(ResponseBody::full)
+    }
+
+    /// Renders the refusal with the problem document made into a body by `body`.
+    pub fn into_response_with<B>(self, body: impl FnOnce(Bytes) -> B) -> Response<B> {
+        let mut response = Response::new(body(self.to_json()));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         *headers = self.headers;

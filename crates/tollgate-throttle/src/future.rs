@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -6,7 +7,7 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tollgate_core::{Rejection, RequestHead, ResponseBody};
+use tollgate_core::{BodyMode, Rejection, RequestHead, WrapBody};
 use tower::Service;
 
 use crate::headers::{Report, RATELIMIT, RATELIMIT_POLICY};
@@ -16,13 +17,14 @@ use crate::store::ThrottleStore;
 pin_project! {
     /// The response future of [`Throttle`](crate::Throttle): a refusal, the inner service's
     /// response, or a store decision still on its way.
-    pub struct ResponseFuture<S, ReqBody, St>
+    pub struct ResponseFuture<S, ReqBody, St, M = WrapBody>
     where
         S: Service<Request<ReqBody>>,
         St: ThrottleStore,
     {
         #[pin]
         state: State<S, ReqBody, St>,
+        mode: PhantomData<fn() -> M>,
     }
 }
 
@@ -59,7 +61,7 @@ struct Paused<S, ReqBody, St> {
     report: Report,
 }
 
-impl<S, ReqBody, St> ResponseFuture<S, ReqBody, St>
+impl<S, ReqBody, St, M> ResponseFuture<S, ReqBody, St, M>
 where
     S: Service<Request<ReqBody>>,
     St: ThrottleStore,
@@ -68,6 +70,7 @@ where
     pub(crate) fn inner(future: S::Future, headers: Option<Fields>) -> Self {
         Self {
             state: State::Inner { future, headers },
+            mode: PhantomData,
         }
     }
 
@@ -76,6 +79,7 @@ where
             state: State::Rejected {
                 rejection: Some(rejection),
             },
+            mode: PhantomData,
         }
     }
 
@@ -100,16 +104,18 @@ where
                     report,
                 })),
             },
+            mode: PhantomData,
         }
     }
 }
 
-impl<S, ReqBody, ResBody, St> Future for ResponseFuture<S, ReqBody, St>
+impl<S, ReqBody, ResBody, St, M> Future for ResponseFuture<S, ReqBody, St, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     St: ThrottleStore,
+    M: BodyMode<ResBody>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<M::Body>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
@@ -119,7 +125,7 @@ where
                     let rejection = rejection
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok((*rejection).into_response()));
+                    return Poll::Ready(Ok(M::refuse(*rejection)));
                 }
                 StateProj::Inner { future, headers } => {
                     let mut response = ready!(future.poll(cx))?;
@@ -132,7 +138,7 @@ where
                         }
                         map.append(RATELIMIT.clone(), ratelimit);
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(M::pass(response)));
                 }
                 StateProj::Waiting { check, paused } => {
                     let result = ready!(check.poll(cx));

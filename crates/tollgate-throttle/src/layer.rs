@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tollgate_core::SharedClock;
+use tollgate_core::{InnerBody, SharedClock, WrapBody};
 use tower::Layer;
 
 use crate::headers;
@@ -90,20 +90,25 @@ pub enum ThrottleError {
 ///
 /// Clones share one set of limiters, so the limit holds across every connection and every
 /// clone axum makes of the service.
+///
+/// `M` is how responses carry bodies: [`WrapBody`] by default, [`InnerBody`] after
+/// [`ThrottleLayer::keep_inner_body`].
 #[must_use]
-pub struct ThrottleLayer<St = MemoryStore> {
+pub struct ThrottleLayer<St = MemoryStore, M = WrapBody> {
     pub(crate) shared: Arc<Shared<St>>,
+    mode: M,
 }
 
-impl<St> Clone for ThrottleLayer<St> {
+impl<St, M: Clone> Clone for ThrottleLayer<St, M> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            mode: self.mode.clone(),
         }
     }
 }
 
-impl<St> fmt::Debug for ThrottleLayer<St> {
+impl<St, M> fmt::Debug for ThrottleLayer<St, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThrottleLayer")
             .field("rules", &self.shared.rules)
@@ -118,14 +123,25 @@ impl ThrottleLayer {
     }
 }
 
-impl<St> ThrottleLayer<St> {
+impl<St, M> ThrottleLayer<St, M> {
     /// The rules in evaluation order: per-client rules first, then per-route, then global.
     pub fn rules(&self) -> &[Rule] {
         &self.shared.rules
     }
+
+    /// Keeps the inner service's body type, building refusals in it: for inner bodies made
+    /// from bytes, such as axum's `Body` and `Full<Bytes>`. Responses then pass through
+    /// untouched, which under axum's `Router::layer` also spares axum boxing a wrapped body on
+    /// every response.
+    pub fn keep_inner_body(self) -> ThrottleLayer<St, InnerBody> {
+        ThrottleLayer {
+            shared: self.shared,
+            mode: InnerBody,
+        }
+    }
 }
 
-impl ThrottleLayer<MemoryStore> {
+impl<M> ThrottleLayer<MemoryStore, M> {
     /// How many keys the rule named `rule` remembers now, or `None` for an unknown rule.
     pub fn stored_keys(&self, rule: &str) -> Option<usize> {
         let rule = self.shared.rules.iter().find(|r| &*r.name == rule)?;
@@ -133,13 +149,14 @@ impl ThrottleLayer<MemoryStore> {
     }
 }
 
-impl<S, St> Layer<S> for ThrottleLayer<St> {
-    type Service = Throttle<S, St>;
+impl<S, St, M: Clone> Layer<S> for ThrottleLayer<St, M> {
+    type Service = Throttle<S, St, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Throttle {
             inner,
             shared: self.shared.clone(),
+            mode: self.mode.clone(),
         }
     }
 }
@@ -269,6 +286,7 @@ impl ThrottleBuilder {
             .map_err(|_| ThrottleError::Config("rule names must be visible ASCII".into()))?;
         let store = make(&self.rules, &self.clock);
         Ok(ThrottleLayer {
+            mode: WrapBody,
             shared: Arc::new(Shared {
                 rules: self.rules.into_boxed_slice(),
                 store,

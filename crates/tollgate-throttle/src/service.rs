@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use tollgate_core::{Rejection, RequestHead, ResponseBody};
+use tollgate_core::{BodyMode, Rejection, RequestHead, WrapBody};
 use tower::Service;
 
 use crate::future::ResponseFuture;
@@ -16,21 +16,23 @@ use crate::{AllowedFields, MissingKey, Rule, StoreFailure};
 use crate::store::{MemoryStore, ThrottleStore};
 
 /// The service a [`ThrottleLayer`](crate::ThrottleLayer) wraps around an inner service.
-pub struct Throttle<S, St = MemoryStore> {
+pub struct Throttle<S, St = MemoryStore, M = WrapBody> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared<St>>,
+    pub(crate) mode: M,
 }
 
-impl<S: Clone, St> Clone for Throttle<S, St> {
+impl<S: Clone, St, M: Clone> Clone for Throttle<S, St, M> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            mode: self.mode.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, St> fmt::Debug for Throttle<S, St> {
+impl<S: fmt::Debug, St, M> fmt::Debug for Throttle<S, St, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttle")
             .field("inner", &self.inner)
@@ -39,14 +41,15 @@ impl<S: fmt::Debug, St> fmt::Debug for Throttle<S, St> {
     }
 }
 
-impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Throttle<S, St>
+impl<S, St, M, ReqBody, ResBody> Service<Request<ReqBody>> for Throttle<S, St, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     St: ThrottleStore,
+    M: BodyMode<ResBody>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<M::Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody, St>;
+    type Future = ResponseFuture<S, ReqBody, St, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
