@@ -36,7 +36,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ClientIp::new(TrustedProxies::none()),
     )
     .burst(5);
-    let throttle = ThrottleLayer::builder().rule(per_client).build()?;
+    // keep_inner_body: refusals are built as axum's own Body, so responses pass through as is.
+    let throttle = ThrottleLayer::builder()
+        .rule(per_client)
+        .build()?
+        .keep_inner_body();
 
     let app = Router::new()
         .route("/hello", get(|| async { "Hello from behind tollgate!\n" }))
