@@ -143,6 +143,8 @@ pub struct Rejection {
     problem: ProblemType,
     detail: Option<Cow<'static, str>>,
     headers: HeaderMap,
+    /// The problem document, when rendered ahead of time.
+    rendered: Option<Bytes>,
 }
 
 #[derive(Serialize)]
@@ -163,6 +165,7 @@ impl Rejection {
             problem,
             detail: None,
             headers: HeaderMap::new(),
+            rendered: None,
         }
     }
 
@@ -236,6 +239,15 @@ impl Rejection {
     #[must_use]
     pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
         self.detail = Some(detail.into());
+        self.rendered = None;
+        self
+    }
+
+    /// Renders the problem document now, so that this refusal and its clones reuse it: for a
+    /// layer that sends the same refusal many times (a throttle under a flood).
+    #[must_use]
+    pub fn prerendered(mut self) -> Self {
+        self.rendered = Some(self.render());
         self
     }
 
@@ -281,6 +293,13 @@ impl Rejection {
 
     /// The problem+json document.
     pub fn to_json(&self) -> Bytes {
+        match &self.rendered {
+            Some(rendered) => rendered.clone(),
+            None => self.render(),
+        }
+    }
+
+    fn render(&self) -> Bytes {
         let document = ProblemDocument {
             kind: self.problem.uri(),
             title: self.problem.title(),
@@ -384,6 +403,15 @@ mod tests {
         assert!(!body.contains("hunter2"), "{body}");
         assert_eq!(problem(&rejection)["status"], 500);
         assert!(problem(&rejection).get("detail").is_none());
+    }
+
+    #[test]
+    fn a_prerendered_refusal_renders_the_same_document_and_follows_new_details() {
+        let rejection = Rejection::bad_request("expected a token");
+        let prerendered = rejection.clone().prerendered();
+        assert_eq!(prerendered.to_json(), rejection.to_json());
+        let changed = prerendered.with_detail("expected two tokens");
+        assert_eq!(problem(&changed)["detail"], "expected two tokens");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tollgate_core::{InnerBody, SharedClock, WrapBody};
+use tollgate_core::{InnerBody, Rejection, SharedClock, WrapBody};
 use tower::Layer;
 
 use crate::headers;
@@ -270,6 +270,11 @@ impl ThrottleBuilder {
         for (index, rule) in self.rules.iter_mut().enumerate() {
             rule.index = index;
             rule.reports_remaining = self.allowed_fields != AllowedFields::None && !rule.shadow;
+            rule.refusal = Arc::new(
+                Rejection::throttled(Duration::ZERO)
+                    .with_detail(format!("rate limit \"{}\" exceeded", rule.name))
+                    .prerendered(),
+            );
             rule.ratelimit_values = Arc::new(headers::ValueCache::for_rule(rule));
             if !rule.shadow {
                 enforced |= 1 << index;

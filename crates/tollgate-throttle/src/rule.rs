@@ -3,7 +3,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::Counter;
-use tollgate_core::{KeyExtractor, KeyScope, RequestHead, RouteTable};
+use tollgate_core::{KeyExtractor, KeyScope, Rejection, RequestHead, RouteTable};
 
 use crate::headers::ValueCache;
 use crate::Rate;
@@ -38,6 +38,8 @@ pub struct Rule {
     pub(crate) counters: Arc<OnceLock<RuleCounters>>,
     pub(crate) ratelimit_values: Arc<ValueCache>,
     pub(crate) reports_remaining: bool,
+    /// This rule's refusal, rendered once when the layer is built.
+    pub(crate) refusal: Arc<Rejection>,
 }
 
 /// What a rule does with a request its extractor finds no key for.
@@ -86,6 +88,7 @@ impl Rule {
             counters: Arc::default(),
             ratelimit_values: Arc::default(),
             reports_remaining: true,
+            refusal: Arc::new(Rejection::throttled(Duration::ZERO)),
         }
     }
 

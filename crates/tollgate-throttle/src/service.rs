@@ -191,8 +191,7 @@ impl<St: ThrottleStore> Shared<St> {
                 }
                 tracing::info!(rule = %rule.name, client, ?retry_after, "tollgate throttle: limited");
                 report.push(&self.rules, rule, 0, reset);
-                let mut rejection = Rejection::throttled(retry_after)
-                    .with_detail(format!("rate limit \"{}\" exceeded", rule.name));
+                let mut rejection = Rejection::clone(&rule.refusal).with_retry_after(retry_after);
                 let all = Some((&self.all_policies, self.enforced));
                 if let Some((policy, ratelimit)) = std::mem::take(report).finish(&self.rules, all) {
                     let headers = rejection.headers_mut();
