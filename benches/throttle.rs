@@ -287,8 +287,7 @@ fn one_million_keys(c: &mut Criterion) {
         let layer = tollgate_layer(KEYS as usize, fields);
         let service = ServiceBuilder::new().layer(layer.clone()).service(bare());
         if traffic.bench(&mut group, name, service, StatusCode::OK) {
-            // Capacity is split evenly over shards and keys do not hash evenly, so a store
-            // sized for exactly the active keys holds fewer of them.
+            // The store is sized for exactly the clients; it should hold every one.
             let stored = layer.stored_keys("per-client").unwrap_or_default();
             println!("throttle/1m_keys/{name}: the store holds {stored} keys of {KEYS}");
         }

@@ -2,15 +2,15 @@
 //!
 //! governor's own keyed stores grow with every key until someone calls `retain_recent`, so a
 //! flood of spoofed client keys would grow memory without limit. This store holds at most a
-//! configured number of keys, split evenly over shards that each hold their share. When a
-//! key's shard is full it first drops the shard's keys whose allowance has fully come back —
-//! for GCRA such a key is indistinguishable from an absent one, so nothing is lost — and only
-//! when none has, the shard's key closest to full (lowest theoretical arrival time), which then
-//! starts afresh. Shards fill unevenly, so a store meant to hold N active keys needs some
-//! headroom above N.
+//! configured number of keys, counted across all shards, so a store sized for N active keys
+//! remembers all N. When the store (or a key's shard, which may hold up to twice its even
+//! share) is full, the shard first drops its keys whose allowance has fully come back — for
+//! GCRA such a key is indistinguishable from an absent one, so nothing is lost — and only when
+//! none has, its key closest to full (lowest theoretical arrival time), which then starts
+//! afresh.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use governor::clock::Clock as GovernorClock;
@@ -23,6 +23,9 @@ use tollgate_core::{Clock, Key, SharedClock};
 /// stays in the low microseconds, large enough that tiny capacities are not spread thin.
 const KEYS_PER_SHARD: usize = 1024;
 const MAX_SHARDS: usize = 1024;
+/// How far past its even share a shard may fill while the store as a whole has room: keys do
+/// not hash evenly, and a shard that evicted at its share would forget active keys early.
+const SHARD_SLACK: usize = 2;
 
 /// governor's view of a [`SharedClock`]: nanoseconds since the clock's origin.
 #[derive(Clone, Debug)]
@@ -40,13 +43,18 @@ impl GovernorClock for ClockAdapter {
 #[derive(Debug)]
 struct Shard {
     table: HashTable<(Key, u64)>,
-    capacity: usize,
+    /// The most keys this shard holds, whatever room the store has.
+    limit: usize,
 }
 
 #[derive(Debug)]
 pub(crate) struct BoundedInner {
     shards: Box<[Mutex<Shard>]>,
     shard_shift: u32,
+    capacity: usize,
+    /// Keys stored plus slots reserved for keys being stored: never above `capacity` for long,
+    /// and the stored keys never above it at all.
+    stored: AtomicUsize,
     hasher: foldhash::quality::RandomState,
     clock: SharedClock,
     /// The limiter's start in clock nanoseconds, or later; see [`BoundedState::set_start`].
@@ -61,23 +69,41 @@ impl BoundedState {
     pub(crate) fn new(capacity: usize, clock: SharedClock) -> Self {
         let wanted = capacity.div_ceil(KEYS_PER_SHARD).clamp(1, MAX_SHARDS);
         let shard_count = wanted.next_power_of_two().min(MAX_SHARDS);
-        let (base, extra) = (capacity / shard_count, capacity % shard_count);
-        // Per-shard capacities sum to exactly `capacity`.
+        let limit = capacity
+            .div_ceil(shard_count)
+            .saturating_mul(SHARD_SLACK)
+            .min(capacity);
         let shards = (0..shard_count)
-            .map(|i| {
+            .map(|_| {
                 Mutex::new(Shard {
                     table: HashTable::new(),
-                    capacity: base + usize::from(i < extra),
+                    limit,
                 })
             })
             .collect();
         Self(Arc::new(BoundedInner {
             shards,
             shard_shift: shard_count.trailing_zeros(),
+            capacity,
+            stored: AtomicUsize::new(0),
             hasher: foldhash::quality::RandomState::default(),
             clock,
             start: AtomicU64::new(u64::MAX),
         }))
+    }
+
+    /// Claims room for one more key in the store, if there is any.
+    fn reserve(&self) -> bool {
+        let stored = &self.0.stored;
+        if stored.fetch_add(1, Ordering::AcqRel) < self.0.capacity {
+            return true;
+        }
+        stored.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    fn release(&self, keys: usize) {
+        self.0.stored.fetch_sub(keys, Ordering::AcqRel);
     }
 
     /// Records when the limiter started, read after governor's `RateLimiter::new` took its own
@@ -117,21 +143,33 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 }
 
 impl Shard {
-    /// Makes room for one more key.
-    fn evict_for_insert(&mut self, now: u64) {
-        self.table.retain(|(_, tat)| *tat > now);
-        if self.table.len() < self.capacity {
-            return;
-        }
-        let Some(oldest) = self.table.iter().map(|(_, tat)| *tat).min() else {
-            return;
-        };
-        let mut removed = false;
+    /// Makes room in this shard: drops every idle key, or else the one closest to idle.
+    /// Returns how many keys went.
+    fn evict(&mut self, now: u64, hasher: &foldhash::quality::RandomState) -> usize {
+        let before = self.table.len();
+        let mut oldest = u64::MAX;
         self.table.retain(|(_, tat)| {
-            let evict = !removed && *tat == oldest;
-            removed |= evict;
-            !evict
+            oldest = oldest.min(*tat);
+            *tat > now
         });
+        if self.table.len() < before {
+            return before - self.table.len();
+        }
+        let Some(hash) = self
+            .table
+            .iter()
+            .find(|(_, tat)| *tat == oldest)
+            .map(|(key, _)| hasher.hash_one(key))
+        else {
+            return 0;
+        };
+        match self.table.find_entry(hash, |(_, tat)| *tat == oldest) {
+            Ok(entry) => {
+                entry.remove();
+                1
+            }
+            Err(_) => 0,
+        }
     }
 }
 
@@ -152,11 +190,20 @@ impl StateStore for BoundedState {
             return Ok(outcome);
         }
         let (outcome, next) = f(None)?;
-        if shard.capacity == 0 {
-            return Ok(outcome);
-        }
-        if shard.table.len() >= shard.capacity {
-            shard.evict_for_insert(self.elapsed());
+        if self.reserve() {
+            if shard.table.len() >= shard.limit {
+                let freed = shard.evict(self.elapsed(), hasher);
+                self.release(freed);
+            }
+        } else {
+            // The store is full: make room in this key's shard, then claim it.
+            let freed = shard.evict(self.elapsed(), hasher);
+            self.release(freed);
+            if !self.reserve() {
+                // Nothing to drop here, or another shard took the room first: the key is
+                // decided as new and not remembered, as if it had been evicted at once.
+                return Ok(outcome);
+            }
         }
         shard
             .table
@@ -256,11 +303,51 @@ mod tests {
     }
 
     #[test]
-    fn capacity_spread_over_shards_sums_exactly() {
+    fn a_store_sized_for_its_active_keys_remembers_every_one() {
+        let clock = ManualClock::new();
+        let (limiter, state) = limiter(10_000, 1, &clock);
+        for n in 0..10_000 {
+            limiter.check_key(&ip_key(n)).unwrap();
+        }
+        assert_eq!(state.len(), 10_000);
+        let forgotten = (0..10_000)
+            .filter(|&n| limiter.check_key(&ip_key(n)).is_ok())
+            .count();
+        assert_eq!(
+            forgotten, 0,
+            "active keys were evicted while the store had room"
+        );
+    }
+
+    #[test]
+    fn concurrent_inserts_never_overfill_and_the_count_stays_exact() {
+        let clock = ManualClock::new();
+        let (limiter, state) = limiter(3_000, 1, &clock);
+        let limiter = Arc::new(limiter);
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || {
+                    for n in 0..20_000 {
+                        let _ = limiter.check_key(&ip_key(t * 1_000_000 + n));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let stored = state.len();
+        assert!(stored <= 3_000, "{stored}");
+        assert_eq!(state.0.stored.load(Ordering::Acquire), stored);
+    }
+
+    #[test]
+    fn no_shard_may_hold_more_than_the_store() {
         for capacity in [1, 7, 1023, 1025, 10_000, 1_000_000] {
             let state = BoundedState::new(capacity, SharedClock::default());
-            let total: usize = state.0.shards.iter().map(|s| lock(s).capacity).sum();
-            assert_eq!(total, capacity);
+            assert!(state.0.shards.iter().all(|s| lock(s).limit <= capacity));
+            assert!(state.0.shards.iter().all(|s| lock(s).limit >= 1));
         }
     }
 }
