@@ -1,3 +1,4 @@
+use std::fmt;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -23,17 +24,46 @@ use serde_json::{Map, Value};
 /// let keyed = principal.with_api_key("key-7", "gold");
 /// assert_eq!(keyed.api_key_id(), Some("key-7"));
 /// assert_eq!(keyed.usage_plan_id(), Some("gold"));
+///
+/// // A usage identifier key is a secret, so Debug output never shows it.
+/// let metered = Principal::builder().usage_identifier_key("tg_secret").build();
+/// assert_eq!(metered.usage_identifier_key(), Some("tg_secret"));
+/// assert!(!format!("{metered:?}").contains("tg_secret"));
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Principal(Arc<PrincipalInner>);
 
-#[derive(Clone, Debug, Default, PartialEq)]
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Clone, Default, PartialEq)]
 struct PrincipalInner {
     subject: Option<Arc<str>>,
     scopes: Vec<String>,
     claims: Map<String, Value>,
     api_key_id: Option<Arc<str>>,
     usage_plan_id: Option<Arc<str>>,
+    usage_identifier_key: Option<Arc<str>>,
+}
+
+impl fmt::Debug for PrincipalInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("subject", &self.subject)
+            .field("scopes", &self.scopes)
+            .field("claims", &self.claims)
+            .field("api_key_id", &self.api_key_id)
+            .field("usage_plan_id", &self.usage_plan_id)
+            // An API key is a secret: never in logs.
+            .field(
+                "usage_identifier_key",
+                &self.usage_identifier_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Principal {
@@ -85,6 +115,12 @@ impl Principal {
     /// The usage plan the API key belongs to.
     pub fn usage_plan_id(&self) -> Option<&str> {
         self.0.usage_plan_id.as_deref()
+    }
+
+    /// The API key a custom authorizer chose for the usage-plan layer to meter this request
+    /// by (Amazon API Gateway's `usageIdentifierKey`). A secret: never log it.
+    pub fn usage_identifier_key(&self) -> Option<&str> {
+        self.0.usage_identifier_key.as_deref()
     }
 
     /// This principal with the API key id and usage plan id filled in.
@@ -143,6 +179,13 @@ impl PrincipalBuilder {
     ) -> Self {
         self.0.api_key_id = Some(api_key_id.into());
         self.0.usage_plan_id = Some(plan_id.into());
+        self
+    }
+
+    /// Sets the API key the usage-plan layer meters this caller by (a custom authorizer's
+    /// usage identifier key).
+    pub fn usage_identifier_key(mut self, key: impl Into<Arc<str>>) -> Self {
+        self.0.usage_identifier_key = Some(key.into());
         self
     }
 

@@ -196,6 +196,24 @@ impl Rejection {
         Self::new(StatusCode::FORBIDDEN, ProblemType::Forbidden)
     }
 
+    /// 403 with `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"` (RFC 6750
+    /// §3.1): the token is valid but lacks the scopes the route needs. `scope` is the
+    /// space-separated list the client should ask for; characters a quoted string cannot hold
+    /// are dropped.
+    pub fn insufficient_scope(scope: &str) -> Self {
+        let scope: String = scope
+            .chars()
+            .filter(|c| matches!(c, '\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e' | ' '))
+            .collect();
+        let challenge = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
+        let rejection =
+            Self::forbidden().with_detail("the token lacks a scope this route requires");
+        match HeaderValue::try_from(challenge) {
+            Ok(value) => rejection.with_header(WWW_AUTHENTICATE, value),
+            Err(_) => rejection,
+        }
+    }
+
     /// 404: nothing serves this request.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, ProblemType::NotFound)
@@ -386,6 +404,21 @@ mod tests {
     fn missing_bearer_credentials_challenge_has_no_error_code() {
         let rejection = Rejection::unauthorized(BearerError::Missing);
         assert_eq!(rejection.headers()[WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn insufficient_scope_is_403_naming_the_scopes_and_drops_unquotable_characters() {
+        let rejection = Rejection::insufficient_scope("orders:read orders:write");
+        assert_eq!(rejection.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            rejection.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="insufficient_scope", scope="orders:read orders:write""#
+        );
+        let hostile = Rejection::insufficient_scope("a\"b\\c\r\nd");
+        assert_eq!(
+            hostile.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="insufficient_scope", scope="abcd""#
+        );
     }
 
     #[test]
