@@ -38,16 +38,17 @@ pub struct AuthRequest<'a> {
     /// The request's method, URI, headers and extensions (a [`Stage`](tollgate_core::Stage)
     /// inserted by a stage router in front is there).
     pub head: RequestHead<'a>,
-    /// The route the request matched: the layer's own route table first, then (with the
-    /// `axum` feature) axum's `MatchedPath`. `None` when neither knows; authorizers that key
-    /// on the route then fall back to the path.
+    /// The route the request matched: from the layer's own route table as `"GET /orders/{id}"`
+    /// (method and template), else (with the `axum` feature) axum's `MatchedPath` as
+    /// `"/orders/{id}"` (template only, so key on the method too). `None` when neither knows;
+    /// authorizers that key on the route then fall back to the path.
     pub route: Option<&'a str>,
 }
 
 /// Decides who is calling. The layer ([`AuthLayer`](crate::AuthLayer)) asks it once per
 /// request, then applies the route's policy (anonymous access, required scopes) to the answer.
 ///
-/// [`JwtAuthorizer`](crate::jwt::JwtAuthorizer) and [`CustomAuthorizer`](crate::CustomAuthorizer)
+/// `JwtAuthorizer` (feature `jwt`) and [`CustomAuthorizer`](crate::CustomAuthorizer)
 /// implement it; so can an application's own type.
 pub trait Authorizer: Send + Sync + 'static {
     /// The future of a decision that cannot be made at once.

@@ -6,12 +6,20 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod authorizer;
+mod custom;
 mod future;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 mod layer;
 mod policy;
 mod service;
 
 pub use authorizer::{AuthRequest, Authorizer, Decision, Verdict};
+pub use custom::{
+    Allow, AuthorizerResponse, BoxError, CustomAuthorizer, CustomAuthorizerBuilder,
+    CustomAuthorizerError, Identity, IdentitySource,
+};
 pub use future::ResponseFuture;
 pub use layer::{AuthBuilder, AuthError, AuthLayer};
 pub use policy::RoutePolicy;

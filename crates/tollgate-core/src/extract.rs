@@ -1,6 +1,6 @@
 //! axum extractors for what the layers insert.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
 use crate::{BearerError, Principal, Rejection, Stage};
@@ -13,6 +13,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
             Rejection::unauthorized(BearerError::Missing).with_detail("authentication required")
         })
+    }
+}
+
+/// Extracts the [`Principal`] when there is one, for routes open to anonymous callers:
+/// `Option<Principal>` in a handler never refuses.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Principal>().cloned())
     }
 }
 
