@@ -6,15 +6,54 @@
 //!
 //! `GET /hello` is throttled per client IP at 5 requests per second with a burst of 5, so the
 //! sixth immediate request gets a 429 problem+json with `Retry-After` and `RateLimit` fields.
-//! Set `TOLLGATE_ADDR` to listen elsewhere.
+//!
+//! `GET /me` also needs a bearer token from the quickstart's own HS256 identity provider; a
+//! demo token valid for one hour is printed at start-up, and the handler answers the verified
+//! `Principal` as JSON. Set `TOLLGATE_ADDR` to listen elsewhere.
 
 use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
+use tollgate::auth::AuthLayer;
 use tollgate::key::ClientIp;
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
-use tollgate::TrustedProxies;
+use tollgate::{Principal, TrustedProxies};
+
+const ISSUER: &str = "tollgate-quickstart";
+const AUDIENCE: &str = "quickstart";
+
+/// The caller, as the authorizer verified it.
+async fn me(principal: Principal) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "subject": principal.subject(),
+        "scopes": principal.scopes(),
+        "claims": principal.claims(),
+    }))
+}
+
+/// A fresh HMAC secret and a token signed with it, valid for an hour.
+fn demo_identity_provider() -> Result<(Vec<u8>, String), Box<dyn std::error::Error>> {
+    let mut secret = vec![0; 32];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| "no system randomness for the demo secret")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "demo-user",
+        "scope": "profile orders:read",
+        "iat": now,
+        "exp": now + 3600,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )?;
+    Ok((secret, token))
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,8 +81,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?
         .keep_inner_body();
 
+    let (secret, token) = demo_identity_provider()?;
+    let jwt = JwtAuthorizer::builder()
+        .provider(JwtProvider::new(ISSUER, Keys::hmac(&secret)).audience(AUDIENCE))
+        .build()?;
+    let auth = AuthLayer::builder(jwt).keep_inner_body().build()?;
+
     let app = Router::new()
         .route("/hello", get(|| async { "Hello from behind tollgate!\n" }))
+        .route("/me", get(me).route_layer(auth))
         .layer(throttle);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -57,6 +103,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("      200s until the burst of 5 is spent, then 429");
     println!("  curl -i http://{addr}/hello   (right after)");
     println!("      429 application/problem+json with Retry-After: 1");
+    println!("  curl -i http://{addr}/me -H 'Authorization: Bearer {token}'");
+    println!("      200, the verified principal as JSON (the token is valid for one hour)");
+    println!("  curl -i http://{addr}/me");
+    println!("      401 with WWW-Authenticate: Bearer");
     println!();
     println!("Press Ctrl-C to stop.");
 

@@ -11,6 +11,8 @@
 //! | feature | module | what it gives |
 //! |---|---|---|
 //! | `throttle` (default) | [`throttle`] | GCRA rate limits per client, route or globally, bounded state, `RateLimit` headers |
+//! | `auth` (default) | [`auth`] | the authorizer layer: route policies with scopes, custom authorizers with a decision cache |
+//! | `jwt` (default) | [`auth::jwt`] | the JWT authorizer: JWKS with rotation, OIDC discovery, a verified-token cache |
 //! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
 //!
@@ -55,3 +57,8 @@ pub use tollgate_core as core;
 #[cfg(feature = "throttle")]
 #[cfg_attr(docsrs, doc(cfg(feature = "throttle")))]
 pub use tollgate_throttle as throttle;
+
+/// Authorizers: JWT (with the `jwt` feature) and custom, with route policies and caching.
+#[cfg(feature = "auth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
+pub use tollgate_auth as auth;
