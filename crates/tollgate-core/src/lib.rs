@@ -32,6 +32,7 @@
 mod body;
 mod client_ip;
 mod clock;
+mod duration;
 #[cfg(feature = "axum")]
 mod extract;
 pub mod key;
@@ -43,6 +44,7 @@ mod stage;
 pub use body::{BodyMode, InnerBody, ResponseBody, WrapBody};
 pub use client_ip::{ForwardedHeader, TrustedProxies, TrustedProxiesError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use duration::{DurationError, HumanDuration};
 pub use key::{
     Key, KeyError, KeyExtractor, KeyExtractorExt, KeyScope, PeerAddr, RequestHead, MAX_KEY_BYTES,
 };
