@@ -2,8 +2,9 @@
 //! headers, body — and how often the application's authorizer was actually called.
 #![cfg(feature = "axum")]
 
+mod support;
+
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +15,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tollgate_auth::{
@@ -27,6 +26,8 @@ use tollgate_auth::{
 use tollgate_core::{ManualClock, Principal, Stage};
 use tower::util::MapRequestLayer;
 use tower::{Layer, ServiceExt};
+
+use support::{serve, Client, Reply};
 
 /// How many times the application's authorizer was called.
 #[derive(Clone, Default)]
@@ -92,77 +93,6 @@ fn orders_and_admin(auth: AuthLayer<CustomAuthorizer>) -> Router {
         .layer(auth)
 }
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// What a client sees.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    async fn of<B: http_body::Body>(response: Response<B>) -> Self
-    where
-        B::Error: std::fmt::Debug,
-    {
-        let (parts, body) = response.into_parts();
-        Self {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    }
-}
-
-/// A real HTTP/1.1 client.
-#[derive(Clone)]
-struct Client(HyperClient<HttpConnector, Empty<Bytes>>);
-
-impl Client {
-    fn new() -> Self {
-        Self(HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()))
-    }
-
-    async fn get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = Request::get(format!("http://{addr}{path}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = self
-            .0
-            .request(request.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
-        Reply::of(response).await
-    }
-
-    async fn get_with_token(&self, addr: SocketAddr, path: &str, token: &str) -> Reply {
-        let authorization = format!("Bearer {token}");
-        self.get(addr, path, &[("authorization", &authorization)])
-            .await
-    }
-}
-
 #[tokio::test]
 async fn authorizer_is_called_once_for_a_hundred_identical_requests_within_the_ttl() {
     let calls = Calls::default();
@@ -171,14 +101,14 @@ async fn authorizer_is_called_once_for_a_hundred_identical_requests_within_the_t
     let client = Client::new();
 
     for _ in 0..100 {
-        let reply = client.get_with_token(addr, "/orders", "good").await;
+        let reply = client.bearer(addr, "/orders", "good").await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.json()["principal"], "user-1");
     }
     assert_eq!(calls.count(), 1);
 
     // Another token is another identity.
-    let other = client.get_with_token(addr, "/orders", "banned").await;
+    let other = client.bearer(addr, "/orders", "banned").await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
     assert_eq!(calls.count(), 2);
 }
@@ -199,9 +129,9 @@ async fn an_allow_cached_on_one_route_is_not_reused_on_another() {
     let client = Client::new();
 
     for round in 1..=3 {
-        let orders = client.get_with_token(addr, "/orders", "good").await;
+        let orders = client.bearer(addr, "/orders", "good").await;
         assert_eq!(orders.status, StatusCode::OK, "round {round}");
-        let admin = client.get_with_token(addr, "/admin", "good").await;
+        let admin = client.bearer(addr, "/admin", "good").await;
         assert_eq!(admin.status, StatusCode::FORBIDDEN, "round {round}");
         // Each route asked once, then its own decision was reused.
         assert_eq!(calls.count(), 2, "round {round}");
@@ -288,11 +218,11 @@ async fn cache_per_route_off_shares_one_decision_across_routes() {
     let client = Client::new();
 
     assert_eq!(
-        client.get_with_token(addr, "/orders", "good").await.status,
+        client.bearer(addr, "/orders", "good").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        client.get_with_token(addr, "/admin", "good").await.status,
+        client.bearer(addr, "/admin", "good").await.status,
         StatusCode::OK
     );
     assert_eq!(calls.count(), 1);
@@ -305,7 +235,7 @@ async fn deny_is_403_problem_json_and_unauthorized_is_401_invalid_token() {
     let addr = serve(orders_and_admin(AuthLayer::new(authorizer))).await;
     let client = Client::new();
 
-    let denied = client.get_with_token(addr, "/orders", "banned").await;
+    let denied = client.bearer(addr, "/orders", "banned").await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert_eq!(denied.header("content-type"), "application/problem+json");
     assert!(denied.headers.get("www-authenticate").is_none());
@@ -319,7 +249,7 @@ async fn deny_is_403_problem_json_and_unauthorized_is_401_invalid_token() {
         })
     );
 
-    let refused = client.get_with_token(addr, "/orders", "forged").await;
+    let refused = client.bearer(addr, "/orders", "forged").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         refused.header("www-authenticate"),
@@ -332,8 +262,8 @@ async fn deny_is_403_problem_json_and_unauthorized_is_401_invalid_token() {
     assert_eq!(problem["detail"], "the authorizer refused the credentials");
 
     // Both refusals are cached like an allow.
-    client.get_with_token(addr, "/orders", "banned").await;
-    client.get_with_token(addr, "/orders", "forged").await;
+    client.bearer(addr, "/orders", "banned").await;
+    client.bearer(addr, "/orders", "forged").await;
     assert_eq!(calls.count(), 2);
 }
 
@@ -402,7 +332,7 @@ async fn concurrent_first_requests_for_one_identity_share_a_single_call() {
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let client = client.clone();
-            tokio::spawn(async move { client.get_with_token(addr, "/orders", "good").await })
+            tokio::spawn(async move { client.bearer(addr, "/orders", "good").await })
         })
         .collect();
     // Hold the first call until every request has reached the layer and had time to queue.
@@ -500,17 +430,17 @@ async fn a_cached_decision_expires_after_the_ttl_on_the_injected_clock() {
     let client = Client::new();
     let ok = |reply: Reply| assert_eq!(reply.status, StatusCode::OK);
 
-    ok(client.get_with_token(addr, "/orders", "good").await);
+    ok(client.bearer(addr, "/orders", "good").await);
     clock.advance(Duration::from_secs(59));
-    ok(client.get_with_token(addr, "/orders", "good").await);
+    ok(client.bearer(addr, "/orders", "good").await);
     assert_eq!(calls.count(), 1);
 
     clock.advance(Duration::from_secs(1));
-    ok(client.get_with_token(addr, "/orders", "good").await);
+    ok(client.bearer(addr, "/orders", "good").await);
     assert_eq!(calls.count(), 2);
     // The fresh decision is cached again for a whole TTL.
     clock.advance(Duration::from_secs(59));
-    ok(client.get_with_token(addr, "/orders", "good").await);
+    ok(client.bearer(addr, "/orders", "good").await);
     assert_eq!(calls.count(), 2);
 }
 
@@ -526,7 +456,7 @@ async fn a_ttl_of_zero_calls_the_authorizer_on_every_request() {
     let client = Client::new();
 
     for _ in 0..3 {
-        let reply = client.get_with_token(addr, "/orders", "good").await;
+        let reply = client.bearer(addr, "/orders", "good").await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     assert_eq!(calls.count(), 3);
@@ -559,7 +489,7 @@ async fn the_handler_reads_the_principal_id_context_and_scopes_the_authorizer_al
     let addr = serve(app).await;
     let client = Client::new();
 
-    let reply = client.get_with_token(addr, "/orders", "good").await;
+    let reply = client.bearer(addr, "/orders", "good").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.json(),
@@ -571,7 +501,7 @@ async fn the_handler_reads_the_principal_id_context_and_scopes_the_authorizer_al
     );
 
     // The granted scopes are checked against the route's policy.
-    let admin = client.get_with_token(addr, "/admin", "good").await;
+    let admin = client.bearer(addr, "/admin", "good").await;
     assert_eq!(admin.status, StatusCode::FORBIDDEN);
     assert_eq!(
         admin.header("www-authenticate"),
@@ -605,7 +535,7 @@ async fn an_authorizer_error_is_500_without_its_text_and_is_not_cached() {
     let client = Client::new();
 
     for _ in 0..2 {
-        let reply = client.get_with_token(addr, "/orders", "good").await;
+        let reply = client.bearer(addr, "/orders", "good").await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(reply.header("content-type"), "application/problem+json");
         assert_eq!(
@@ -690,7 +620,7 @@ async fn a_missing_stage_variable_is_401_without_a_call() {
     );
     let addr = serve(orders_and_admin(AuthLayer::new(authorizer))).await;
 
-    let reply = Client::new().get_with_token(addr, "/orders", "good").await;
+    let reply = Client::new().bearer(addr, "/orders", "good").await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.header("www-authenticate"), "Bearer");
     assert_eq!(calls.count(), 0);
@@ -709,11 +639,11 @@ async fn a_tower_service_can_be_the_authorizer() {
     let addr = serve(orders_and_admin(AuthLayer::new(authorizer))).await;
     let client = Client::new();
 
-    let allowed = client.get_with_token(addr, "/orders", "good").await;
+    let allowed = client.bearer(addr, "/orders", "good").await;
     assert_eq!(allowed.json()["principal"], "user-1");
-    let denied = client.get_with_token(addr, "/orders", "banned").await;
+    let denied = client.bearer(addr, "/orders", "banned").await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
-    client.get_with_token(addr, "/orders", "good").await;
+    client.bearer(addr, "/orders", "good").await;
     assert_eq!(calls.count(), 2);
 }
 
@@ -754,12 +684,12 @@ async fn works_in_front_of_a_plain_hyper_service_keyed_by_method_and_path() {
     });
     let client = Client::new();
 
-    let orders = client.get_with_token(addr, "/orders", "good").await;
+    let orders = client.bearer(addr, "/orders", "good").await;
     assert_eq!(orders.status, StatusCode::OK);
     assert_eq!(orders.body, "user-1");
     // No route is known here, so the path keys the decision.
-    let other = client.get_with_token(addr, "/other", "good").await;
+    let other = client.bearer(addr, "/other", "good").await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
-    client.get_with_token(addr, "/orders", "good").await;
+    client.bearer(addr, "/orders", "good").await;
     assert_eq!(calls.count(), 2);
 }

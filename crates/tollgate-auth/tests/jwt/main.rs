@@ -4,6 +4,10 @@
 mod attacks;
 mod jwks;
 mod routes;
+#[path = "../support/mod.rs"]
+mod support;
+
+pub use support::{serve, Client as Http, Reply};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,16 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, StatusCode};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tollgate_core::Principal;
 
 pub const ISSUER: &str = "https://issuer.test";
@@ -88,14 +86,6 @@ pub fn rsa_jwks(keys: &[(&str, &str)]) -> String {
     serde_json::to_string(&JwkSet { keys }).unwrap()
 }
 
-/// Serves `app` on `127.0.0.1:0`.
-pub async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 /// The app behind the layer: `/me` answers the principal as JSON, `/headers` the request
 /// headers it received.
 pub fn app() -> Router {
@@ -128,72 +118,6 @@ pub fn app() -> Router {
                 axum::Json(json!({ "x-user-id": user }))
             }),
         )
-}
-
-/// What a client sees.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-pub struct Http(Client<HttpConnector, Empty<Bytes>>);
-
-impl Default for Http {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Http {
-    pub fn new() -> Self {
-        Self(Client::builder(TokioExecutor::new()).build_http())
-    }
-
-    pub async fn get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = Request::get(format!("http://{addr}{path}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = self
-            .0
-            .request(request.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    pub async fn bearer(&self, addr: SocketAddr, path: &str, token: &str) -> Reply {
-        self.get(addr, path, &[("authorization", &format!("Bearer {token}"))])
-            .await
-    }
 }
 
 /// A JWKS endpoint the test controls: what it serves (or 503 while "down") and how often it
