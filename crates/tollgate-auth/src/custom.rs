@@ -288,7 +288,13 @@ impl Identity {
             key.extend_from_slice(&(value.len() as u64).to_le_bytes());
             key.extend_from_slice(value.as_bytes());
         }
-        let mut key = Vec::with_capacity(64);
+        let part = |value: &str| 9 + value.len();
+        let mut length: usize = self.iter().map(|(_, v)| v.map_or(1, part)).sum();
+        if per_route {
+            length +=
+                part(self.method.as_str()) + part(self.route.as_deref().unwrap_or(&self.path));
+        }
+        let mut key = Vec::with_capacity(length);
         for (_, value) in self.iter() {
             match value {
                 Some(value) => push(&mut key, b'v', value),
@@ -574,7 +580,7 @@ struct Shared {
     sources: Arc<[IdentitySource]>,
     authorize: AuthorizeFn,
     /// `None` when the TTL is 0.
-    cache: Option<Cache<Box<[u8]>, Arc<Cached>>>,
+    cache: Option<Cache<Box<[u8]>, Arc<Cached>, foldhash::fast::RandomState>>,
     ttl: Duration,
     per_route: bool,
     timeout: Duration,
@@ -674,7 +680,7 @@ impl Shared {
     /// The cached decision for `key`, or a fresh one; concurrent misses share one call.
     async fn cached(
         &self,
-        cache: &Cache<Box<[u8]>, Arc<Cached>>,
+        cache: &Cache<Box<[u8]>, Arc<Cached>, foldhash::fast::RandomState>,
         key: Box<[u8]>,
         identity: Identity,
     ) -> Result<Arc<Cached>, Arc<CallError>> {
@@ -856,7 +862,7 @@ impl CustomAuthorizerBuilder {
                 Cache::builder()
                     .max_capacity(self.capacity)
                     .time_to_live(self.ttl)
-                    .build(),
+                    .build_with_hasher(foldhash::fast::RandomState::default()),
             )
         };
         Ok(CustomAuthorizer {

@@ -94,6 +94,8 @@ pub(crate) struct Shared<A> {
     pub(crate) routes: RouteTable<RoutePolicy>,
     pub(crate) default: RoutePolicy,
     claim_headers: Box<[(String, HeaderName)]>,
+    /// The 401 for requests without credentials, rendered once.
+    missing: Rejection,
 }
 
 impl<A> Shared<A> {
@@ -108,6 +110,9 @@ impl<A> Shared<A> {
             routes,
             default,
             claim_headers,
+            missing: Rejection::unauthorized(BearerError::Missing)
+                .with_detail("this route requires credentials")
+                .prerendered(),
         }
     }
 
@@ -127,27 +132,24 @@ impl<A> Shared<A> {
                         missing,
                         "tollgate auth: insufficient scope"
                     );
-                    count("forbidden");
+                    count(Outcome::Forbidden);
                     return Err(Box::new(Rejection::insufficient_scope(&missing)));
                 }
                 tracing::trace!(subject = principal.subject(), "tollgate auth: allowed");
-                count("allowed");
+                count(Outcome::Allowed);
                 self.write_claim_headers(request.headers_mut(), Some(&principal));
                 request.extensions_mut().insert(principal);
                 Ok(())
             }
             Decision::NoCredentials if policy.is_anonymous() => {
-                count("anonymous");
+                count(Outcome::Anonymous);
                 self.write_claim_headers(request.headers_mut(), None);
                 Ok(())
             }
             Decision::NoCredentials => {
                 tracing::debug!("tollgate auth: no credentials");
-                count("unauthorized");
-                Err(Box::new(
-                    Rejection::unauthorized(BearerError::Missing)
-                        .with_detail("this route requires credentials"),
-                ))
+                count(Outcome::Unauthorized);
+                Err(Box::new(Rejection::clone(&self.missing)))
             }
             Decision::Deny(rejection) => {
                 tracing::debug!(
@@ -156,9 +158,9 @@ impl<A> Shared<A> {
                     "tollgate auth: refused"
                 );
                 count(match rejection.status().as_u16() {
-                    401 => "unauthorized",
-                    403 => "forbidden",
-                    _ => "error",
+                    401 => Outcome::Unauthorized,
+                    403 => Outcome::Forbidden,
+                    _ => Outcome::Error,
                 });
                 Err(rejection)
             }
@@ -188,6 +190,32 @@ impl<A> Shared<A> {
     }
 }
 
-fn count(outcome: &'static str) {
-    metrics::counter!("tollgate_auth_decisions_total", "outcome" => outcome).increment(1);
+/// Counts a decision. Each arm names its label literally: the macro then builds the metric's
+/// key without allocating, which a variable label would cost on every request.
+fn count(outcome: Outcome) {
+    let counter = match outcome {
+        Outcome::Allowed => {
+            metrics::counter!("tollgate_auth_decisions_total", "outcome" => "allowed")
+        }
+        Outcome::Anonymous => {
+            metrics::counter!("tollgate_auth_decisions_total", "outcome" => "anonymous")
+        }
+        Outcome::Unauthorized => {
+            metrics::counter!("tollgate_auth_decisions_total", "outcome" => "unauthorized")
+        }
+        Outcome::Forbidden => {
+            metrics::counter!("tollgate_auth_decisions_total", "outcome" => "forbidden")
+        }
+        Outcome::Error => metrics::counter!("tollgate_auth_decisions_total", "outcome" => "error"),
+    };
+    counter.increment(1);
+}
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Allowed,
+    Anonymous,
+    Unauthorized,
+    Forbidden,
+    Error,
 }

@@ -137,6 +137,10 @@ impl<T> RouteTable<T> {
     /// then the any-method routes. `path` is the request's raw path, without the query
     /// string; it is matched exactly (`/pets` and `/pets/` differ).
     pub fn at<'t, 'p>(&'t self, method: &Method, path: &'p str) -> Option<RouteMatch<'t, 'p, T>> {
+        if self.entries.is_empty() {
+            // A layer without per-route settings pays nothing for the table.
+            return None;
+        }
         let lookup = |router: &'t matchit::Router<usize>| router.at(path).ok();
         let found = self
             .router_for(method)

@@ -15,8 +15,8 @@ pub(crate) struct TokenCache {
 #[derive(Clone)]
 struct Entry {
     principal: Principal,
-    /// When the entry stops being used, as time since the Unix epoch on the authorizer's
-    /// clock: the earlier of the TTL and the token's `exp`.
+    /// When the entry stops being used, on the authorizer's monotonic clock: the earlier of
+    /// the TTL and the token's `exp`. (Monotonic, as reading it is cheaper than wall time.)
     until: Duration,
     /// How long moka keeps the entry, for reclaiming memory; `until` is what decides.
     keep: Duration,
@@ -53,12 +53,22 @@ impl TokenCache {
     }
 
     /// Remembers a verified token until the earlier of the TTL and its `exp` (seconds since
-    /// the epoch): a cached token never outlives its expiry.
-    pub(crate) fn insert(&self, token: &str, principal: &Principal, exp: u64, now: Duration) {
-        let until = (now + self.ttl).min(Duration::from_secs(exp));
-        let Some(keep) = until.checked_sub(now).filter(|keep| !keep.is_zero()) else {
+    /// the epoch, compared with `wall`, the wall-clock time now): a cached token never
+    /// outlives its expiry. `now` is the monotonic time now.
+    pub(crate) fn insert(
+        &self,
+        token: &str,
+        principal: &Principal,
+        exp: u64,
+        wall: Duration,
+        now: Duration,
+    ) {
+        let left = Duration::from_secs(exp).saturating_sub(wall);
+        let keep = self.ttl.min(left);
+        if keep.is_zero() {
             return;
-        };
+        }
+        let until = now + keep;
         self.entries.insert(
             Arc::from(token),
             Entry {
@@ -92,7 +102,7 @@ mod tests {
     fn an_entry_ends_at_the_tokens_exp_even_when_the_ttl_is_longer() {
         let cache = TokenCache::new(100, Duration::from_secs(300));
         let now = Duration::from_secs(1_000);
-        cache.insert("t", &principal(), 1_010, now);
+        cache.insert("t", &principal(), 1_010, now, now);
         assert!(cache.get("t", now + Duration::from_secs(9)).is_some());
         assert!(cache.get("t", Duration::from_secs(1_010)).is_none());
     }
@@ -101,7 +111,7 @@ mod tests {
     fn an_entry_ends_at_the_ttl_when_the_token_lives_longer() {
         let cache = TokenCache::new(100, Duration::from_secs(60));
         let now = Duration::from_secs(1_000);
-        cache.insert("t", &principal(), 10_000, now);
+        cache.insert("t", &principal(), 10_000, now, now);
         assert!(cache.get("t", now + Duration::from_secs(59)).is_some());
         assert!(cache.get("t", now + Duration::from_secs(60)).is_none());
     }
@@ -109,9 +119,21 @@ mod tests {
     #[test]
     fn expired_tokens_and_a_zero_ttl_are_not_stored() {
         let cache = TokenCache::new(100, Duration::from_secs(60));
-        cache.insert("old", &principal(), 999, Duration::from_secs(1_000));
+        cache.insert(
+            "old",
+            &principal(),
+            999,
+            Duration::from_secs(1_000),
+            Duration::from_secs(1_000),
+        );
         let off = TokenCache::new(100, Duration::ZERO);
-        off.insert("t", &principal(), 10_000, Duration::from_secs(1_000));
+        off.insert(
+            "t",
+            &principal(),
+            10_000,
+            Duration::from_secs(1_000),
+            Duration::from_secs(1_000),
+        );
         cache.run_pending_tasks();
         off.run_pending_tasks();
         assert_eq!((cache.len(), off.len()), (0, 0));
@@ -121,7 +143,7 @@ mod tests {
     fn lookups_compare_the_whole_token() {
         let cache = TokenCache::new(100, Duration::from_secs(60));
         let now = Duration::from_secs(1_000);
-        cache.insert("token-a", &principal(), 10_000, now);
+        cache.insert("token-a", &principal(), 10_000, now, now);
         assert!(cache.get("token-b", now).is_none());
         assert!(cache.get("token-a", now).is_some());
     }

@@ -65,7 +65,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Deserialize;
-use tollgate_core::{BearerError, Clock, Rejection, SharedClock, SystemClock};
+use tollgate_core::{BearerError, Clock, Rejection, SharedClock};
 
 use self::cache::TokenCache;
 use self::jwks::{RemoteKeys, Timings};
@@ -240,12 +240,13 @@ impl JwtAuthorizer {
         match provider.verify(token, now) {
             Ok(verified) => {
                 if let Some(cache) = &self.inner.cache {
-                    cache.insert(
-                        token,
-                        &verified.principal,
-                        verified.exp,
-                        Duration::from_secs(now),
-                    );
+                    // Precise wall time: whole seconds could let an entry outlive `exp`.
+                    let clock = &self.inner.clock;
+                    let wall = clock
+                        .system_time()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default();
+                    cache.insert(token, &verified.principal, verified.exp, wall, clock.now());
                 }
                 Ok(Decision::Allow(verified.principal))
             }
@@ -283,12 +284,7 @@ impl Authorizer for JwtAuthorizer {
             return Verdict::Ready(Self::refuse(Failure::TooLarge, None));
         }
         if let Some(cache) = &inner.cache {
-            let now = inner
-                .clock
-                .system_time()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            if let Some(principal) = cache.get(token, now) {
+            if let Some(principal) = cache.get(token, inner.clock.now()) {
                 return Verdict::Ready(Decision::Allow(principal));
             }
         }
@@ -385,8 +381,8 @@ impl JwtAuthorizerBuilder {
 
     /// The clock that token times and the refetch limit are read from (a
     /// [`ManualClock`](tollgate_core::ManualClock) in tests).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Some(SharedClock::new(clock));
+    pub fn clock(mut self, clock: impl Into<SharedClock>) -> Self {
+        self.clock = Some(clock.into());
         self
     }
 
@@ -399,9 +395,8 @@ impl JwtAuthorizerBuilder {
         if self.cache_ttl > Duration::from_secs(86_400) {
             return Err(JwtError::CacheTtl(self.cache_ttl));
         }
-        let clock = self
-            .clock
-            .unwrap_or_else(|| SharedClock::new(SystemClock::new()));
+        // The default is the system clock without dynamic dispatch: it is read per request.
+        let clock = self.clock.unwrap_or_default();
         let timings = Timings {
             poll: self.poll_interval,
             min_refetch: self.refetch_interval,

@@ -185,3 +185,37 @@ async fn a_jwks_url_outside_a_runtime_or_malformed_is_a_build_error() {
         .unwrap_err();
     assert!(error.to_string().contains("ftp://keys"), "{error}");
 }
+
+#[tokio::test]
+async fn a_verified_token_is_served_from_the_cache_until_its_ttl() {
+    let (server, jwks) = JwksServer::start(Some(rsa_jwks(&[("rsa-1.pem", "k1")]))).await;
+    let clock = ManualClock::new();
+    let jwt = JwtAuthorizer::builder()
+        .provider(
+            JwtProvider::new(ISSUER, Keys::jwks_url(format!("http://{jwks}/jwks")))
+                .audience(AUDIENCE),
+        )
+        .cache_ttl(Duration::from_secs(60))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    jwt.refresh().await.unwrap();
+    let addr = serve(app().layer(AuthLayer::new(jwt.clone()))).await;
+    let http = Http::new();
+    let token = sign(Algorithm::RS256, Some("k1"), &claims());
+    assert_eq!(http.bearer(addr, "/me", &token).await.status, 200);
+
+    // The provider drops k1. A token verified before is still answered from the cache (a
+    // signature check now would fail), while one never seen is refused.
+    server.serve(Some(rsa_jwks(&[("rsa-2.pem", "k2")])));
+    jwt.refresh().await.unwrap();
+    assert_eq!(http.bearer(addr, "/me", &token).await.status, 200);
+    let mut other = claims();
+    other["sub"] = "someone-else".into();
+    let unseen = sign(Algorithm::RS256, Some("k1"), &other);
+    assert_eq!(http.bearer(addr, "/me", &unseen).await.status, 401);
+
+    // The TTL bounds how long a cached verification outlives its key.
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(http.bearer(addr, "/me", &token).await.status, 401);
+}
