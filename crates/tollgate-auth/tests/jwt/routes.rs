@@ -381,3 +381,31 @@ fn unsafe_configurations_are_build_errors() {
         "{confused}"
     );
 }
+
+#[tokio::test]
+async fn a_static_jwk_set_from_text_or_file_picks_the_key_by_kid() {
+    let set = rsa_jwks(&[("rsa-1.pem", "k1"), ("rsa-2.pem", "k2")]);
+    let path = std::env::temp_dir().join(format!("tollgate-jwks-{}.json", std::process::id()));
+    std::fs::write(&path, &set).unwrap();
+    let rsa2 = jsonwebtoken::EncodingKey::from_rsa_pem(&key_file("rsa-2.pem")).unwrap();
+    let http = Http::new();
+    for keys in [Keys::jwk_set(set.clone()), Keys::jwk_set_file(&path)] {
+        let jwt = JwtAuthorizer::builder()
+            .provider(JwtProvider::new(ISSUER, keys).audience(AUDIENCE))
+            .build()
+            .unwrap();
+        let addr = serve(app().layer(AuthLayer::new(jwt))).await;
+        let by_k2 = sign_with(Algorithm::RS256, Some("k2"), &claims(), &rsa2);
+        assert_eq!(http.bearer(addr, "/me", &by_k2).await.status, 200);
+        // The same signature under the other key's kid fails: the kid chooses the key.
+        let mislabelled = sign_with(Algorithm::RS256, Some("k1"), &claims(), &rsa2);
+        assert_eq!(http.bearer(addr, "/me", &mislabelled).await.status, 401);
+        let unknown = sign(Algorithm::RS256, Some("k9"), &claims());
+        let reply = http.bearer(addr, "/me", &unknown).await;
+        assert_eq!(
+            reply.json()["detail"],
+            "the token is signed with an unknown key"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+}
