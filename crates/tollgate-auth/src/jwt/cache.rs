@@ -8,7 +8,7 @@ use tollgate_core::Principal;
 /// Verified tokens, by the whole token: the map hashes it and then compares it in full, so a
 /// hash collision can never hand one caller another's principal.
 pub(crate) struct TokenCache {
-    entries: Cache<Arc<str>, Entry, foldhash::fast::RandomState>,
+    entries: Cache<Arc<[u8]>, Entry, foldhash::fast::RandomState>,
     ttl: Duration,
 }
 
@@ -24,8 +24,8 @@ struct Entry {
 
 struct KeepFor;
 
-impl Expiry<Arc<str>, Entry> for KeepFor {
-    fn expire_after_create(&self, _: &Arc<str>, entry: &Entry, _: Instant) -> Option<Duration> {
+impl Expiry<Arc<[u8]>, Entry> for KeepFor {
+    fn expire_after_create(&self, _: &Arc<[u8]>, entry: &Entry, _: Instant) -> Option<Duration> {
         Some(entry.keep)
     }
 }
@@ -43,7 +43,7 @@ impl TokenCache {
 
     /// The principal of a token verified before, if its entry is still good at `now`.
     #[inline]
-    pub(crate) fn get(&self, token: &str, now: Duration) -> Option<Principal> {
+    pub(crate) fn get(&self, token: &[u8], now: Duration) -> Option<Principal> {
         let entry = self.entries.get(token)?;
         if now >= entry.until {
             self.entries.invalidate(token);
@@ -57,7 +57,7 @@ impl TokenCache {
     /// outlives its expiry. `now` is the monotonic time now.
     pub(crate) fn insert(
         &self,
-        token: &str,
+        token: &[u8],
         principal: &Principal,
         exp: u64,
         wall: Duration,
@@ -102,25 +102,25 @@ mod tests {
     fn an_entry_ends_at_the_tokens_exp_even_when_the_ttl_is_longer() {
         let cache = TokenCache::new(100, Duration::from_secs(300));
         let now = Duration::from_secs(1_000);
-        cache.insert("t", &principal(), 1_010, now, now);
-        assert!(cache.get("t", now + Duration::from_secs(9)).is_some());
-        assert!(cache.get("t", Duration::from_secs(1_010)).is_none());
+        cache.insert(b"t", &principal(), 1_010, now, now);
+        assert!(cache.get(b"t", now + Duration::from_secs(9)).is_some());
+        assert!(cache.get(b"t", Duration::from_secs(1_010)).is_none());
     }
 
     #[test]
     fn an_entry_ends_at_the_ttl_when_the_token_lives_longer() {
         let cache = TokenCache::new(100, Duration::from_secs(60));
         let now = Duration::from_secs(1_000);
-        cache.insert("t", &principal(), 10_000, now, now);
-        assert!(cache.get("t", now + Duration::from_secs(59)).is_some());
-        assert!(cache.get("t", now + Duration::from_secs(60)).is_none());
+        cache.insert(b"t", &principal(), 10_000, now, now);
+        assert!(cache.get(b"t", now + Duration::from_secs(59)).is_some());
+        assert!(cache.get(b"t", now + Duration::from_secs(60)).is_none());
     }
 
     #[test]
     fn expired_tokens_and_a_zero_ttl_are_not_stored() {
         let cache = TokenCache::new(100, Duration::from_secs(60));
         cache.insert(
-            "old",
+            b"old",
             &principal(),
             999,
             Duration::from_secs(1_000),
@@ -128,7 +128,7 @@ mod tests {
         );
         let off = TokenCache::new(100, Duration::ZERO);
         off.insert(
-            "t",
+            b"t",
             &principal(),
             10_000,
             Duration::from_secs(1_000),
@@ -143,8 +143,8 @@ mod tests {
     fn lookups_compare_the_whole_token() {
         let cache = TokenCache::new(100, Duration::from_secs(60));
         let now = Duration::from_secs(1_000);
-        cache.insert("token-a", &principal(), 10_000, now, now);
-        assert!(cache.get("token-b", now).is_none());
-        assert!(cache.get("token-a", now).is_some());
+        cache.insert(b"token-a", &principal(), 10_000, now, now);
+        assert!(cache.get(b"token-b", now).is_none());
+        assert!(cache.get(b"token-a", now).is_some());
     }
 }

@@ -212,7 +212,7 @@ impl JwtAuthorizer {
             .map_or(0, |since| since.as_secs())
     }
 
-    fn provider_for(&self, token: &str) -> Result<&Provider, Failure> {
+    fn provider_for(&self, token: &[u8]) -> Result<&Provider, Failure> {
         match &*self.inner.providers {
             [only] => Ok(only),
             providers => {
@@ -234,7 +234,7 @@ impl JwtAuthorizer {
     }
 
     /// Verifies and caches; `Err` carries the provider when a refetch might help.
-    fn verify(&self, token: &str) -> Result<Decision, (Failure, Option<&Provider>)> {
+    fn verify(&self, token: &[u8]) -> Result<Decision, (Failure, Option<&Provider>)> {
         let provider = self.provider_for(token).map_err(|f| (f, None))?;
         let now = self.now();
         match provider.verify(token, now) {
@@ -297,7 +297,7 @@ impl Authorizer for JwtAuthorizer {
                 match remote.refetch() {
                     Some(fetched) => {
                         let this = self.clone();
-                        let token = token.to_owned();
+                        let token = token.to_vec();
                         Verdict::Pending(Box::pin(async move {
                             fetched.await;
                             this.verify(&token).unwrap_or_else(|(failure, provider)| {

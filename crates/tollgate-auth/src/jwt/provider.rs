@@ -221,7 +221,7 @@ impl Provider {
     }
 
     /// Verifies `token` with this provider's keys at `now` (seconds since the epoch).
-    pub(super) fn verify(&self, token: &str, now: u64) -> Result<Verified, Failure> {
+    pub(super) fn verify(&self, token: &[u8], now: u64) -> Result<Verified, Failure> {
         let remote;
         let keys = match &self.keys {
             KeySource::Static(keys) => keys,
@@ -246,7 +246,7 @@ impl Provider {
         self.decode(token, key, now)
     }
 
-    fn decode(&self, token: &str, key: &VerifyKey, now: u64) -> Result<Verified, Failure> {
+    fn decode(&self, token: &[u8], key: &VerifyKey, now: u64) -> Result<Verified, Failure> {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
             .map_err(|error| {
                 tracing::debug!(%error, issuer = self.issuer, "tollgate auth: token refused");
