@@ -201,3 +201,38 @@ async fn a_bad_authorization_header_is_an_invalid_request() {
         r#"Bearer error="invalid_request""#
     );
 }
+
+#[tokio::test]
+async fn a_token_of_non_text_bytes_is_refused_without_panicking() {
+    use tower::{Layer, ServiceExt};
+
+    let jwt = JwtAuthorizer::builder()
+        .provider(JwtProvider::new(ISSUER, Keys::hmac(SECRET)).audience(AUDIENCE))
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        ))
+    });
+    let service = AuthLayer::new(jwt).layer(inner);
+    for value in [
+        &b"Bearer \xff\xfe.\x80.abc"[..],
+        b"Bearer a\xc3(.b.c",
+        b"bearer \xff",
+    ] {
+        let request = http::Request::get("/")
+            .header(
+                "authorization",
+                http::HeaderValue::from_bytes(value).unwrap(),
+            )
+            .body(())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 401, "{value:?}");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            r#"Bearer error="invalid_token""#
+        );
+    }
+}
