@@ -65,6 +65,7 @@ pub(crate) struct RemoteKeys {
     refetch: Mutex<Refetch>,
     /// Counts finished refetches, so requests waiting on one wake when it ends.
     finished: watch::Sender<u64>,
+    runtime: tokio::runtime::Handle,
 }
 
 #[derive(Default)]
@@ -88,6 +89,7 @@ impl RemoteKeys {
         client: HttpClient,
         clock: SharedClock,
         timings: Timings,
+        runtime: tokio::runtime::Handle,
     ) -> Result<Arc<Self>, JwtError> {
         let location = match url {
             Some(url) => Location::Url(parse_url(url)?),
@@ -109,6 +111,7 @@ impl RemoteKeys {
             keys: RwLock::new(None),
             refetch: Mutex::new(Refetch::default()),
             finished: watch::Sender::new(0),
+            runtime,
         }))
     }
 
@@ -134,7 +137,7 @@ impl RemoteKeys {
             state.last = Some(now);
             state.in_flight = true;
             let this = Arc::clone(self);
-            tokio::spawn(async move {
+            self.runtime.spawn(async move {
                 if let Err(error) = this.fetch_and_store().await {
                     tracing::warn!(%error, "tollgate auth: JWKS refetch failed; keeping the last good keys");
                 }
@@ -238,11 +241,11 @@ impl RemoteKeys {
     /// refetch interval, doubling up to the poll interval: a provider that was down at
     /// start-up is picked up soon after it comes back, and never hammered while it is down.
     /// Stops when the authorizer is dropped.
-    pub(crate) fn spawn_poller(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+    pub(crate) fn spawn_poller(self: &Arc<Self>) {
         let this: Weak<Self> = Arc::downgrade(self);
         let poll = self.timings.poll;
         let first_retry = self.timings.min_refetch.clamp(Duration::from_secs(1), poll);
-        runtime.spawn(async move {
+        self.runtime.spawn(async move {
             let mut retry = first_retry;
             loop {
                 let Some(keys) = this.upgrade() else { break };

@@ -403,6 +403,7 @@ impl JwtAuthorizerBuilder {
             fetch_timeout: self.fetch_timeout,
         };
         let mut client = None;
+        let mut runtime = None;
         let mut remotes = Vec::new();
         let mut providers = Vec::with_capacity(self.providers.len());
         for config in &self.providers {
@@ -422,6 +423,17 @@ impl JwtAuthorizerBuilder {
                     KeysKind::JwksUrl(url) => Some(url.as_str()),
                     _ => None,
                 };
+                // Fetches run on the runtime the authorizer is built in, whichever thread (or
+                // executor) later serves the request that triggers one.
+                let runtime = match &runtime {
+                    Some(runtime) => Clone::clone(runtime),
+                    None => runtime
+                        .insert(
+                            tokio::runtime::Handle::try_current()
+                                .map_err(|_| JwtError::NoRuntime)?,
+                        )
+                        .clone(),
+                };
                 let remote = RemoteKeys::new(
                     url,
                     &config.issuer,
@@ -429,6 +441,7 @@ impl JwtAuthorizerBuilder {
                     client,
                     clock.clone(),
                     timings,
+                    runtime,
                 )?;
                 remotes.push(remote.clone());
                 KeySource::Remote(remote)
@@ -437,11 +450,8 @@ impl JwtAuthorizerBuilder {
             };
             providers.push(Provider::new(config, keys));
         }
-        if !remotes.is_empty() {
-            let runtime = tokio::runtime::Handle::try_current().map_err(|_| JwtError::NoRuntime)?;
-            for remote in &remotes {
-                remote.spawn_poller(&runtime);
-            }
+        for remote in &remotes {
+            remote.spawn_poller();
         }
         let cache = (!self.cache_ttl.is_zero() && self.cache_capacity > 0)
             .then(|| TokenCache::new(self.cache_capacity, self.cache_ttl));
