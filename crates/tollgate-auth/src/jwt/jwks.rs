@@ -148,7 +148,7 @@ impl RemoteKeys {
             });
         }
         drop(state);
-        let limit = self.timings.fetch_timeout * 2;
+        let limit = self.timings.fetch_timeout.saturating_mul(2);
         Some(async move {
             // Bounded even if the fetch task never reports back (a runtime shutting down).
             let _ = tokio::time::timeout(limit, finished.changed()).await;
@@ -257,7 +257,7 @@ impl RemoteKeys {
                     Err(error) => {
                         tracing::warn!(%error, "tollgate auth: JWKS fetch failed; keeping the last good keys");
                         let wait = retry.min(poll);
-                        retry = (retry * 2).min(poll);
+                        retry = retry.saturating_mul(2).min(poll);
                         wait
                     }
                 };
