@@ -167,6 +167,11 @@ impl Key {
         }
     }
 
+    /// The key of an API key, by its id (never the key's secret).
+    pub fn api_key(id: Arc<str>) -> Self {
+        Self::shared(KeyKind::ApiKey, id)
+    }
+
     fn bytes(kind: KeyKind, value: Bytes) -> Self {
         Self {
             kind,
@@ -534,7 +539,7 @@ impl KeyExtractor for ApiKeyId {
             .extensions
             .get::<Principal>()
             .and_then(Principal::api_key_id_shared)
-            .map(|id| Key::shared(KeyKind::ApiKey, id.clone()))
+            .map(|id| Key::api_key(id.clone()))
             .ok_or(KeyError::MissingApiKey)
     }
 }

@@ -234,35 +234,7 @@ impl ThrottleBuilder {
         if self.rules.len() > MAX_RULES {
             return Err(ThrottleError::TooManyRules(self.rules.len()));
         }
-        let mut names = HashSet::new();
-        for rule in &self.rules {
-            let valid = (1..=64).contains(&rule.name.len())
-                && rule
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-            if !valid {
-                return Err(ThrottleError::InvalidRuleName(rule.name.to_string()));
-            }
-            if !names.insert(rule.name.clone()) {
-                return Err(ThrottleError::DuplicateRule(rule.name.to_string()));
-            }
-            if rule.burst == Some(0) {
-                return Err(ThrottleError::ZeroBurst(rule.name.to_string()));
-            }
-            if rule.capacity.unwrap_or(self.capacity) == 0 {
-                return Err(ThrottleError::ZeroCapacity(rule.name.to_string()));
-            }
-            if rule
-                .checked_refill_time()
-                .is_none_or(|refill| refill > MAX_REFILL)
-            {
-                return Err(ThrottleError::RateOutOfRange {
-                    rule: rule.name.to_string(),
-                    reason: "burst × interval must be at most 100 years",
-                });
-            }
-        }
+        validate(&self.rules, self.capacity)?;
         // Narrowest budgets first: a request its own client's rule refuses never reaches, and
         // so never spends, the budgets everyone shares.
         self.rules.sort_by_key(Rule::scope);
@@ -302,4 +274,53 @@ impl ThrottleBuilder {
             }),
         })
     }
+}
+
+/// Checks rules as [`ThrottleBuilder::build`] does: valid and unique names, a burst and a
+/// capacity of at least one, and a refill time the clock can count.
+fn validate(rules: &[Rule], default_capacity: usize) -> Result<(), ThrottleError> {
+    let mut names = HashSet::new();
+    for rule in rules {
+        let valid = (1..=64).contains(&rule.name.len())
+            && rule
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !valid {
+            return Err(ThrottleError::InvalidRuleName(rule.name.to_string()));
+        }
+        if !names.insert(rule.name.clone()) {
+            return Err(ThrottleError::DuplicateRule(rule.name.to_string()));
+        }
+        if rule.burst == Some(0) {
+            return Err(ThrottleError::ZeroBurst(rule.name.to_string()));
+        }
+        if rule.capacity.unwrap_or(default_capacity) == 0 {
+            return Err(ThrottleError::ZeroCapacity(rule.name.to_string()));
+        }
+        if rule
+            .checked_refill_time()
+            .is_none_or(|refill| refill > MAX_REFILL)
+        {
+            return Err(ThrottleError::RateOutOfRange {
+                rule: rule.name.to_string(),
+                reason: "burst × interval must be at most 100 years",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks `rules` as [`ThrottleBuilder::build`] does and numbers them in order, for a
+/// [`ThrottleStore`] that serves a layer other than [`ThrottleLayer`].
+///
+/// The usage-plan layer keeps its plan throttles this way, so one GCRA implementation (and one
+/// store seam, in memory or shared) serves both layers. A store made with
+/// [`MemoryStore::new`] from the numbered rules then checks each of them by its index.
+pub fn index_rules(rules: &mut [Rule], default_capacity: usize) -> Result<(), ThrottleError> {
+    validate(rules, default_capacity)?;
+    for (index, rule) in rules.iter_mut().enumerate() {
+        rule.index = index;
+    }
+    Ok(())
 }

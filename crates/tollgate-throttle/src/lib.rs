@@ -70,7 +70,8 @@ mod store;
 pub use config::{KeyConfig, RuleConfig, ThrottleConfig};
 pub use future::ResponseFuture;
 pub use layer::{
-    AllowedFields, StoreFailure, ThrottleBuilder, ThrottleError, ThrottleLayer, DEFAULT_CAPACITY,
+    index_rules, AllowedFields, StoreFailure, ThrottleBuilder, ThrottleError, ThrottleLayer,
+    DEFAULT_CAPACITY,
     MAX_RULES,
 };
 pub use rate::{Rate, RateError};

@@ -110,7 +110,7 @@ impl Rate {
     /// The rate as an integer quota `q` per window of `w` whole seconds, for
     /// `RateLimit-Policy`: exact where a window of up to a day makes it so (`2.5/s` is 5 per
     /// 2 s), otherwise rounded so as never to promise more than the rate allows.
-    pub(crate) fn quota_window(&self) -> (u64, u64) {
+    pub fn quota_window(&self) -> (u64, u64) {
         let period = self.period.as_secs_f64();
         if self.requests.fract() == 0.0 && self.period.subsec_nanos() == 0 && period >= 1.0 {
             return (self.requests as u64, period as u64);
