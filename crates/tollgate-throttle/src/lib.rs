@@ -71,8 +71,7 @@ pub use config::{KeyConfig, RuleConfig, ThrottleConfig};
 pub use future::ResponseFuture;
 pub use layer::{
     index_rules, AllowedFields, StoreFailure, ThrottleBuilder, ThrottleError, ThrottleLayer,
-    DEFAULT_CAPACITY,
-    MAX_RULES,
+    DEFAULT_CAPACITY, MAX_RULES,
 };
 pub use rate::{Rate, RateError};
 pub use rule::{MissingKey, Rule};

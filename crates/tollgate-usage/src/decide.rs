@@ -18,7 +18,7 @@ use crate::key::{ApiKey, Found, KeyStore, StoreError};
 use crate::plans::{PlanState, Shared};
 use crate::quota::{QuotaStore, Take};
 use crate::secret::{key_id, KeyHash};
-use crate::{Day, Window};
+use crate::{Day, QuotaPeriod, Window};
 
 pub(crate) static RATELIMIT_POLICY: http::HeaderName =
     http::HeaderName::from_static("ratelimit-policy");
@@ -352,40 +352,88 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
         }
     }
 
-    /// `RateLimit-Policy` and `RateLimit` for the plan's throttle (named after the plan) and
-    /// its quota (named `quota`), e.g. `"basic";q=2;w=1, "quota";q=20;w=86400`.
+    /// `RateLimit-Policy` (made ahead, by the builder) and `RateLimit` for the plan's
+    /// throttle (named after the plan) and its quota (named `quota`), e.g.
+    /// `"basic";q=2;w=1, "quota";q=20;w=86400` and `"basic";r=1;t=1, "quota";r=19;t=41220`.
     #[inline]
     fn fields(&self, plan: &PlanState, report: &Report) -> Option<(HeaderValue, HeaderValue)> {
-        let mut policy = BytesMut::with_capacity(96);
-        let mut ratelimit = BytesMut::with_capacity(96);
-        if let Some((rule, remaining, reset)) = report.throttle {
-            let (q, w) = self.rules[rule].rate().quota_window();
-            push_item(&mut policy, plan.plan.id(), (b"q", q), (b"w", w));
+        let slot = match (plan.plan.quota, report.quota) {
+            (Some(quota), Some((_, window, _))) => policy_slot(quota.period, &window),
+            _ => 0,
+        };
+        let policy = match report.throttle {
+            Some((rule, ..)) => self.policies.get(rule)?[slot].clone()?,
+            None => plan.quota_policy[slot].clone()?,
+        };
+        let mut ratelimit = BytesMut::with_capacity(64);
+        if let Some((_, remaining, reset)) = report.throttle {
             let (r, t) = (u64::from(remaining), reset_seconds(reset));
             push_item(&mut ratelimit, plan.plan.id(), (b"r", r), (b"t", t));
         }
-        if let Some((limit, window, remaining)) = report.quota {
-            let (q, w) = (u64::from(limit), window.length().as_secs());
-            push_item(&mut policy, "quota", (b"q", q), (b"w", w));
+        if let Some((_, window, remaining)) = report.quota {
             let (r, t) = (
                 u64::from(remaining),
                 reset_seconds(window.remaining(report.now)),
             );
             push_item(&mut ratelimit, "quota", (b"r", r), (b"t", t));
         }
-        if policy.is_empty() {
-            return None;
-        }
         Some((
-            HeaderValue::from_maybe_shared(policy.freeze()).ok()?,
+            policy,
             HeaderValue::from_maybe_shared(ratelimit.freeze()).ok()?,
         ))
     }
 }
 
+/// Which of a plan's ready-made `RateLimit-Policy` values fits `window`: calendar months
+/// last 28 to 31 days, so a monthly quota's `w` takes one of four values; every other period
+/// has one.
+#[inline]
+fn policy_slot(period: QuotaPeriod, window: &Window) -> usize {
+    if period != QuotaPeriod::Month {
+        return 0;
+    }
+    let days = window.length().as_secs() / 86_400;
+    usize::try_from(days.saturating_sub(28)).map_or(0, |slot| slot.min(3))
+}
+
+/// The `RateLimit-Policy` values of a throttle rule (`None` for none) together with a quota,
+/// one per slot of [`policy_slot`].
+pub(crate) fn policy_values(
+    plan: &str,
+    throttle: Option<&tollgate_throttle::Rule>,
+    quota: Option<crate::Quota>,
+) -> [Option<HeaderValue>; 4] {
+    let value = |quota_length: Option<u64>| {
+        let mut field = BytesMut::new();
+        if let Some(rule) = throttle {
+            let (q, w) = rule.rate().quota_window();
+            push_item(&mut field, plan, (b"q", q), (b"w", w));
+        }
+        if let (Some(quota), Some(w)) = (quota, quota_length) {
+            push_item(
+                &mut field,
+                "quota",
+                (b"q", u64::from(quota.limit)),
+                (b"w", w),
+            );
+        }
+        (!field.is_empty())
+            .then(|| HeaderValue::from_maybe_shared(field.freeze()).ok())
+            .flatten()
+    };
+    match quota.map(|quota| quota.period) {
+        Some(QuotaPeriod::Month) => [28, 29, 30, 31].map(|days| value(Some(days * 86_400))),
+        Some(period) => {
+            let length = period.window(std::time::UNIX_EPOCH).length().as_secs();
+            [value(Some(length)), None, None, None]
+        }
+        None => [value(None), None, None, None],
+    }
+}
+
 /// Appends `"name";a=1;b=2` to a structured-field list.
 #[inline]
-fn push_item(
+pub(crate) fn push_item(
     field: &mut BytesMut,
     name: &str,
     (a, first): (&[u8], u64),

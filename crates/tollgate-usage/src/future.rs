@@ -39,7 +39,7 @@ pin_project! {
         },
         Waiting {
             pending: Pending,
-            paused: Option<(S, Request<ReqBody>)>,
+            paused: Option<Box<(S, Request<ReqBody>)>>,
         },
     }
 }
@@ -61,7 +61,7 @@ where
     pub(crate) fn waiting(pending: Pending, inner: S, request: Request<ReqBody>) -> Self {
         Self::from(State::Waiting {
             pending,
-            paused: Some((inner, request)),
+            paused: Some(Box::new((inner, request))),
         })
     }
 
@@ -101,7 +101,7 @@ where
                 }
                 StateProj::Waiting { pending, paused } => {
                     let decision = ready!(pending.as_mut().poll(cx));
-                    let (mut inner, mut request) = paused
+                    let (mut inner, mut request) = *paused
                         .take()
                         .expect("ResponseFuture polled after completion");
                     match decision {

@@ -7,11 +7,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use hashbrown::HashMap;
+use http::HeaderValue;
 use tollgate_core::{Clock, Rejection, RouteTable, RouteTableError, SharedClock};
 use tollgate_throttle::{
     index_rules, MemoryStore, Rule, StoreFailure, ThrottleError, ThrottleStore,
 };
 
+use crate::decide::policy_values;
 use crate::key::{ApiKey, KeyStore, MemoryKeyStore, StoreError};
 use crate::quota::{MemoryQuotaStore, QuotaStore, DEFAULT_RETENTION_DAYS};
 use crate::secret::{generate_id, is_valid_id, Secret};
@@ -69,6 +71,8 @@ impl<K, Q, T> fmt::Debug for UsagePlans<K, Q, T> {
 pub(crate) struct Shared<K, Q, T> {
     pub(crate) plans: HashMap<Arc<str>, PlanState, foldhash::fast::RandomState>,
     pub(crate) rules: Box<[Rule]>,
+    /// `RateLimit-Policy` values by rule index, made with the rule's plan's quota.
+    pub(crate) policies: Box<[[Option<HeaderValue>; 4]]>,
     pub(crate) keys: K,
     pub(crate) quotas: Q,
     pub(crate) throttle: T,
@@ -89,6 +93,8 @@ pub(crate) struct PlanState {
     pub(crate) routes: RouteTable<usize>,
     pub(crate) throttled: Rejection,
     pub(crate) quota_exceeded: Rejection,
+    /// `RateLimit-Policy` when no throttle rule applies: the quota's alone.
+    pub(crate) quota_policy: [Option<HeaderValue>; 4],
 }
 
 /// The refusals that do not depend on the plan, rendered once.
@@ -313,6 +319,7 @@ impl UsagePlansBuilder {
             self.sources
         };
         let mut rules = Vec::new();
+        let mut rule_plans = Vec::new();
         let mut plans = HashMap::with_hasher(foldhash::fast::RandomState::default());
         let mut seen = HashSet::new();
         for plan in self.plans {
@@ -339,6 +346,7 @@ impl UsagePlansBuilder {
                     Rule::new(name, throttle.rate, tollgate_core::key::ApiKeyId)
                         .burst(throttle.burst),
                 );
+                rule_plans.push((plan.id.clone(), plan.quota));
                 Ok(rules.len() - 1)
             };
             let rule = plan
@@ -361,6 +369,7 @@ impl UsagePlansBuilder {
             let quota_exceeded = Rejection::quota_exceeded(Duration::ZERO)
                 .with_detail(format!("the quota of usage plan \"{id}\" is used up"))
                 .prerendered();
+            let quota_policy = policy_values(&id, None, plan.quota);
             plans.insert(
                 plan.id.clone(),
                 PlanState {
@@ -369,10 +378,16 @@ impl UsagePlansBuilder {
                     routes,
                     throttled,
                     quota_exceeded,
+                    quota_policy,
                 },
             );
         }
         index_rules(&mut rules, self.throttle_capacity)?;
+        let policies = rules
+            .iter()
+            .zip(&rule_plans)
+            .map(|(rule, (plan, quota))| policy_values(plan, Some(rule), *quota))
+            .collect();
         let throttle = throttle(&rules, &self.clock);
         let forbidden =
             |detail: &'static str| Rejection::forbidden().with_detail(detail).prerendered();
@@ -380,6 +395,7 @@ impl UsagePlansBuilder {
             shared: Arc::new(Shared {
                 plans,
                 rules: rules.into_boxed_slice(),
+                policies,
                 keys,
                 quotas,
                 throttle,

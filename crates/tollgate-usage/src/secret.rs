@@ -123,7 +123,21 @@ impl KeyHash {
     /// Whether `self` and `other` are equal, in time that does not depend on where they differ.
     #[inline]
     pub fn matches(&self, other: &KeyHash) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Word by word: `subtle` hides each comparison from the optimiser, and four words
+        // cost a fraction of thirty-two bytes.
+        let words = |hash: &[u8; 32]| -> [u64; 4] {
+            std::array::from_fn(|i| {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&hash[i * 8..i * 8 + 8]);
+                u64::from_ne_bytes(word)
+            })
+        };
+        let (ours, theirs) = (words(&self.0), words(&other.0));
+        let equal = ours
+            .iter()
+            .zip(&theirs)
+            .fold(subtle::Choice::from(1), |equal, (a, b)| equal & a.ct_eq(b));
+        equal.into()
     }
 }
 
