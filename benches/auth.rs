@@ -33,18 +33,16 @@
 //! Run with `cargo bench --bench auth` (the `jwt` and `axum` features are on by default).
 
 use std::convert::Infallible;
-use std::future::{ready, Future};
+use std::future::ready;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -54,6 +52,9 @@ use tollgate::auth::{
     Allow, AuthLayer, AuthorizerResponse, BoxError, CustomAuthorizer, IdentitySource,
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
+
+mod support;
+use support::{bare, configure, hello, serve};
 
 const ISSUER: &str = "https://issuer.example";
 const AUDIENCE: &str = "orders-api";
@@ -168,21 +169,6 @@ fn request(authorization: Option<&HeaderValue>) -> Request<()> {
     request
 }
 
-/// A response as a real handler makes one: with a `content-type`, as axum sets for any body.
-fn hello<B>(body: B) -> Response<B> {
-    let mut response = Response::new(body);
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-fn bare() -> impl Service<Request<()>, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone
-{
-    tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(hello(Empty::<Bytes>::new()))))
-}
-
 /// The bare service whose handler verifies the bearer token with `jsonwebtoken::decode`, as
 /// an application without the layer would: the work the layer's verification is compared to.
 fn decoding(
@@ -214,22 +200,6 @@ fn custom_authorizer(calls: Arc<AtomicUsize>) -> CustomAuthorizer {
             async { Ok::<_, BoxError>(AuthorizerResponse::Allow(Allow::new("user-1234"))) }
         })
         .expect("the benchmark's custom authorizer is valid")
-}
-
-/// Serves one request the way a server would: `poll_ready`, `call`, then polls the response
-/// future with a no-op waker until it is ready (at the first poll on every path here).
-#[inline(always)]
-fn serve<S: Service<Request<()>>>(service: &mut S, request: Request<()>) -> S::Response {
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-    let mut future = pin!(service.call(request));
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(Ok(response)) => return response,
-            Poll::Ready(Err(_)) => panic!("the service failed"),
-            Poll::Pending => std::hint::spin_loop(),
-        }
-    }
 }
 
 /// Serves one request inside a current-thread tokio runtime, to fill a cache before timing:
@@ -277,13 +247,6 @@ fn bench<S, B>(
             response
         })
     });
-}
-
-fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
-    group
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
 }
 
 fn cached(c: &mut Criterion) {

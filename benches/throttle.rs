@@ -20,23 +20,18 @@
 //! Run with `cargo bench --bench throttle --features full`.
 
 use std::convert::Infallible;
-use std::future::{ready, Future};
+use std::future::ready;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Empty;
+use http::{Request, Response, StatusCode};
 use tollgate::key::PeerIp;
 use tollgate::throttle::{AllowedFields, Rate, Rule, ThrottleLayer};
 use tollgate::PeerAddr;
@@ -46,27 +41,13 @@ use tower_governor::GovernorLayer;
 
 /// Allowed per client: one request per nanosecond with a burst of 1000, so nothing the
 /// benchmark sends is ever refused.
+mod support;
+use support::{bare, configure, hello, serve};
+
 const BURST: u32 = 1_000;
 
 fn unlimited_rate() -> Rate {
     Rate::new(1e9, Duration::from_secs(1)).expect("1e9 per second is a valid rate")
-}
-
-/// A response as a real handler makes one: with a `content-type`, as axum sets for any body.
-/// (A header map that is still empty would charge the layer's `RateLimit` fields with the
-/// map's first allocation, which every real response has already paid.)
-fn hello<B>(body: B) -> Response<B> {
-    let mut response = Response::new(body);
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-fn bare() -> impl Service<Request<()>, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone
-{
-    tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(hello(Empty::<Bytes>::new()))))
 }
 
 /// The bare service with axum's body, which `tower_governor` needs to build its refusals.
@@ -109,18 +90,6 @@ fn with_peer_addr_and_connect_info(peer: SocketAddr) -> Request<()> {
     let mut request = with_peer_addr(peer);
     request.extensions_mut().insert(ConnectInfo(peer));
     request
-}
-
-/// Serves one request the way a server would: `poll_ready`, `call`, then one poll, which
-/// answers at once on every path measured here.
-#[inline(always)]
-fn serve<S: Service<Request<()>>>(service: &mut S, request: Request<()>) -> S::Response {
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-    match pin!(service.call(request)).poll(&mut cx) {
-        Poll::Ready(Ok(response)) => response,
-        _ => panic!("the response was not ready at once"),
-    }
 }
 
 /// The clients of one group and how each variant turns a client into a request.
@@ -167,13 +136,6 @@ impl Traffic {
         });
         warm
     }
-}
-
-fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
-    group
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
 }
 
 fn one_key(c: &mut Criterion) {

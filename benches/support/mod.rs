@@ -1,0 +1,61 @@
+//! What every bench shares: the bare service that is each group's baseline, and how a
+//! request is served without a runtime.
+
+// Each bench uses part of this module.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::{ready, Future};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::BenchmarkGroup;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Empty;
+use tower::Service;
+
+/// A response as a real handler makes one: with a `content-type`, as axum sets for any body.
+/// (A header map that is still empty would charge a layer's `RateLimit` fields with the
+/// map's first allocation, which every real response has already paid.)
+pub fn hello<B>(body: B) -> Response<B> {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The baseline: a service that answers `hello` at once.
+pub fn bare(
+) -> impl Service<Request<()>, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone {
+    tower::service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(hello(Empty::<Bytes>::new()))))
+}
+
+/// Serves one request the way a server would: `poll_ready`, `call`, then polls the response
+/// future with a no-op waker until it is ready (at the first poll on every path measured).
+#[inline(always)]
+pub fn serve<S: Service<Request<()>>>(service: &mut S, request: Request<()>) -> S::Response {
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let mut future = pin!(service.call(request));
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(response)) => return response,
+            Poll::Ready(Err(_)) => panic!("the service failed"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// Sample counts and times that keep a group to a few seconds on a 2-core machine.
+pub fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+}
