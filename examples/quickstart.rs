@@ -9,7 +9,12 @@
 //!
 //! `GET /me` also needs a bearer token from the quickstart's own HS256 identity provider; a
 //! demo token valid for one hour is printed at start-up, and the handler answers the verified
-//! `Principal` as JSON. Set `TOLLGATE_ADDR` to listen elsewhere.
+//! `Principal` as JSON.
+//!
+//! `GET /api/widgets` needs an API key in `x-api-key`, on one of two usage plans: `basic` (2
+//! requests/s, burst 2, 20 a day) and `pro` (50/s, burst 20, 10,000 a day). One demo key per
+//! plan is made and printed at start-up; responses carry `RateLimit-Policy` and `RateLimit`
+//! for the plan's throttle and quota. Set `TOLLGATE_ADDR` to listen elsewhere.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +25,7 @@ use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
 use tollgate::auth::AuthLayer;
 use tollgate::key::ClientIp;
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+use tollgate::usage::{NewKey, QuotaPeriod, UsagePlan, UsagePlans};
 use tollgate::{Principal, TrustedProxies};
 
 const ISSUER: &str = "tollgate-quickstart";
@@ -31,6 +37,15 @@ async fn me(principal: Principal) -> Json<serde_json::Value> {
         "subject": principal.subject(),
         "scopes": principal.scopes(),
         "claims": principal.claims(),
+    }))
+}
+
+/// Widgets, for the holder of an API key: the key id and plan come from the usage layer.
+async fn widgets(principal: Principal) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "widgets": ["sprocket", "flange", "grommet"],
+        "api_key_id": principal.api_key_id(),
+        "plan": principal.usage_plan_id(),
     }))
 }
 
@@ -87,10 +102,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let auth = AuthLayer::builder(jwt).keep_inner_body().build()?;
 
+    let plans = UsagePlans::builder()
+        .plan(
+            UsagePlan::new("basic")
+                .throttle(Rate::per_second(2), 2)
+                .quota(20, QuotaPeriod::Day),
+        )
+        .plan(
+            UsagePlan::new("pro")
+                .throttle(Rate::per_second(50), 20)
+                .quota(10_000, QuotaPeriod::Day),
+        )
+        .build()?;
+    let (_, basic_key) = plans
+        .create_key(NewKey::new("basic").name("demo basic"))
+        .await?;
+    let (_, pro_key) = plans
+        .create_key(NewKey::new("pro").name("demo pro"))
+        .await?;
+
+    let api = Router::new()
+        .route("/api/widgets", get(widgets))
+        .route_layer(plans.layer().keep_inner_body());
     let app = Router::new()
         .route("/hello", get(|| async { "Hello from behind tollgate!\n" }))
         .route("/me", get(me).route_layer(auth))
-        .layer(throttle);
+        .layer(throttle)
+        .merge(api);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
@@ -107,6 +145,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("      200, the verified principal as JSON (the token is valid for one hour)");
     println!("  curl -i http://{addr}/me");
     println!("      401 with WWW-Authenticate: Bearer");
+    println!(
+        "  curl -i http://{addr}/api/widgets -H 'x-api-key: {}'",
+        basic_key.expose()
+    );
+    println!(
+        "      200 on plan basic, with RateLimit-Policy: \"basic\";q=2;w=1, \"quota\";q=20;w=86400"
+    );
+    println!("      and RateLimit: \"basic\";r=1;t=1, \"quota\";r=19;t=<seconds to UTC midnight>");
+    println!("      a third request within the second: 429 throttled; the 21st of the day: 429 quota-exceeded");
+    println!(
+        "  curl -i http://{addr}/api/widgets -H 'x-api-key: {}'",
+        pro_key.expose()
+    );
+    println!("      200 on plan pro (50/s, burst 20, 10,000 a day)");
+    println!("  curl -i http://{addr}/api/widgets");
+    println!("      401 with WWW-Authenticate: ApiKey");
     println!();
     println!("Press Ctrl-C to stop.");
 

@@ -13,6 +13,8 @@
 //! | `throttle` (default) | [`throttle`] | GCRA rate limits per client, route or globally, bounded state, `RateLimit` headers |
 //! | `auth` (default) | [`auth`] | the authorizer layer: route policies with scopes, custom authorizers with a decision cache |
 //! | `jwt` (default) | [`auth::jwt`] | the JWT authorizer: JWKS with rotation, OIDC discovery, a verified-token cache |
+//! | `usage` (default) | [`usage`] | API keys (hashed, rotated with a grace period) on usage plans: plan throttles, exact quotas, daily usage reports |
+//! | `admin` | [`usage::admin`] | an axum router for key administration, to mount behind the application's own auth |
 //! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
 //!
@@ -62,3 +64,8 @@ pub use tollgate_throttle as throttle;
 #[cfg(feature = "auth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
 pub use tollgate_auth as auth;
+
+/// API keys and usage plans: hashed keys, plan throttles, exact quotas and usage reports.
+#[cfg(feature = "usage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
+pub use tollgate_usage as usage;
