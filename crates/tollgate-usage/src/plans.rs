@@ -606,13 +606,14 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> UsagePlans<K, Q, T> {
 
     /// Enables or disables a key, from its next request on.
     pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<Arc<ApiKey>, AdminError> {
-        self.change(id, |key| Ok(key.with_enabled(enabled))).await
+        self.change(id, |key| key.clone().with_enabled(enabled))
+            .await
     }
 
     /// Moves a key to plan `plan`. Its quota counts on: what it spent this period stays spent.
     pub async fn change_plan(&self, id: &str, plan: &str) -> Result<Arc<ApiKey>, AdminError> {
         self.known_plan(plan)?;
-        self.change(id, |key| Ok(key.with_plan(plan))).await
+        self.change(id, |key| key.clone().with_plan(plan)).await
     }
 
     /// Gives a key a new secret. The old one keeps working for `grace`, then only the new one
@@ -626,7 +627,7 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> UsagePlans<K, Q, T> {
         let until = self.now().checked_add(grace).unwrap_or_else(|| self.now());
         let hash = secret.hash();
         let key = self
-            .change(id, |key| Ok(key.with_rotated_secret(hash, until)))
+            .change(id, |key| key.clone().with_rotated_secret(hash, until))
             .await?;
         Ok((key, secret))
     }
@@ -706,12 +707,16 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> UsagePlans<K, Q, T> {
     async fn change(
         &self,
         id: &str,
-        edit: impl FnOnce(ApiKey) -> Result<ApiKey, AdminError>,
+        edit: impl Fn(&ApiKey) -> ApiKey + Send,
     ) -> Result<Arc<ApiKey>, AdminError> {
-        let key = edit(ApiKey::clone(&*self.get_key(id).await?))?;
-        self.shared.keys.put(key.clone()).await?;
+        let key = self
+            .shared
+            .keys
+            .update(id, edit)
+            .await?
+            .ok_or_else(|| AdminError::UnknownKey(id.to_owned()))?;
         tracing::info!(key = %id, enabled = key.enabled(), plan = %key.plan(), "tollgate usage: key changed");
-        Ok(Arc::new(key))
+        Ok(key)
     }
 
     fn now(&self) -> SystemTime {
