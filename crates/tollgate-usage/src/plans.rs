@@ -610,7 +610,9 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> UsagePlans<K, Q, T> {
             .await
     }
 
-    /// Moves a key to plan `plan`. Its quota counts on: what it spent this period stays spent.
+    /// Moves a key to plan `plan`. What the key spent since the new plan's current period
+    /// began stays spent (a move from a daily to a monthly quota keeps today's use); when
+    /// the new period began after the old one (monthly to daily), the count starts afresh.
     pub async fn change_plan(&self, id: &str, plan: &str) -> Result<Arc<ApiKey>, AdminError> {
         self.known_plan(plan)?;
         self.change(id, |key| key.clone().with_plan(plan)).await

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::future::{ready, Future, Ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::UNIX_EPOCH;
 
 use dashmap::DashMap;
 
@@ -70,8 +71,8 @@ pub struct MemoryQuotaStore {
 
 #[derive(Debug, Default)]
 struct Counter {
-    /// The period's index (low 32 bits) and the units spent in it, packed so that one
-    /// compare-and-swap both rolls the period over and counts.
+    /// The period's start in seconds since the epoch (high 32 bits) and the units spent in
+    /// it, packed so that one compare-and-swap both rolls the period over and counts.
     period: AtomicU64,
     /// The day's index and the units taken on it, packed likewise.
     today: AtomicU64,
@@ -109,8 +110,14 @@ impl Counter {
         let Some((limit, window)) = quota else {
             return Take::Taken { used: 0 };
         };
-        // Window indices wrap at 2^32 periods: 136 years of one-second periods.
-        let want = window.index as u32;
+        // Periods are told apart by their start in seconds since the epoch, not by their
+        // index: indices of different period kinds (days, months) do not compare, and a key
+        // moved to a plan with another period must still roll over. Seconds wrap in 2106;
+        // the comparison below is wrapping.
+        let want = window
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() as u32);
         let mut current = self.period.load(Ordering::Acquire);
         loop {
             let (index, used) = unpack(current);
