@@ -11,7 +11,9 @@
 //!   admitted path: key lookup, SHA-256 and constant-time compare, plan throttle (GCRA),
 //!   quota (one compare-and-swap for the period, one for the day), the `Principal`, and the
 //!   `RateLimit-Policy` / `RateLimit` fields. `million_keys` has 1,000,000 keys loaded, of
-//!   which the requests use 10,000 in turn; `one_key` has only the key it uses.
+//!   which the requests use 10,000 in turn; `one_key` has only the key it uses. The
+//!   `_no_fields` variants leave the fields off admitted responses
+//!   (`AllowedFields::None`), to show what the fields cost apart from the checks.
 //! - `usage/refused`: `missing_key` (no header: 401) beside `bare`; `unknown_key` (a key id
 //!   no key has: 401) and `quota_exceeded` (a key whose quota is spent: 429) beside
 //!   `bare_with_key`, which sends the same kind of header.
@@ -25,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use tollgate::throttle::Rate;
+use tollgate::throttle::{AllowedFields, Rate};
 use tollgate::usage::{ApiKey, KeyHash, QuotaPeriod, UsagePlan, UsagePlans};
 use tower::{Service, ServiceBuilder};
 
@@ -33,6 +35,12 @@ mod support;
 use support::{bare, configure, serve};
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The default (`RateLimit-Policy` and `RateLimit` on admitted responses) and no fields.
+const VARIANTS: [(&str, AllowedFields); 2] = [
+    ("", AllowedFields::RateLimitAndPolicy),
+    ("_no_fields", AllowedFields::None),
+];
 
 /// Keys the requests take in turn.
 const ACTIVE_KEYS: usize = 10_000;
@@ -108,21 +116,28 @@ fn allowed(c: &mut Criterion) {
     configure(&mut group);
     bench(&mut group, "bare", bare(), &active, StatusCode::OK);
 
-    let one = UsagePlans::builder()
-        .plan(open_plan())
-        .key(keys(1, "bench").next().expect("one key"))
-        .build()
-        .expect("the benchmark's plans are valid");
-    let service = ServiceBuilder::new().layer(one.layer()).service(bare());
-    bench(&mut group, "one_key", service, &active[..1], StatusCode::OK);
-
-    let mut builder = UsagePlans::builder().plan(open_plan());
-    for key in keys(1_000_000, "bench") {
-        builder = builder.key(key);
+    for (suffix, fields) in VARIANTS {
+        let one = UsagePlans::builder()
+            .plan(open_plan())
+            .allowed_fields(fields)
+            .key(keys(1, "bench").next().expect("one key"))
+            .build()
+            .expect("the benchmark's plans are valid");
+        let service = ServiceBuilder::new().layer(one.layer()).service(bare());
+        let name = format!("one_key{suffix}");
+        bench(&mut group, &name, service, &active[..1], StatusCode::OK);
     }
-    let million = builder.build().expect("the benchmark's plans are valid");
-    let service = ServiceBuilder::new().layer(million.layer()).service(bare());
-    bench(&mut group, "million_keys", service, &active, StatusCode::OK);
+
+    for (suffix, fields) in VARIANTS {
+        let mut builder = UsagePlans::builder().plan(open_plan()).allowed_fields(fields);
+        for key in keys(1_000_000, "bench") {
+            builder = builder.key(key);
+        }
+        let million = builder.build().expect("the benchmark's plans are valid");
+        let service = ServiceBuilder::new().layer(million.layer()).service(bare());
+        let name = format!("million_keys{suffix}");
+        bench(&mut group, &name, service, &active, StatusCode::OK);
+    }
     group.finish();
 }
 

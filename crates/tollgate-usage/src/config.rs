@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use http::header::HeaderName;
-use tollgate_throttle::{Rate, StoreFailure};
+use tollgate_throttle::{AllowedFields, Rate, StoreFailure};
 
 use crate::plans::{UsageError, UsagePlansBuilder};
 use crate::{ApiKey, KeyRecord, KeySource, QuotaPeriod, UsagePlan, UsagePlans};
@@ -51,6 +51,10 @@ pub struct UsageConfig {
     /// `allow` (default) or `reject` when the throttle or quota store fails.
     #[serde(default)]
     pub on_store_error: Option<StoreFailure>,
+    /// `rate-limit-and-policy` (default), `rate-limit` or `none`: the fields admitted
+    /// responses carry.
+    #[serde(default)]
+    pub allowed_fields: Option<AllowedFields>,
 }
 
 /// A key source in configuration: `{ "header": "x-api-key" }`, `"authorizer"` or
@@ -159,6 +163,9 @@ impl UsageConfig {
         }
         if let Some(policy) = self.on_store_error {
             builder = builder.on_store_error(policy);
+        }
+        if let Some(fields) = self.allowed_fields {
+            builder = builder.allowed_fields(fields);
         }
         Ok(builder)
     }

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use http::{HeaderValue, Method, Request};
 use tollgate_core::{Clock, Key, Principal, Rejection, Stage};
 use tollgate_throttle::{
-    Check, Outcome, StoreError as ThrottleStoreError, StoreFailure, ThrottleStore,
+    AllowedFields, Check, Outcome, StoreError as ThrottleStoreError, StoreFailure, ThrottleStore,
 };
 
 use crate::key::{ApiKey, Found, KeyStore, StoreError};
@@ -33,10 +33,13 @@ pub(crate) enum Decision {
     Wait(Pending),
 }
 
-/// An admitted request: its key, and the `RateLimit-Policy` and `RateLimit` fields.
+/// `RateLimit-Policy` (unless left out) and `RateLimit`.
+pub(crate) type Fields = (Option<HeaderValue>, HeaderValue);
+
+/// An admitted request: its key, and the rate-limit fields for its response.
 pub(crate) struct Pass {
     key: Arc<ApiKey>,
-    pub(crate) fields: Option<(HeaderValue, HeaderValue)>,
+    pub(crate) fields: Option<Fields>,
 }
 
 impl Pass {
@@ -311,14 +314,14 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
         window: Option<Window>,
         result: Result<Take, StoreError>,
         mut report: Report,
-    ) -> Result<Option<(HeaderValue, HeaderValue)>, Box<Rejection>> {
+    ) -> Result<Option<Fields>, Box<Rejection>> {
         let limit = plan.plan.quota.map(|quota| quota.limit);
         match (result, limit.zip(window)) {
             (Ok(Take::Taken { used }), quota) => {
                 self.counters().allowed.increment(1);
                 report.quota =
                     quota.map(|(limit, window)| (limit, window, limit.saturating_sub(used)));
-                Ok(self.fields(plan, &report))
+                Ok(self.allowed_fields(plan, &report))
             }
             (Ok(Take::Exhausted), Some((limit, window))) => {
                 self.counters().quota_exceeded.increment(1);
@@ -329,10 +332,10 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
                 self.attach(rejection.headers_mut(), plan, &report);
                 Err(Box::new(rejection))
             }
-            (Ok(Take::Exhausted), None) => Ok(self.fields(plan, &report)),
+            (Ok(Take::Exhausted), None) => Ok(self.allowed_fields(plan, &report)),
             (Err(error), _) => self
                 .store_failed(&error)
-                .map(|()| self.fields(plan, &report)),
+                .map(|()| self.allowed_fields(plan, &report)),
         }
     }
 
@@ -342,6 +345,20 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
         match self.on_store_error {
             StoreFailure::Allow => Ok(()),
             StoreFailure::Reject => Err(Box::new(Rejection::unavailable(Duration::from_secs(1)))),
+        }
+    }
+
+    /// The fields an admitted response carries, as [`AllowedFields`] chooses.
+    #[inline]
+    fn allowed_fields(&self, plan: &PlanState, report: &Report) -> Option<Fields> {
+        match self.allowed_fields {
+            AllowedFields::None => None,
+            AllowedFields::RateLimit => self
+                .fields(plan, report)
+                .map(|(_, ratelimit)| (None, ratelimit)),
+            AllowedFields::RateLimitAndPolicy => self
+                .fields(plan, report)
+                .map(|(policy, ratelimit)| (Some(policy), ratelimit)),
         }
     }
 

@@ -5,12 +5,12 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tollgate_core::{BodyMode, Rejection, WrapBody};
 use tower::Service;
 
-use crate::decide::{Pending, RATELIMIT, RATELIMIT_POLICY};
+use crate::decide::{Fields, Pending, RATELIMIT, RATELIMIT_POLICY};
 
 pin_project! {
     /// The response of a request through [`Usage`](crate::Usage): a refusal, or the inner
@@ -35,7 +35,7 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
-            fields: Option<(HeaderValue, HeaderValue)>,
+            fields: Option<Fields>,
         },
         Waiting {
             pending: Pending,
@@ -48,7 +48,7 @@ impl<S, ReqBody, M> ResponseFuture<S, ReqBody, M>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn inner(future: S::Future, fields: Option<(HeaderValue, HeaderValue)>) -> Self {
+    pub(crate) fn inner(future: S::Future, fields: Option<Fields>) -> Self {
         Self::from(State::Inner { future, fields })
     }
 
@@ -94,7 +94,9 @@ where
                     let mut response = ready!(future.poll(cx))?;
                     if let Some((policy, ratelimit)) = fields.take() {
                         let headers = response.headers_mut();
-                        headers.append(RATELIMIT_POLICY.clone(), policy);
+                        if let Some(policy) = policy {
+                            headers.append(RATELIMIT_POLICY.clone(), policy);
+                        }
                         headers.append(RATELIMIT.clone(), ratelimit);
                     }
                     return Poll::Ready(Ok(M::pass(response)));

@@ -10,7 +10,7 @@ use hashbrown::HashMap;
 use http::HeaderValue;
 use tollgate_core::{Clock, Rejection, RouteTable, RouteTableError, SharedClock};
 use tollgate_throttle::{
-    index_rules, MemoryStore, Rule, StoreFailure, ThrottleError, ThrottleStore,
+    index_rules, AllowedFields, MemoryStore, Rule, StoreFailure, ThrottleError, ThrottleStore,
 };
 
 use crate::decide::policy_values;
@@ -79,6 +79,7 @@ pub(crate) struct Shared<K, Q, T> {
     pub(crate) sources: Box<[KeySource]>,
     pub(crate) clock: SharedClock,
     pub(crate) on_store_error: StoreFailure,
+    pub(crate) allowed_fields: AllowedFields,
     pub(crate) refusals: Refusals,
     pub(crate) counters: OnceLock<Counters>,
 }
@@ -198,6 +199,7 @@ pub struct UsagePlansBuilder {
     throttle_capacity: usize,
     retention_days: u32,
     on_store_error: StoreFailure,
+    allowed_fields: AllowedFields,
 }
 
 impl fmt::Debug for UsagePlansBuilder {
@@ -220,6 +222,7 @@ impl Default for UsagePlansBuilder {
             throttle_capacity: DEFAULT_THROTTLE_CAPACITY,
             retention_days: DEFAULT_RETENTION_DAYS,
             on_store_error: StoreFailure::Allow,
+            allowed_fields: AllowedFields::RateLimitAndPolicy,
         }
     }
 }
@@ -276,6 +279,13 @@ impl UsagePlansBuilder {
     /// store always fails closed: a key that cannot be checked is refused with 503.
     pub fn on_store_error(mut self, policy: StoreFailure) -> Self {
         self.on_store_error = policy;
+        self
+    }
+
+    /// Which rate-limit fields admitted responses carry (default: `RateLimit-Policy` and
+    /// `RateLimit`, for the plan throttle and the quota). Refusals always carry both.
+    pub fn allowed_fields(mut self, fields: AllowedFields) -> Self {
+        self.allowed_fields = fields;
         self
     }
 
@@ -402,6 +412,7 @@ impl UsagePlansBuilder {
                 sources: sources.into_boxed_slice(),
                 clock: self.clock,
                 on_store_error: self.on_store_error,
+                allowed_fields: self.allowed_fields,
                 refusals: Refusals {
                     missing: Rejection::invalid_api_key()
                         .with_detail("an API key is required")

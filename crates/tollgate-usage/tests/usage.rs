@@ -16,7 +16,7 @@ use http::StatusCode;
 use serde_json::json;
 use support::{serve, utc, Client, Reply};
 use tollgate_core::{Clock, ManualClock, Principal, Stage};
-use tollgate_throttle::Rate;
+use tollgate_throttle::{AllowedFields, Rate};
 use tollgate_usage::{
     DailyUsage, Day, KeyHash, KeySource, NewKey, QuotaPeriod, UsageConfig, UsagePlan, UsagePlans,
 };
@@ -986,5 +986,56 @@ async fn keys_loaded_from_configuration_hashes_authenticate_their_plaintext() {
     }
     for wrong in ["tg_demo_abd", "tg_acme_abc", "tg_demo_S3cretFromConfig"] {
         assert_unknown_key(&client.with_key(addr, "/widgets", wrong).await);
+    }
+}
+
+#[tokio::test]
+async fn admitted_responses_carry_only_the_fields_chosen_and_refusals_carry_both() {
+    let clock = ManualClock::starting_at(utc(2026, 11, 24, (12, 0, 0)));
+    let plan = || {
+        UsagePlan::new("basic")
+            .throttle(Rate::per_second(1), 1)
+            .quota(20, QuotaPeriod::Day)
+    };
+    for (fields, policy, ratelimit) in [
+        (AllowedFields::None, false, false),
+        (AllowedFields::RateLimit, false, true),
+        (AllowedFields::RateLimitAndPolicy, true, true),
+    ] {
+        let plans = UsagePlans::builder()
+            .clock(clock.clone())
+            .plan(plan())
+            .allowed_fields(fields)
+            .build()
+            .unwrap();
+        let (_, secret) = plans.create_key(NewKey::new("basic")).await.unwrap();
+        let (addr, client) = start(&plans).await;
+
+        let admitted = client.with_key(addr, "/widgets", secret.expose()).await;
+        assert_eq!(admitted.status, StatusCode::OK);
+        assert_eq!(
+            admitted.headers.contains_key("ratelimit-policy"),
+            policy,
+            "{fields:?}"
+        );
+        assert_eq!(
+            admitted.headers.contains_key("ratelimit"),
+            ratelimit,
+            "{fields:?}"
+        );
+        if ratelimit {
+            assert_eq!(
+                admitted.header("ratelimit"),
+                r#""basic";r=0;t=1, "quota";r=19;t=43200"#
+            );
+        }
+
+        let refused = client.with_key(addr, "/widgets", secret.expose()).await;
+        assert_refused(&refused, StatusCode::TOO_MANY_REQUESTS, THROTTLED);
+        assert_eq!(
+            refused.header("ratelimit-policy"),
+            r#""basic";q=1;w=1, "quota";q=20;w=86400"#
+        );
+        assert_eq!(refused.header("ratelimit"), r#""basic";r=0;t=1"#);
     }
 }
