@@ -18,7 +18,8 @@ use support::{serve, utc, Client, Reply};
 use tollgate_core::{Clock, ManualClock, Principal, Stage};
 use tollgate_throttle::{AllowedFields, Rate};
 use tollgate_usage::{
-    DailyUsage, Day, KeyHash, KeySource, NewKey, QuotaPeriod, UsageConfig, UsagePlan, UsagePlans,
+    DailyUsage, Day, KeyHash, KeySource, NewKey, QuotaPeriod, Secret, UsageConfig, UsagePlan,
+    UsagePlans,
 };
 
 const QUOTA_EXCEEDED: &str = "urn:tollgate:problem:quota-exceeded";
@@ -58,6 +59,15 @@ fn plans_on(clock: &ManualClock, plans: impl IntoIterator<Item = UsagePlan>) -> 
         )
         .build()
         .unwrap()
+}
+
+/// One key on `plan`, enforced on [`routes`] and served on loopback.
+async fn serve_one_key(clock: &ManualClock, plan: UsagePlan) -> (SocketAddr, Client, Secret) {
+    let id = plan.id().to_owned();
+    let plans = plans_on(clock, [plan]);
+    let (_, secret) = plans.create_key(NewKey::new(id)).await.unwrap();
+    let (addr, client) = start(&plans).await;
+    (addr, client, secret)
 }
 
 /// Moves `clock` forward to `at`.
@@ -253,9 +263,8 @@ async fn route_override_applies_on_its_route_with_its_own_allowance() {
 #[tokio::test]
 async fn daily_quota_resets_at_utc_midnight() {
     let clock = ManualClock::starting_at(utc(2026, 11, 24, (23, 59, 59)));
-    let plans = plans_on(&clock, [UsagePlan::new("daily").quota(2, QuotaPeriod::Day)]);
-    let (_, secret) = plans.create_key(NewKey::new("daily")).await.unwrap();
-    let (addr, client) = start(&plans).await;
+    let (addr, client, secret) =
+        serve_one_key(&clock, UsagePlan::new("daily").quota(2, QuotaPeriod::Day)).await;
 
     spend(&client, addr, secret.expose(), 2).await;
     let refused = client.with_key(addr, "/widgets", secret.expose()).await;
@@ -273,12 +282,8 @@ async fn daily_quota_resets_at_utc_midnight() {
 async fn weekly_quota_resets_on_monday_at_midnight_utc() {
     // 2026-11-24 is a Tuesday; the week ends as Sunday 2026-11-29 does.
     let clock = ManualClock::starting_at(utc(2026, 11, 24, (10, 0, 0)));
-    let plans = plans_on(
-        &clock,
-        [UsagePlan::new("weekly").quota(2, QuotaPeriod::Week)],
-    );
-    let (_, secret) = plans.create_key(NewKey::new("weekly")).await.unwrap();
-    let (addr, client) = start(&plans).await;
+    let (addr, client, secret) =
+        serve_one_key(&clock, UsagePlan::new("weekly").quota(2, QuotaPeriod::Week)).await;
 
     spend(&client, addr, secret.expose(), 2).await;
     let refused = client.with_key(addr, "/widgets", secret.expose()).await;
@@ -300,12 +305,11 @@ async fn weekly_quota_resets_on_monday_at_midnight_utc() {
 #[tokio::test]
 async fn monthly_quota_resets_on_march_first_after_a_common_february() {
     let clock = ManualClock::starting_at(utc(2026, 2, 10, (8, 0, 0)));
-    let plans = plans_on(
+    let (addr, client, secret) = serve_one_key(
         &clock,
-        [UsagePlan::new("monthly").quota(2, QuotaPeriod::Month)],
-    );
-    let (_, secret) = plans.create_key(NewKey::new("monthly")).await.unwrap();
-    let (addr, client) = start(&plans).await;
+        UsagePlan::new("monthly").quota(2, QuotaPeriod::Month),
+    )
+    .await;
 
     spend(&client, addr, secret.expose(), 2).await;
     let refused = client.with_key(addr, "/widgets", secret.expose()).await;
@@ -331,12 +335,11 @@ async fn monthly_quota_resets_on_march_first_after_a_common_february() {
 #[tokio::test]
 async fn monthly_quota_lasts_through_february_29th_in_a_leap_year() {
     let clock = ManualClock::starting_at(utc(2028, 2, 28, (23, 59, 59)));
-    let plans = plans_on(
+    let (addr, client, secret) = serve_one_key(
         &clock,
-        [UsagePlan::new("monthly").quota(2, QuotaPeriod::Month)],
-    );
-    let (_, secret) = plans.create_key(NewKey::new("monthly")).await.unwrap();
-    let (addr, client) = start(&plans).await;
+        UsagePlan::new("monthly").quota(2, QuotaPeriod::Month),
+    )
+    .await;
 
     spend(&client, addr, secret.expose(), 2).await;
     let refused = client.with_key(addr, "/widgets", secret.expose()).await;
@@ -366,9 +369,8 @@ async fn fixed_length_quota_windows_are_aligned_to_the_epoch() {
     // eleven; one aligned to the epoch ends at eleven.
     let clock = ManualClock::starting_at(utc(2026, 11, 24, (10, 30, 0)));
     let hourly = QuotaPeriod::Every(Duration::from_secs(3_600));
-    let plans = plans_on(&clock, [UsagePlan::new("hourly").quota(2, hourly)]);
-    let (_, secret) = plans.create_key(NewKey::new("hourly")).await.unwrap();
-    let (addr, client) = start(&plans).await;
+    let (addr, client, secret) =
+        serve_one_key(&clock, UsagePlan::new("hourly").quota(2, hourly)).await;
 
     spend(&client, addr, secret.expose(), 2).await;
     let refused = client.with_key(addr, "/widgets", secret.expose()).await;
