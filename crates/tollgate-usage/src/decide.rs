@@ -382,22 +382,66 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
             Some((rule, ..)) => self.policies.get(rule)?[slot].clone()?,
             None => plan.quota_policy[slot].clone()?,
         };
-        let mut ratelimit = BytesMut::with_capacity(64);
+        // Built on the stack from ready-made parts: one exact-size allocation per response.
+        let mut ratelimit = FieldBuf::default();
+        let mut number = itoa::Buffer::new();
         if let Some((_, remaining, reset)) = report.throttle {
-            let (r, t) = (u64::from(remaining), reset_seconds(reset));
-            push_item(&mut ratelimit, plan.plan.id(), (b"r", r), (b"t", t));
+            ratelimit.push(&plan.ratelimit_prefix);
+            ratelimit.push(number.format(remaining).as_bytes());
+            ratelimit.push(b";t=");
+            ratelimit.push(number.format(reset_seconds(reset)).as_bytes());
         }
         if let Some((_, window, remaining)) = report.quota {
-            let (r, t) = (
-                u64::from(remaining),
-                reset_seconds(window.remaining(report.now)),
-            );
-            push_item(&mut ratelimit, "quota", (b"r", r), (b"t", t));
+            ratelimit.push(if ratelimit.len == 0 {
+                b"\"quota\";r="
+            } else {
+                b", \"quota\";r="
+            });
+            ratelimit.push(number.format(remaining).as_bytes());
+            ratelimit.push(b";t=");
+            let reset = reset_seconds(window.remaining(report.now));
+            ratelimit.push(number.format(reset).as_bytes());
         }
-        Some((
-            policy,
-            HeaderValue::from_maybe_shared(ratelimit.freeze()).ok()?,
-        ))
+        Some((policy, ratelimit.into_value()?))
+    }
+}
+
+/// A field value built on the stack. Plan ids are at most 60 bytes, so a `RateLimit` value
+/// of two items with four numbers fits; a longer one is dropped rather than cut.
+struct FieldBuf {
+    bytes: [u8; 256],
+    len: usize,
+    overflow: bool,
+}
+
+impl Default for FieldBuf {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 256],
+            len: 0,
+            overflow: false,
+        }
+    }
+}
+
+impl FieldBuf {
+    #[inline]
+    fn push(&mut self, part: &[u8]) {
+        match self.bytes.get_mut(self.len..self.len + part.len()) {
+            Some(room) => {
+                room.copy_from_slice(part);
+                self.len += part.len();
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    #[inline]
+    fn into_value(self) -> Option<HeaderValue> {
+        if self.overflow || self.len == 0 {
+            return None;
+        }
+        HeaderValue::from_bytes(&self.bytes[..self.len]).ok()
     }
 }
 
