@@ -23,6 +23,12 @@ pub enum ProblemType {
     Forbidden,
     /// No route or stage serves the request (404).
     NotFound,
+    /// The route does not take this method (405).
+    MethodNotAllowed,
+    /// The request conflicts with what exists, such as an id that is taken (409).
+    Conflict,
+    /// The body is not of a media type the route reads (415).
+    UnsupportedMediaType,
     /// A rate limit refused the request (429).
     Throttled,
     /// The usage plan's quota for the period is used up (429).
@@ -46,6 +52,9 @@ impl ProblemType {
             Self::InvalidApiKey => "invalid-api-key",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Conflict => "conflict",
+            Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Throttled => "throttled",
             Self::QuotaExceeded => "quota-exceeded",
             Self::Unavailable => "unavailable",
@@ -63,6 +72,9 @@ impl ProblemType {
             Self::InvalidApiKey => "urn:tollgate:problem:invalid-api-key",
             Self::Forbidden => "urn:tollgate:problem:forbidden",
             Self::NotFound => "urn:tollgate:problem:not-found",
+            Self::MethodNotAllowed => "urn:tollgate:problem:method-not-allowed",
+            Self::Conflict => "urn:tollgate:problem:conflict",
+            Self::UnsupportedMediaType => "urn:tollgate:problem:unsupported-media-type",
             Self::Throttled => "urn:tollgate:problem:throttled",
             Self::QuotaExceeded => "urn:tollgate:problem:quota-exceeded",
             Self::Unavailable => "urn:tollgate:problem:unavailable",
@@ -79,6 +91,9 @@ impl ProblemType {
             Self::InvalidApiKey => "Missing or invalid API key",
             Self::Forbidden => "Forbidden",
             Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Conflict => "Conflict",
+            Self::UnsupportedMediaType => "Unsupported media type",
             Self::Throttled => "Too many requests",
             Self::QuotaExceeded => "Quota exceeded",
             Self::Unavailable => "Service unavailable",
