@@ -36,7 +36,7 @@ pub struct ApiKey {
 #[non_exhaustive]
 pub enum KeyError {
     /// The id has characters a key id cannot hold, or is empty or too long.
-    #[error("invalid key id {0:?}: expected 1 to 64 characters of A-Z, a-z, 0-9, '-', '.' or '_'")]
+    #[error("invalid key id {0:?}: expected 1 to 64 characters of A-Z, a-z, 0-9, '-', '.' or '_', starting with a letter or digit")]
     InvalidId(String),
 }
 

@@ -77,9 +77,11 @@ fn random_base62(len: usize) -> Result<String, getrandom::Error> {
     Ok(out)
 }
 
-/// Whether `id` may name a key: 1 to 64 characters of `A-Z a-z 0-9 - . _`.
+/// Whether `id` may name a key: 1 to 64 characters of `A-Z a-z 0-9 - . _`, starting with a
+/// letter or digit (so that no id is a `.` or `..` path segment, which URLs drop).
 pub(crate) fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
+        && id.as_bytes()[0].is_ascii_alphanumeric()
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
@@ -208,6 +210,8 @@ mod tests {
         assert_eq!(key_id(b"tg_team_a_Abc123"), Some("team_a"));
         assert_eq!(key_id(b"tg_a_"), None);
         assert_eq!(key_id(b"tg__abc"), None);
+        assert_eq!(key_id(b"tg_.._abc"), None);
+        assert_eq!(key_id(b"tg_-a_abc"), None);
         assert_eq!(key_id(b"tg_a_b-c"), None);
         assert_eq!(key_id(b"sk_a_abc"), None);
         assert_eq!(key_id(b"tg_\xff_abc"), None);
