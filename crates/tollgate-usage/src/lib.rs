@@ -75,6 +75,9 @@
 #![deny(unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod config;
 mod decide;
 mod future;
