@@ -129,7 +129,9 @@ fn allowed(c: &mut Criterion) {
     }
 
     for (suffix, fields) in VARIANTS {
-        let mut builder = UsagePlans::builder().plan(open_plan()).allowed_fields(fields);
+        let mut builder = UsagePlans::builder()
+            .plan(open_plan())
+            .allowed_fields(fields);
         for key in keys(1_000_000, "bench") {
             builder = builder.key(key);
         }
