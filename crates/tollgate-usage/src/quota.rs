@@ -237,3 +237,116 @@ impl QuotaStore for MemoryQuotaStore {
         ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::QuotaPeriod;
+
+    fn taken(found: Found<Take, Ready<Result<Take, StoreError>>>) -> Take {
+        match found {
+            Found::Ready(Ok(take)) => take,
+            _ => panic!("the memory store answers at once"),
+        }
+    }
+
+    fn usage(store: &MemoryQuotaStore, key: &str, from: Day, to: Day) -> Vec<(Day, u64)> {
+        let mut future = std::pin::pin!(store.daily_usage(key, from, to));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(usage)) => usage,
+            _ => panic!("the memory store answers at once"),
+        }
+    }
+
+    #[test]
+    fn threads_racing_across_midnight_count_every_request_on_its_own_day() {
+        let store = Arc::new(MemoryQuotaStore::new(30));
+        let key: Arc<str> = "k".into();
+        let monday = Day::from_ymd(2026, 11, 23).unwrap();
+        let tuesday = monday.next();
+        let threads: Vec<_> = (0..4)
+            .map(|thread| {
+                let (store, key) = (store.clone(), key.clone());
+                std::thread::spawn(move || {
+                    // Half the threads are still on Monday while the others have moved on.
+                    for n in 0..10_000 {
+                        let day = if thread % 2 == 0 && n < 5_000 {
+                            monday
+                        } else {
+                            tuesday
+                        };
+                        taken(store.take(&key, None, day));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // A Monday request that arrives after Tuesday has begun counts on Tuesday: no request
+        // is lost or counted twice, and Monday never gains one after it was filed away.
+        let counted = usage(&store, "k", monday, tuesday);
+        let on = |day: Day| {
+            counted
+                .iter()
+                .find(|&&(d, _)| d == day)
+                .map_or(0, |&(_, n)| n)
+        };
+        assert_eq!(on(monday) + on(tuesday), 40_000, "{counted:?}");
+        assert!(on(monday) <= 10_000, "{counted:?}");
+        assert!(on(tuesday) >= 30_000, "{counted:?}");
+    }
+
+    #[test]
+    fn a_quota_admits_exactly_its_limit_from_many_threads() {
+        let store = Arc::new(MemoryQuotaStore::default());
+        let key: Arc<str> = "k".into();
+        let at = Day::from_ymd(2026, 11, 24).unwrap().start();
+        let window = QuotaPeriod::Day.window(at);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, key) = (store.clone(), key.clone());
+                std::thread::spawn(move || {
+                    (0..5_000)
+                        .filter(|_| {
+                            let take = taken(store.take(&key, Some((7_000, &window)), Day::of(at)));
+                            take != Take::Exhausted
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(admitted, 7_000);
+        let day = Day::of(at);
+        assert_eq!(usage(&store, "k", day, day), vec![(day, 7_000)]);
+        // The next window starts afresh.
+        let next = QuotaPeriod::Day.window(at + Duration::from_secs(86_400));
+        let take = taken(store.take(&key, Some((7_000, &next)), day.next()));
+        assert_eq!(take, Take::Taken { used: 1 });
+    }
+
+    #[test]
+    fn history_older_than_the_retention_is_dropped() {
+        let store = MemoryQuotaStore::new(3);
+        let key: Arc<str> = "k".into();
+        let first = Day::from_ymd(2026, 11, 1).unwrap();
+        let mut day = first;
+        for _ in 0..10 {
+            taken(store.take(&key, None, day));
+            day = day.next();
+        }
+        let last = Day::from_index(day.index() - 1);
+        let kept = usage(&store, "k", first, last);
+        let days: Vec<Day> = kept.iter().map(|&(day, _)| day).collect();
+        assert_eq!(
+            days,
+            (last.index() - 2..=last.index())
+                .map(Day::from_index)
+                .collect::<Vec<_>>()
+        );
+    }
+}
