@@ -209,15 +209,13 @@ async fn list<K: KeyStore, Q: QuotaStore, T: ThrottleStore>(
                 ))
             })?,
     };
-    let keys = plans.list_keys().await.map_err(refusal)?;
-    // The list is sorted by id, so the page starts after the last id not above `after`.
-    let start = page
-        .after
-        .as_deref()
-        .map_or(0, |after| keys.partition_point(|key| key.id() <= after));
-    let rest = &keys[start..];
-    let shown = &rest[..rest.len().min(limit)];
-    let next = if rest.len() > shown.len() {
+    // One key more than the page holds tells whether another page follows.
+    let keys = plans
+        .list_keys(page.after.as_deref(), limit + 1)
+        .await
+        .map_err(refusal)?;
+    let shown = &keys[..keys.len().min(limit)];
+    let next = if keys.len() > shown.len() {
         shown.last().map(|key| key.id())
     } else {
         None

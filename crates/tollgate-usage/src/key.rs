@@ -344,8 +344,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Removes the key with id `id`; `false` when there was none.
     fn remove(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Every key, in no particular order.
-    fn list(&self) -> impl Future<Output = Result<Vec<Arc<ApiKey>>, StoreError>> + Send;
+    /// Up to `limit` keys whose ids sort after `after` (from the first when `None`), in id
+    /// order: one page of a listing.
+    fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<ApiKey>>, StoreError>> + Send;
 }
 
 /// Keys in memory: a sharded hash map, one lookup per request whatever the number of keys.
@@ -425,12 +430,55 @@ impl KeyStore for MemoryKeyStore {
         ready(Ok(self.keys.remove(id).is_some()))
     }
 
-    fn list(&self) -> impl Future<Output = Result<Vec<Arc<ApiKey>>, StoreError>> + Send {
-        ready(Ok(self
-            .keys
-            .iter()
-            .map(|entry| entry.value().clone())
-            .collect()))
+    fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<ApiKey>>, StoreError>> + Send {
+        // One pass keeping the `limit` smallest ids after `after` in a max-heap: a page of a
+        // million keys costs a scan, not a copy and sort of them all.
+        let mut page = std::collections::BinaryHeap::with_capacity(limit.saturating_add(1));
+        for entry in self.keys.iter() {
+            let id = &**entry.key();
+            let full_with_smaller =
+                page.len() >= limit && page.peek().is_some_and(|ById(top): &ById| id >= &*top.id);
+            if after.is_some_and(|after| id <= after) || full_with_smaller {
+                continue;
+            }
+            page.push(ById(entry.value().clone()));
+            if page.len() > limit {
+                page.pop();
+            }
+        }
+        let page = page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|ById(key)| key)
+            .collect();
+        ready(Ok(page))
+    }
+}
+
+/// A key ordered by its id.
+struct ById(Arc<ApiKey>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
     }
 }
 
@@ -473,7 +521,7 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         now(store.put(key("b"))).unwrap();
-        assert_eq!(now(store.list()).unwrap().len(), 2);
+        assert_eq!(now(store.list(None, 10)).unwrap().len(), 2);
     }
 
     #[test]
@@ -486,6 +534,18 @@ mod tests {
         assert!(matches!(store.get("a"), Found::Ready(Ok(None))));
         assert!(!now(store.remove("a")).unwrap());
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn listing_pages_through_keys_in_id_order() {
+        let store = MemoryKeyStore::with_keys(["d", "a", "c", "e", "b"].map(key));
+        let ids =
+            |page: Vec<Arc<ApiKey>>| page.iter().map(|k| k.id().to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(now(store.list(None, 2)).unwrap()), ["a", "b"]);
+        assert_eq!(ids(now(store.list(Some("b"), 2)).unwrap()), ["c", "d"]);
+        assert_eq!(ids(now(store.list(Some("d"), 2)).unwrap()), ["e"]);
+        assert!(now(store.list(Some("e"), 2)).unwrap().is_empty());
+        assert!(now(store.list(None, 0)).unwrap().is_empty());
     }
 
     #[test]

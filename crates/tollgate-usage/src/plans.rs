@@ -611,11 +611,13 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> UsagePlans<K, Q, T> {
             .ok_or_else(|| AdminError::UnknownKey(id.to_owned()))
     }
 
-    /// Every key, by id.
-    pub async fn list_keys(&self) -> Result<Vec<Arc<ApiKey>>, AdminError> {
-        let mut keys = self.shared.keys.list().await?;
-        keys.sort_by(|a, b| a.id().cmp(b.id()));
-        Ok(keys)
+    /// Up to `limit` keys whose ids sort after `after` (from the first when `None`), by id.
+    pub async fn list_keys(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Arc<ApiKey>>, AdminError> {
+        Ok(self.shared.keys.list(after, limit).await?)
     }
 
     /// Enables or disables a key, from its next request on.
