@@ -37,6 +37,7 @@ mod duration;
 mod extract;
 pub mod key;
 mod principal;
+pub mod ratelimit;
 mod rejection;
 mod route;
 mod stage;

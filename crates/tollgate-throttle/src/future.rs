@@ -7,11 +7,12 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tollgate_core::ratelimit::{append_fields, RateLimitFields};
 use tollgate_core::{BodyMode, Rejection, RequestHead, WrapBody};
 use tower::Service;
 
-use crate::headers::{Report, RATELIMIT, RATELIMIT_POLICY};
-use crate::service::{Fields, Shared, Step};
+use crate::headers::Report;
+use crate::service::{Shared, Step};
 use crate::store::ThrottleStore;
 
 pin_project! {
@@ -39,7 +40,7 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
-            headers: Option<Fields>,
+            headers: Option<RateLimitFields>,
         },
         Waiting {
             #[pin]
@@ -67,7 +68,7 @@ where
     St: ThrottleStore,
 {
     #[inline]
-    pub(crate) fn inner(future: S::Future, headers: Option<Fields>) -> Self {
+    pub(crate) fn inner(future: S::Future, headers: Option<RateLimitFields>) -> Self {
         Self {
             state: State::Inner { future, headers },
             mode: PhantomData,
@@ -129,14 +130,8 @@ where
                 }
                 StateProj::Inner { future, headers } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some((policy, ratelimit)) = headers.take() {
-                        // Appended, not inserted: a throttle further in (a usage plan's) may
-                        // have set its own items, and field lines of a list combine.
-                        let map = response.headers_mut();
-                        if let Some(policy) = policy {
-                            map.append(RATELIMIT_POLICY.clone(), policy);
-                        }
-                        map.append(RATELIMIT.clone(), ratelimit);
+                    if let Some(fields) = headers.take() {
+                        append_fields(response.headers_mut(), fields);
                     }
                     return Poll::Ready(Ok(M::pass(response)));
                 }

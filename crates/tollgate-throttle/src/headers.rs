@@ -1,29 +1,18 @@
-//! The IETF `RateLimit-Policy` and `RateLimit` fields
-//! (draft-ietf-httpapi-ratelimit-headers-10, structured-field lists).
+//! The rules' `RateLimit-Policy` and `RateLimit` fields, built with
+//! [`tollgate_core::ratelimit`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use http::header::HeaderName;
 use http::HeaderValue;
+use tollgate_core::ratelimit::{reset_seconds, FieldList, RateLimitFields};
 
-use crate::service::Fields;
 use crate::Rule;
-
-/// `RateLimit-Policy`: each applied rule's quota `q` per window `w` seconds.
-pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit`: each applied rule's remaining requests `r` and seconds `t` until whole again.
-pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// `"name";q=5;w=1` for `rule`.
 pub(crate) fn policy_item(rule: &Rule) -> String {
     let (quota, window) = rule.rate.quota_window();
     format!("\"{}\";q={quota};w={window}", rule.name)
-}
-
-/// Seconds until `reset`, rounded up: `t=0` would claim the allowance is whole already.
-fn reset_seconds(reset: Duration) -> u64 {
-    reset.as_secs() + u64::from(reset.subsec_nanos() > 0)
 }
 
 /// The largest table of ready-made `RateLimit` values a rule keeps: (burst + 1) × (refill
@@ -56,7 +45,7 @@ impl ValueCache {
 
     fn value(&self, rule: &Rule, remaining: u32, reset: u64) -> Option<HeaderValue> {
         let make = || {
-            let mut field = FieldBuf::default();
+            let mut field = FieldList::default();
             push_item(&mut field, rule, remaining, reset);
             field.into_value()
         };
@@ -77,60 +66,8 @@ impl ValueCache {
     }
 }
 
-fn push_item(field: &mut FieldBuf, rule: &Rule, remaining: u32, reset: u64) {
-    field.push(b"\"");
-    field.push(rule.name.as_bytes());
-    field.push(b"\";r=");
-    field.push(itoa::Buffer::new().format(remaining).as_bytes());
-    field.push(b";t=");
-    field.push(itoa::Buffer::new().format(reset).as_bytes());
-}
-
-/// Bytes built on the stack, spilling to the heap only for long values: a header value then
-/// costs one exact-size allocation.
-#[derive(Debug)]
-struct FieldBuf {
-    len: usize,
-    inline: [u8; 96],
-    spill: Vec<u8>,
-}
-
-impl Default for FieldBuf {
-    fn default() -> Self {
-        Self {
-            len: 0,
-            inline: [0; 96],
-            spill: Vec::new(),
-        }
-    }
-}
-
-impl FieldBuf {
-    fn is_empty(&self) -> bool {
-        self.len == 0 && self.spill.is_empty()
-    }
-
-    #[inline]
-    fn push(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        if self.spill.is_empty() && end <= self.inline.len() {
-            self.inline[self.len..end].copy_from_slice(bytes);
-            self.len = end;
-        } else {
-            if self.spill.is_empty() {
-                self.spill.extend_from_slice(&self.inline[..self.len]);
-            }
-            self.spill.extend_from_slice(bytes);
-        }
-    }
-
-    fn into_value(self) -> Option<HeaderValue> {
-        if self.spill.is_empty() {
-            HeaderValue::from_bytes(&self.inline[..self.len]).ok()
-        } else {
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(self.spill)).ok()
-        }
-    }
+fn push_item(field: &mut FieldList, rule: &Rule, remaining: u32, reset: u64) {
+    field.item(&rule.name, ("r", u64::from(remaining)), ("t", reset));
 }
 
 /// The rate-limit fields of one request, built as its rules are checked.
@@ -141,7 +78,7 @@ pub(crate) struct Report {
     /// The only item so far, as `(rule index, r, t)`: served from the rule's cache.
     single: Option<(usize, u32, u64)>,
     /// The items once there are several.
-    several: Option<FieldBuf>,
+    several: Option<FieldList>,
 }
 
 impl Report {
@@ -166,14 +103,11 @@ impl Report {
     /// Moves to the formatted list once a second rule reports.
     #[cold]
     fn spill(&mut self, rules: &[Rule], rule: &Rule, remaining: u32, reset: u64) {
-        let field = self.several.get_or_insert_with(FieldBuf::default);
+        let field = self.several.get_or_insert_with(FieldList::default);
         if let Some((index, first_remaining, first_reset)) = self.single.take() {
             if let Some(first) = rules.get(index) {
                 push_item(field, first, first_remaining, first_reset);
             }
-        }
-        if !field.is_empty() {
-            field.push(b", ");
         }
         push_item(field, rule, remaining, reset);
     }
@@ -184,7 +118,7 @@ impl Report {
         self,
         rules: &[Rule],
         policy: Option<(&HeaderValue, u64)>,
-    ) -> Option<Fields> {
+    ) -> Option<RateLimitFields> {
         if self.applied == 0 {
             return None;
         }
@@ -208,28 +142,5 @@ impl Report {
             None => self.several?.into_value()?,
         };
         Some((policy, ratelimit))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_fields_spill_to_the_heap_intact() {
-        let mut field = FieldBuf::default();
-        let item = "\"a-rather-long-rule-name\";r=100;t=60";
-        for _ in 0..5 {
-            field.push(item.as_bytes());
-        }
-        assert_eq!(field.into_value().unwrap(), item.repeat(5).as_str());
-    }
-
-    #[test]
-    fn reset_rounds_up() {
-        assert_eq!(reset_seconds(Duration::ZERO), 0);
-        assert_eq!(reset_seconds(Duration::from_millis(200)), 1);
-        assert_eq!(reset_seconds(Duration::from_millis(2000)), 2);
-        assert_eq!(reset_seconds(Duration::from_millis(2001)), 3);
     }
 }

@@ -5,11 +5,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
+use tollgate_core::ratelimit::{append_fields, RateLimitFields};
 use tollgate_core::{BodyMode, Rejection, RequestHead, WrapBody};
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::headers::{self, Report};
+use crate::headers::Report;
 use crate::store::{Check, Outcome, StoreError};
 use crate::{AllowedFields, MissingKey, Rule, StoreFailure};
 
@@ -87,9 +88,6 @@ where
     }
 }
 
-/// `(RateLimit-Policy, RateLimit)` of one response.
-pub(crate) type Fields = (Option<HeaderValue>, HeaderValue);
-
 /// What every clone of a layer and its services shares.
 pub(crate) struct Shared<St> {
     pub(crate) rules: Box<[Rule]>,
@@ -104,7 +102,7 @@ pub(crate) struct Shared<St> {
 /// What became of a request after some of its rules were checked.
 pub(crate) enum Step<F> {
     /// Every applicable rule allowed it (or only shadow rules refused).
-    Pass(Option<Fields>),
+    Pass(Option<RateLimitFields>),
     /// A rule refused it. Boxed so the allowed path does not move a refusal's worth of bytes.
     Reject(Box<Rejection>),
     /// The rule at `rule` is being decided by a future; `client` is kept for the log.
@@ -193,12 +191,8 @@ impl<St: ThrottleStore> Shared<St> {
                 report.push(&self.rules, rule, 0, reset);
                 let mut rejection = Rejection::clone(&rule.refusal).with_retry_after(retry_after);
                 let all = Some((&self.all_policies, self.enforced));
-                if let Some((policy, ratelimit)) = std::mem::take(report).finish(&self.rules, all) {
-                    let headers = rejection.headers_mut();
-                    if let Some(policy) = policy {
-                        headers.insert(headers::RATELIMIT_POLICY.clone(), policy);
-                    }
-                    headers.insert(headers::RATELIMIT.clone(), ratelimit);
+                if let Some(fields) = std::mem::take(report).finish(&self.rules, all) {
+                    append_fields(rejection.headers_mut(), fields);
                 }
                 Some(rejection)
             }

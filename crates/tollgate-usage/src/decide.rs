@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
 use http::{HeaderValue, Method, Request};
+use tollgate_core::ratelimit::{append_fields, reset_seconds, FieldList, RateLimitFields};
 use tollgate_core::{Clock, Key, Principal, Rejection, Stage};
 use tollgate_throttle::{
     AllowedFields, Check, Outcome, StoreError as ThrottleStoreError, StoreFailure, ThrottleStore,
@@ -20,10 +20,6 @@ use crate::quota::{QuotaStore, Take};
 use crate::secret::{key_id, KeyHash};
 use crate::{Day, QuotaPeriod, Window};
 
-pub(crate) static RATELIMIT_POLICY: http::HeaderName =
-    http::HeaderName::from_static("ratelimit-policy");
-pub(crate) static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
-
 /// The rest of a decision that waits for a store.
 pub(crate) type Pending = Pin<Box<dyn Future<Output = Result<Pass, Box<Rejection>>> + Send>>;
 
@@ -33,13 +29,10 @@ pub(crate) enum Decision {
     Wait(Pending),
 }
 
-/// `RateLimit-Policy` (unless left out) and `RateLimit`.
-pub(crate) type Fields = (Option<HeaderValue>, HeaderValue);
-
 /// An admitted request: its key, and the rate-limit fields for its response.
 pub(crate) struct Pass {
     key: Arc<ApiKey>,
-    pub(crate) fields: Option<Fields>,
+    pub(crate) fields: Option<RateLimitFields>,
 }
 
 impl Pass {
@@ -314,7 +307,7 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
         window: Option<Window>,
         result: Result<Take, StoreError>,
         mut report: Report,
-    ) -> Result<Option<Fields>, Box<Rejection>> {
+    ) -> Result<Option<RateLimitFields>, Box<Rejection>> {
         let limit = plan.plan.quota.map(|quota| quota.limit);
         match (result, limit.zip(window)) {
             (Ok(Take::Taken { used }), quota) => {
@@ -350,7 +343,7 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
 
     /// The fields an admitted response carries, as [`AllowedFields`] chooses.
     #[inline]
-    fn allowed_fields(&self, plan: &PlanState, report: &Report) -> Option<Fields> {
+    fn allowed_fields(&self, plan: &PlanState, report: &Report) -> Option<RateLimitFields> {
         match self.allowed_fields {
             AllowedFields::None => None,
             AllowedFields::RateLimit => self
@@ -364,8 +357,7 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
 
     fn attach(&self, headers: &mut http::HeaderMap, plan: &PlanState, report: &Report) {
         if let Some((policy, ratelimit)) = self.fields(plan, report) {
-            headers.insert(RATELIMIT_POLICY.clone(), policy);
-            headers.insert(RATELIMIT.clone(), ratelimit);
+            append_fields(headers, (Some(policy), ratelimit));
         }
     }
 
@@ -382,66 +374,16 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
             Some((rule, ..)) => self.policies.get(rule)?[slot].clone()?,
             None => plan.quota_policy[slot].clone()?,
         };
-        // Built on the stack from ready-made parts: one exact-size allocation per response.
-        let mut ratelimit = FieldBuf::default();
-        let mut number = itoa::Buffer::new();
+        let mut ratelimit = FieldList::default();
         if let Some((_, remaining, reset)) = report.throttle {
-            ratelimit.push(&plan.ratelimit_prefix);
-            ratelimit.push(number.format(remaining).as_bytes());
-            ratelimit.push(b";t=");
-            ratelimit.push(number.format(reset_seconds(reset)).as_bytes());
+            let (r, t) = (u64::from(remaining), reset_seconds(reset));
+            ratelimit.item(plan.plan.id(), ("r", r), ("t", t));
         }
         if let Some((_, window, remaining)) = report.quota {
-            ratelimit.push(if ratelimit.len == 0 {
-                b"\"quota\";r="
-            } else {
-                b", \"quota\";r="
-            });
-            ratelimit.push(number.format(remaining).as_bytes());
-            ratelimit.push(b";t=");
-            let reset = reset_seconds(window.remaining(report.now));
-            ratelimit.push(number.format(reset).as_bytes());
+            let t = reset_seconds(window.remaining(report.now));
+            ratelimit.item("quota", ("r", u64::from(remaining)), ("t", t));
         }
         Some((policy, ratelimit.into_value()?))
-    }
-}
-
-/// A field value built on the stack. Plan ids are at most 60 bytes, so a `RateLimit` value
-/// of two items with four numbers fits; a longer one is dropped rather than cut.
-struct FieldBuf {
-    bytes: [u8; 256],
-    len: usize,
-    overflow: bool,
-}
-
-impl Default for FieldBuf {
-    fn default() -> Self {
-        Self {
-            bytes: [0; 256],
-            len: 0,
-            overflow: false,
-        }
-    }
-}
-
-impl FieldBuf {
-    #[inline]
-    fn push(&mut self, part: &[u8]) {
-        match self.bytes.get_mut(self.len..self.len + part.len()) {
-            Some(room) => {
-                room.copy_from_slice(part);
-                self.len += part.len();
-            }
-            None => self.overflow = true,
-        }
-    }
-
-    #[inline]
-    fn into_value(self) -> Option<HeaderValue> {
-        if self.overflow || self.len == 0 {
-            return None;
-        }
-        HeaderValue::from_bytes(&self.bytes[..self.len]).ok()
     }
 }
 
@@ -465,22 +407,15 @@ pub(crate) fn policy_values(
     quota: Option<crate::Quota>,
 ) -> [Option<HeaderValue>; 4] {
     let value = |quota_length: Option<u64>| {
-        let mut field = BytesMut::new();
+        let mut field = FieldList::default();
         if let Some(rule) = throttle {
             let (q, w) = rule.rate().quota_window();
-            push_item(&mut field, plan, (b"q", q), (b"w", w));
+            field.item(plan, ("q", q), ("w", w));
         }
         if let (Some(quota), Some(w)) = (quota, quota_length) {
-            push_item(
-                &mut field,
-                "quota",
-                (b"q", u64::from(quota.limit)),
-                (b"w", w),
-            );
+            field.item("quota", ("q", u64::from(quota.limit)), ("w", w));
         }
-        (!field.is_empty())
-            .then(|| HeaderValue::from_maybe_shared(field.freeze()).ok())
-            .flatten()
+        field.into_value()
     };
     match quota.map(|quota| quota.period) {
         Some(QuotaPeriod::Month) => [28, 29, 30, 31].map(|days| value(Some(days * 86_400))),
@@ -490,33 +425,4 @@ pub(crate) fn policy_values(
         }
         None => [value(None), None, None, None],
     }
-}
-
-/// Appends `"name";a=1;b=2` to a structured-field list.
-#[inline]
-pub(crate) fn push_item(
-    field: &mut BytesMut,
-    name: &str,
-    (a, first): (&[u8], u64),
-    (b, second): (&[u8], u64),
-) {
-    if !field.is_empty() {
-        field.extend_from_slice(b", ");
-    }
-    let mut number = itoa::Buffer::new();
-    field.extend_from_slice(b"\"");
-    field.extend_from_slice(name.as_bytes());
-    field.extend_from_slice(b"\";");
-    field.extend_from_slice(a);
-    field.extend_from_slice(b"=");
-    field.extend_from_slice(number.format(first).as_bytes());
-    field.extend_from_slice(b";");
-    field.extend_from_slice(b);
-    field.extend_from_slice(b"=");
-    field.extend_from_slice(number.format(second).as_bytes());
-}
-
-/// Seconds until `reset`, rounded up.
-fn reset_seconds(reset: Duration) -> u64 {
-    reset.as_secs() + u64::from(reset.subsec_nanos() > 0)
 }

@@ -7,10 +7,11 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tollgate_core::ratelimit::{append_fields, RateLimitFields};
 use tollgate_core::{BodyMode, Rejection, WrapBody};
 use tower::Service;
 
-use crate::decide::{Fields, Pending, RATELIMIT, RATELIMIT_POLICY};
+use crate::decide::Pending;
 
 pin_project! {
     /// The response of a request through [`Usage`](crate::Usage): a refusal, or the inner
@@ -35,7 +36,7 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
-            fields: Option<Fields>,
+            fields: Option<RateLimitFields>,
         },
         Waiting {
             pending: Pending,
@@ -48,7 +49,7 @@ impl<S, ReqBody, M> ResponseFuture<S, ReqBody, M>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn inner(future: S::Future, fields: Option<Fields>) -> Self {
+    pub(crate) fn inner(future: S::Future, fields: Option<RateLimitFields>) -> Self {
         Self::from(State::Inner { future, fields })
     }
 
@@ -92,12 +93,8 @@ where
                 }
                 StateProj::Inner { future, fields } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some((policy, ratelimit)) = fields.take() {
-                        let headers = response.headers_mut();
-                        if let Some(policy) = policy {
-                            headers.append(RATELIMIT_POLICY.clone(), policy);
-                        }
-                        headers.append(RATELIMIT.clone(), ratelimit);
+                    if let Some(fields) = fields.take() {
+                        append_fields(response.headers_mut(), fields);
                     }
                     return Poll::Ready(Ok(M::pass(response)));
                 }

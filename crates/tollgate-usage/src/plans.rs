@@ -96,8 +96,6 @@ pub(crate) struct PlanState {
     pub(crate) quota_exceeded: Rejection,
     /// `RateLimit-Policy` when no throttle rule applies: the quota's alone.
     pub(crate) quota_policy: [Option<HeaderValue>; 4],
-    /// `"<plan id>";r=`: how the plan throttle's `RateLimit` item starts.
-    pub(crate) ratelimit_prefix: Box<[u8]>,
 }
 
 /// The refusals that do not depend on the plan, rendered once.
@@ -391,7 +389,6 @@ impl UsagePlansBuilder {
                     throttled,
                     quota_exceeded,
                     quota_policy,
-                    ratelimit_prefix: format!("\"{id}\";r=").into_bytes().into(),
                 },
             );
         }
