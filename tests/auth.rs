@@ -63,14 +63,14 @@ async fn route_layer_guards_its_routes_and_leaves_unknown_paths_404() {
     let client = Client::new();
 
     let me = client
-        .get_with(addr, "/me", &[("authorization", &bearer(&token("alice")))])
+        .get(addr, "/me", &[("authorization", &bearer(&token("alice")))])
         .await;
     assert_eq!((me.status.as_u16(), &me.body[..]), (200, &b"alice"[..]));
-    let refused = client.get(addr, "/me").await;
+    let refused = client.get(addr, "/me", &[]).await;
     assert_eq!(refused.status, 401);
     assert_eq!(refused.header("www-authenticate"), "Bearer");
-    assert_eq!(client.get(addr, "/public").await.status, 200);
-    assert_eq!(client.get(addr, "/missing").await.status, 404);
+    assert_eq!(client.get(addr, "/public", &[]).await.status, 200);
+    assert_eq!(client.get(addr, "/missing", &[]).await.status, 404);
 }
 
 #[tokio::test]
@@ -90,11 +90,11 @@ async fn a_plain_hyper_service_gets_the_principal() {
     let client = Client::new();
 
     let reply = client
-        .get_with(addr, "/", &[("authorization", &bearer(&token("bob")))])
+        .get(addr, "/", &[("authorization", &bearer(&token("bob")))])
         .await;
     assert_eq!((reply.status.as_u16(), &reply.body[..]), (200, &b"bob"[..]));
     let reply = client
-        .get_with(addr, "/", &[("authorization", "Bearer x.y.z")])
+        .get(addr, "/", &[("authorization", "Bearer x.y.z")])
         .await;
     assert_eq!(reply.status, 401);
     assert_eq!(reply.json()["type"], "urn:tollgate:problem:unauthorized");
@@ -122,19 +122,19 @@ async fn a_throttle_behind_the_authorizer_counts_each_subject_apart() {
 
     for _ in 0..2 {
         let reply = client
-            .get_with(addr, "/orders", &[("authorization", &alice)])
+            .get(addr, "/orders", &[("authorization", &alice)])
             .await;
         assert_eq!(reply.status, 200);
     }
     let limited = client
-        .get_with(addr, "/orders", &[("authorization", &alice)])
+        .get(addr, "/orders", &[("authorization", &alice)])
         .await;
     assert_eq!(limited.status, 429);
     // Another subject has its own allowance.
     let reply = client
-        .get_with(addr, "/orders", &[("authorization", &carol)])
+        .get(addr, "/orders", &[("authorization", &carol)])
         .await;
     assert_eq!(reply.status, 200);
     // Refused by the authorizer, a request never reaches the throttle.
-    assert_eq!(client.get(addr, "/orders").await.status, 401);
+    assert_eq!(client.get(addr, "/orders", &[]).await.status, 401);
 }

@@ -52,7 +52,7 @@ async fn burst_then_429_with_retry_after_and_ratelimit_fields_then_refill() {
     let client = Client::new();
 
     for remaining in (0..5).rev() {
-        let reply = client.get(addr, "/hello").await;
+        let reply = client.get(addr, "/hello", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body, "hello");
         // The policy is the same on every response; allowed ones carry only RateLimit.
@@ -67,7 +67,7 @@ async fn burst_then_429_with_retry_after_and_ratelimit_fields_then_refill() {
         );
     }
 
-    let refused = client.get(addr, "/hello").await;
+    let refused = client.get(addr, "/hello", &[]).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("retry-after"), "1");
     assert_eq!(
@@ -83,13 +83,13 @@ async fn burst_then_429_with_retry_after_and_ratelimit_fields_then_refill() {
 
     // One interval (200 ms) brings back one request, a full period the whole burst.
     clock.advance(Duration::from_millis(200));
-    assert_eq!(client.get(addr, "/hello").await.status, StatusCode::OK);
+    assert_eq!(client.get(addr, "/hello", &[]).await.status, StatusCode::OK);
     assert_eq!(
-        client.get(addr, "/hello").await.status,
+        client.get(addr, "/hello", &[]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     clock.advance(Duration::from_secs(1));
-    let refilled = client.get(addr, "/hello").await;
+    let refilled = client.get(addr, "/hello", &[]).await;
     assert_eq!(refilled.status, StatusCode::OK);
     assert_eq!(refilled.header("ratelimit"), r#""per-client";r=4;t=1"#);
 }
@@ -107,7 +107,7 @@ async fn fifty_concurrent_connections_against_burst_5_admit_exactly_5() {
                 // A client of its own: its own connection, its own clone of the service.
                 let client = Client::new();
                 barrier.wait().await;
-                client.get(addr, "/hello").await.status
+                client.get(addr, "/hello", &[]).await.status
             })
         })
         .collect();
@@ -130,14 +130,14 @@ async fn clients_are_isolated_by_ip() {
     let alice = Client::from_ip("127.0.0.2");
     let bob = Client::from_ip("127.0.0.3");
 
-    assert_eq!(alice.get(addr, "/hello").await.status, StatusCode::OK);
-    assert_eq!(alice.get(addr, "/hello").await.status, StatusCode::OK);
+    assert_eq!(alice.get(addr, "/hello", &[]).await.status, StatusCode::OK);
+    assert_eq!(alice.get(addr, "/hello", &[]).await.status, StatusCode::OK);
     assert_eq!(
-        alice.get(addr, "/hello").await.status,
+        alice.get(addr, "/hello", &[]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    assert_eq!(bob.get(addr, "/hello").await.status, StatusCode::OK);
-    assert_eq!(bob.get(addr, "/hello").await.status, StatusCode::OK);
+    assert_eq!(bob.get(addr, "/hello", &[]).await.status, StatusCode::OK);
+    assert_eq!(bob.get(addr, "/hello", &[]).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -149,18 +149,18 @@ async fn trusted_proxy_chain_is_honoured() {
     // The load balancer (127.0.0.1) got it from 10.1.1.1, which got it from the client.
     let chain = [("x-forwarded-for", "198.51.100.99, 203.0.113.5, 10.1.1.1")];
     assert_eq!(
-        proxy.get_with(addr, "/hello", &chain).await.status,
+        proxy.get(addr, "/hello", &chain).await.status,
         StatusCode::OK
     );
     let again = [("x-forwarded-for", "203.0.113.5, 10.1.1.1")];
     assert_eq!(
-        proxy.get_with(addr, "/hello", &again).await.status,
+        proxy.get(addr, "/hello", &again).await.status,
         StatusCode::TOO_MANY_REQUESTS,
         "the same client behind the same proxies must share one budget"
     );
     let other = [("x-forwarded-for", "203.0.113.6, 10.1.1.1")];
     assert_eq!(
-        proxy.get_with(addr, "/hello", &other).await.status,
+        proxy.get(addr, "/hello", &other).await.status,
         StatusCode::OK
     );
 }
@@ -181,7 +181,7 @@ async fn spoofed_x_forwarded_for_from_untrusted_peer_is_ignored() {
     {
         let spoof = format!("198.51.100.{i}");
         let reply = attacker
-            .get_with(addr, "/hello", &[("x-forwarded-for", &spoof)])
+            .get(addr, "/hello", &[("x-forwarded-for", &spoof)])
             .await;
         assert_eq!(reply.status, expected, "request {i}");
     }
@@ -196,7 +196,7 @@ async fn one_client_hammering_does_not_exhaust_the_global_budget() {
     let abuser = Client::from_ip("127.0.0.2");
     let mut admitted = 0;
     for _ in 0..50 {
-        let reply = abuser.get(addr, "/hello").await;
+        let reply = abuser.get(addr, "/hello", &[]).await;
         if reply.status == StatusCode::OK {
             admitted += 1;
         } else {
@@ -210,7 +210,7 @@ async fn one_client_hammering_does_not_exhaust_the_global_budget() {
 
     // The global budget of 4 lost only the abuser's one admitted request.
     for (ip, global_left) in [("127.0.0.3", 2), ("127.0.0.4", 1), ("127.0.0.5", 0)] {
-        let reply = Client::from_ip(ip).get(addr, "/hello").await;
+        let reply = Client::from_ip(ip).get(addr, "/hello", &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{ip}");
         assert_eq!(
             reply.header("ratelimit"),
@@ -220,7 +220,7 @@ async fn one_client_hammering_does_not_exhaust_the_global_budget() {
             )
         );
     }
-    let late = Client::from_ip("127.0.0.6").get(addr, "/hello").await;
+    let late = Client::from_ip("127.0.0.6").get(addr, "/hello", &[]).await;
     assert_eq!(late.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         late.header("ratelimit-policy"),
@@ -248,18 +248,18 @@ async fn allowed_responses_can_carry_the_policy_too_or_no_fields() {
     let client = Client::new();
 
     let addr = serve_axum(hello_app(with_policy)).await;
-    let reply = client.get(addr, "/hello").await;
+    let reply = client.get(addr, "/hello", &[]).await;
     assert_eq!(reply.header("ratelimit-policy"), r#""per-client";q=5;w=1"#);
     assert_eq!(reply.header("ratelimit"), r#""per-client";r=4;t=1"#);
 
     let addr = serve_axum(hello_app(without)).await;
     for _ in 0..5 {
-        let reply = client.get(addr, "/hello").await;
+        let reply = client.get(addr, "/hello", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert!(reply.headers.get("ratelimit").is_none());
     }
     // Refusals carry both fields whatever the setting.
-    let refused = client.get(addr, "/hello").await;
+    let refused = client.get(addr, "/hello", &[]).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         refused.header("ratelimit-policy"),
@@ -282,11 +282,11 @@ async fn keeping_the_inner_body_changes_nothing_a_client_sees() {
     let addr = serve_axum(app).await;
     let client = Client::new();
 
-    let allowed = client.get(addr, "/hello").await;
+    let allowed = client.get(addr, "/hello", &[]).await;
     assert_eq!(allowed.status, StatusCode::OK);
     assert_eq!(allowed.body, "hello");
     assert_eq!(allowed.header("ratelimit"), r#""per-client";r=0;t=1"#);
-    let refused = client.get(addr, "/hello").await;
+    let refused = client.get(addr, "/hello", &[]).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("content-type"), "application/problem+json");
     assert_eq!(refused.header("retry-after"), "1");
@@ -307,19 +307,22 @@ async fn route_layer_throttles_only_its_routes() {
     let addr = serve_axum(app).await;
     let client = Client::new();
 
-    assert_eq!(client.get(addr, "/limited").await.status, StatusCode::OK);
     assert_eq!(
-        client.get(addr, "/limited").await.status,
+        client.get(addr, "/limited", &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get(addr, "/limited", &[]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     for _ in 0..3 {
-        let reply = client.get(addr, "/free").await;
+        let reply = client.get(addr, "/free", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert!(reply.headers.get("ratelimit").is_none());
     }
     // route_layer leaves unmatched paths alone: a 404, not a 429.
     assert_eq!(
-        client.get(addr, "/missing").await.status,
+        client.get(addr, "/missing", &[]).await.status,
         StatusCode::NOT_FOUND
     );
 }
@@ -339,13 +342,16 @@ async fn works_on_a_plain_hyper_service() {
     let addr = serve_hyper(service).await;
     let client = Client::new();
 
-    let reply = client.get(addr, "/anything").await;
+    let reply = client.get(addr, "/anything", &[]).await;
     assert_eq!(
         (reply.status, &reply.body[..]),
         (StatusCode::OK, &b"plain"[..])
     );
-    assert_eq!(client.get(addr, "/anything").await.status, StatusCode::OK);
-    let refused = client.get(addr, "/anything").await;
+    assert_eq!(
+        client.get(addr, "/anything", &[]).await.status,
+        StatusCode::OK
+    );
+    let refused = client.get(addr, "/anything", &[]).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("retry-after"), "30");
 }
@@ -363,12 +369,15 @@ async fn route_scoped_rule_leaves_other_routes_alone() {
     let addr = serve_axum(app).await;
     let client = Client::new();
 
-    assert_eq!(client.get(addr, "/search?q=a").await.status, StatusCode::OK);
     assert_eq!(
-        client.get(addr, "/search?q=b").await.status,
+        client.get(addr, "/search?q=a", &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get(addr, "/search?q=b", &[]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    let hello = client.get(addr, "/hello").await;
+    let hello = client.get(addr, "/hello", &[]).await;
     assert_eq!(hello.status, StatusCode::OK);
     assert!(hello.headers.get("ratelimit").is_none());
 }
@@ -387,14 +396,17 @@ async fn a_refused_route_request_does_not_spend_the_global_budget() {
     let addr = serve_axum(app).await;
     let client = Client::new();
 
-    assert_eq!(client.get(addr, "/search").await.status, StatusCode::OK);
+    assert_eq!(
+        client.get(addr, "/search", &[]).await.status,
+        StatusCode::OK
+    );
     for _ in 0..5 {
-        let refused = client.get(addr, "/search").await;
+        let refused = client.get(addr, "/search", &[]).await;
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.json()["detail"], r#"rate limit "search" exceeded"#);
     }
     // The global budget of 2 lost only the one admitted search.
-    let hello = client.get(addr, "/hello").await;
+    let hello = client.get(addr, "/hello", &[]).await;
     assert_eq!(hello.status, StatusCode::OK);
     assert_eq!(hello.header("ratelimit"), r#""global";r=0;t=60"#);
 }
@@ -417,12 +429,12 @@ async fn stacked_throttles_report_both_rules_and_the_inner_refusal_stays_true() 
     let addr = serve_axum(app).await;
     let client = Client::new();
 
-    let allowed = client.get(addr, "/hello").await;
+    let allowed = client.get(addr, "/hello", &[]).await;
     assert_eq!(allowed.status, StatusCode::OK);
     let items: Vec<_> = allowed.headers.get_all("ratelimit").iter().collect();
     assert_eq!(items, [r#""per-client";r=0;t=60"#, r#""coarse";r=99;t=1"#]);
 
-    let refused = client.get(addr, "/hello").await;
+    let refused = client.get(addr, "/hello", &[]).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     let items: Vec<_> = refused.headers.get_all("ratelimit").iter().collect();
     assert_eq!(items, [r#""per-client";r=0;t=60"#, r#""coarse";r=98;t=2"#]);
@@ -442,13 +454,13 @@ async fn missing_key_header_is_a_clear_400_and_spends_nothing() {
     let addr = serve_axum(hello_app(layer([global, by_client], &clock))).await;
     let client = Client::new();
 
-    let refused = client.get(addr, "/hello").await;
+    let refused = client.get(addr, "/hello", &[]).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     assert_eq!(refused.header("content-type"), "application/problem+json");
     assert_eq!(refused.json()["detail"], "expected a x-client-id header");
     // The refused request took nothing from the global budget of one.
     let reply = client
-        .get_with(addr, "/hello", &[("x-client-id", "tenant-1")])
+        .get(addr, "/hello", &[("x-client-id", "tenant-1")])
         .await;
     assert_eq!(reply.status, StatusCode::OK);
 }
@@ -504,7 +516,7 @@ async fn shadow_rule_lets_everything_through_and_counts() {
     let client = Client::new();
 
     for remaining in (10..20).rev() {
-        let reply = client.get(addr, "/hello").await;
+        let reply = client.get(addr, "/hello", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
         // A shadow rule is invisible to clients; the enforced one still reports.
         assert_eq!(

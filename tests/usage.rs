@@ -82,7 +82,7 @@ async fn an_authorizer_chooses_the_key_the_caller_spends() {
     let client = Client::new();
 
     let alice = client
-        .get_with(addr, "/whoami", &[("authorization", "Bearer tenant-a")])
+        .get(addr, "/whoami", &[("authorization", "Bearer tenant-a")])
         .await;
     assert_eq!(alice.status, 200);
     assert_eq!(
@@ -96,14 +96,14 @@ async fn an_authorizer_chooses_the_key_the_caller_spends() {
 
     // Bob's authorizer decision names no key: the usage layer refuses as for a missing key.
     let bob = client
-        .get_with(addr, "/whoami", &[("authorization", "Bearer tenant-b")])
+        .get(addr, "/whoami", &[("authorization", "Bearer tenant-b")])
         .await;
     assert_eq!(bob.status, 401);
     assert_eq!(bob.header("www-authenticate"), "ApiKey");
 
     // A key sent by the caller is not read: only the authorizer's choice counts.
     let sent = client
-        .get_with(
+        .get(
             addr,
             "/whoami",
             &[
@@ -116,11 +116,11 @@ async fn an_authorizer_chooses_the_key_the_caller_spends() {
 
     // Alice's second request spends the quota of 2; the third is refused.
     let second = client
-        .get_with(addr, "/whoami", &[("authorization", "Bearer tenant-a")])
+        .get(addr, "/whoami", &[("authorization", "Bearer tenant-a")])
         .await;
     assert_eq!(second.status, 200);
     let third = client
-        .get_with(addr, "/whoami", &[("authorization", "Bearer tenant-a")])
+        .get(addr, "/whoami", &[("authorization", "Bearer tenant-a")])
         .await;
     assert_eq!(third.status, 429);
     assert_eq!(third.json()["type"], "urn:tollgate:problem:quota-exceeded");
@@ -156,7 +156,7 @@ async fn jwt_then_api_key_gives_the_handler_both_the_user_and_the_key() {
     let bearer = format!("Bearer {token}");
 
     let both = client
-        .get_with(
+        .get(
             addr,
             "/whoami",
             &[("authorization", &bearer), ("x-api-key", secret.expose())],
@@ -170,7 +170,7 @@ async fn jwt_then_api_key_gives_the_handler_both_the_user_and_the_key() {
 
     // The authorizer runs first: no token, no quota spent.
     let no_token = client
-        .get_with(addr, "/whoami", &[("x-api-key", secret.expose())])
+        .get(addr, "/whoami", &[("x-api-key", secret.expose())])
         .await;
     assert_eq!(no_token.status, 401);
     assert_eq!(no_token.header("www-authenticate"), "Bearer");

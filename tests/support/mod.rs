@@ -1,16 +1,17 @@
 //! Loopback servers and a real HTTP client for whole-stack tests.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+mod client;
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use client::{Client, Reply};
+
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tollgate::PeerAddr;
 
@@ -58,73 +59,4 @@ where
         }
     });
     addr
-}
-
-/// What a client sees.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-            .to_str()
-            .unwrap()
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-/// A real HTTP/1.1 client, optionally connecting from a chosen loopback address so tests can
-/// play several clients (Linux routes all of 127.0.0.0/8 to loopback).
-#[derive(Clone)]
-pub struct Client {
-    inner: HyperClient<HttpConnector, Empty<Bytes>>,
-}
-
-impl Client {
-    pub fn new() -> Self {
-        Self::with_connector(HttpConnector::new())
-    }
-
-    pub fn from_ip(ip: &str) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_local_address(Some(ip.parse::<IpAddr>().unwrap()));
-        Self::with_connector(connector)
-    }
-
-    fn with_connector(connector: HttpConnector) -> Self {
-        Self {
-            inner: HyperClient::builder(TokioExecutor::new()).build(connector),
-        }
-    }
-
-    pub async fn get(&self, addr: SocketAddr, path: &str) -> Reply {
-        self.get_with(addr, path, &[]).await
-    }
-
-    pub async fn get_with(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = Request::get(format!("http://{addr}{path}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = self
-            .inner
-            .request(request.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = response.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    }
 }
