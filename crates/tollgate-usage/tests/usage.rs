@@ -91,6 +91,17 @@ fn assert_unknown_key(reply: &Reply) {
 }
 
 /// The `r` of the `"quota"` item of a `RateLimit` field.
+/// Asserts the usage report of key `id` for `day` alone: `used` units, `remaining` left.
+async fn assert_day_usage(plans: &UsagePlans, id: &str, day: Day, used: u64, remaining: u64) {
+    let report = plans.usage(id, day, day).await.unwrap();
+    let expected = DailyUsage {
+        day,
+        used,
+        remaining: Some(remaining),
+    };
+    assert_eq!(report.days, [expected]);
+}
+
 fn quota_left(reply: &Reply) -> u64 {
     let field = reply.header("ratelimit");
     let item = field
@@ -155,16 +166,14 @@ async fn quota_admits_exactly_its_limit_under_ten_thousand_concurrent_requests()
     // Each admitted request took its own unit: the units left are 999 down to 0, once each.
     let left: BTreeSet<u64> = left_after_admitted.into_iter().collect();
     assert_eq!(left, (0..1_000).collect());
-    let day = Day::from_ymd(2026, 11, 24).unwrap();
-    let report = plans.usage(key.id(), day, day).await.unwrap();
-    assert_eq!(
-        report.days,
-        [DailyUsage {
-            day,
-            used: 1_000,
-            remaining: Some(0)
-        }]
-    );
+    assert_day_usage(
+        &plans,
+        key.id(),
+        Day::from_ymd(2026, 11, 24).unwrap(),
+        1_000,
+        0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -206,16 +215,7 @@ async fn throttled_requests_take_no_quota() {
     assert_eq!(after.status, StatusCode::OK, "{after:?}");
     // Two admitted before and this one: the two throttled requests took nothing.
     assert_eq!(quota_left(&after), 2);
-    let day = Day::from_ymd(2026, 11, 24).unwrap();
-    let report = plans.usage(key.id(), day, day).await.unwrap();
-    assert_eq!(
-        report.days,
-        [DailyUsage {
-            day,
-            used: 3,
-            remaining: Some(2)
-        }]
-    );
+    assert_day_usage(&plans, key.id(), Day::from_ymd(2026, 11, 24).unwrap(), 3, 2).await;
 }
 
 #[tokio::test]
@@ -783,16 +783,7 @@ async fn malformed_and_wrong_keys_are_refused_without_spending_quota() {
         let reply = client.with_key(addr, "/widgets", presented).await;
         assert_unknown_key(&reply);
     }
-    let day = Day::from_ymd(2026, 11, 24).unwrap();
-    let report = plans.usage(key.id(), day, day).await.unwrap();
-    assert_eq!(
-        report.days,
-        [DailyUsage {
-            day,
-            used: 0,
-            remaining: Some(5)
-        }]
-    );
+    assert_day_usage(&plans, key.id(), Day::from_ymd(2026, 11, 24).unwrap(), 0, 5).await;
 
     let admitted = client.with_key(addr, "/widgets", secret.expose()).await;
     assert_eq!(admitted.status, StatusCode::OK, "{admitted:?}");
