@@ -15,6 +15,7 @@
 //! | `jwt` (default) | [`auth::jwt`] | the JWT authorizer: JWKS with rotation, OIDC discovery, a verified-token cache |
 //! | `usage` (default) | [`usage`] | API keys (hashed, rotated with a grace period) on usage plans: plan throttles, exact quotas, daily usage reports |
 //! | `admin` | [`usage::admin`] | an axum router for key administration, to mount behind the application's own auth |
+//! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
 //! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
 //!
@@ -69,3 +70,8 @@ pub use tollgate_auth as auth;
 #[cfg(feature = "usage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
 pub use tollgate_usage as usage;
+
+/// Response caching: HTTP's rules, per-principal keys, coalesced misses, stale serving, purges.
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub use tollgate_cache as cache;

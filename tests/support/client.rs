@@ -89,7 +89,20 @@ impl Client {
 
     /// A GET of `path` with `headers`.
     pub async fn get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = Request::get(format!("http://{addr}{path}"));
+        self.send("GET", addr, path, headers).await
+    }
+
+    /// A request with `method` (and no body) of `path` with `headers`.
+    pub async fn send(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
