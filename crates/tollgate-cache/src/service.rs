@@ -154,7 +154,8 @@ where
         } else {
             shared.store.get(key.as_bytes())
         };
-        let miss = Miss {
+        // Built only past a fresh hit: the owned key and policy handle cost on the hit path.
+        let miss = |key: &key::KeyBuf| Miss {
             key: key.to_key(),
             per_principal: key.per_principal,
             policy: policy.clone(),
@@ -163,23 +164,21 @@ where
         let found = match lookup {
             Lookup::Ready(found) => classify(found, request.headers(), now),
             Lookup::Pending(pending) => {
-                let context = self.context();
+                let miss = miss(&key);
+                let flow = self.flow();
                 return ResponseFuture::boxed(async move {
                     let found = classify(pending.await, request.headers(), now);
-                    context.resolve(request, miss, found, now).await
+                    flow.resolve(request, miss, found, now).await
                 });
             }
         };
-        match found {
-            Found::Fresh(stored) => {
-                shared.counters.hit.increment(1);
-                ResponseFuture::ready(serve(&stored, &request, now, HIT))
-            }
-            found => {
-                let context = self.context();
-                ResponseFuture::boxed(context.resolve(request, miss, found, now))
-            }
+        if let Found::Fresh(stored) = &found {
+            shared.counters.hit.increment(1);
+            return ResponseFuture::ready(serve(stored, &request, now, HIT));
         }
+        let miss = miss(&key);
+        let flow = self.flow();
+        ResponseFuture::boxed(flow.resolve(request, miss, found, now))
     }
 }
 
@@ -200,7 +199,7 @@ where
     }
 
     /// The request's async part; the ready inner service goes with it.
-    fn context(&mut self) -> Flow<S, St> {
+    fn flow(&mut self) -> Flow<S, St> {
         let ready = self.inner.clone();
         Flow {
             inner: std::mem::replace(&mut self.inner, ready),

@@ -163,6 +163,7 @@ struct Entry {
 pub struct MemoryStore {
     cache: moka::sync::Cache<CacheKey, Entry>,
     bytes: Arc<AtomicU64>,
+    gauge: metrics::Gauge,
     clock: tollgate_core::SharedClock,
 }
 
@@ -210,15 +211,19 @@ impl MemoryStore {
         let bytes = Arc::new(AtomicU64::new(0));
         let gauge = metrics::gauge!("tollgate_cache_bytes");
         let evicted = bytes.clone();
+        let listener_gauge = gauge.clone();
+        let by_size = metrics::counter!("tollgate_cache_evictions_total", "cause" => "size");
+        let by_expiry = metrics::counter!("tollgate_cache_evictions_total", "cause" => "expired");
         let listener = move |key: Arc<CacheKey>, entry: Entry, cause: RemovalCause| {
             let weight = u64::from(weigh(&key, &entry));
             let left = evicted
                 .fetch_sub(weight, Ordering::Relaxed)
                 .saturating_sub(weight);
-            gauge.set(left as f64);
-            if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                metrics::counter!("tollgate_cache_evictions_total", "cause" => cause_name(cause))
-                    .increment(1);
+            listener_gauge.set(left as f64);
+            match cause {
+                RemovalCause::Size => by_size.increment(1),
+                RemovalCause::Expired => by_expiry.increment(1),
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
             }
         };
         let cache = moka::sync::Cache::builder()
@@ -231,6 +236,7 @@ impl MemoryStore {
         Self {
             cache,
             bytes,
+            gauge,
             clock,
         }
     }
@@ -248,15 +254,6 @@ impl MemoryStore {
     /// Runs pending evictions and purges now, rather than on later requests.
     pub fn settle(&self) {
         self.cache.run_pending_tasks();
-    }
-}
-
-fn cause_name(cause: RemovalCause) -> &'static str {
-    match cause {
-        RemovalCause::Size => "size",
-        RemovalCause::Expired => "expired",
-        RemovalCause::Explicit => "purged",
-        RemovalCause::Replaced => "replaced",
     }
 }
 
@@ -293,7 +290,7 @@ impl CacheStore for MemoryStore {
         };
         let weight = u64::from(weigh(&key, &entry));
         let held = self.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
-        metrics::gauge!("tollgate_cache_bytes").set(held as f64);
+        self.gauge.set(held as f64);
         self.cache.insert(key, entry);
     }
 
