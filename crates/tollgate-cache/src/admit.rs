@@ -132,10 +132,7 @@ fn tags(headers: &HeaderMap, name: &HeaderName) -> Vec<Box<str>> {
     for value in headers.get_all(name) {
         let Ok(value) = value.to_str() else { continue };
         for tag in value.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
-            if !tag.is_empty()
-                && tags.len() < MAX_TAGS
-                && !tags.iter().any(|t| &**t == tag)
-            {
+            if !tag.is_empty() && tags.len() < MAX_TAGS && !tags.iter().any(|t| &**t == tag) {
                 tags.push(tag.into());
             }
         }

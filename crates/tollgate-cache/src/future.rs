@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{HeaderValue, Response};
@@ -9,6 +10,7 @@ use tollgate_core::Rejection;
 
 use crate::body::CacheBody;
 use crate::service::X_CACHE_STATUS;
+use crate::writes::Writes;
 
 type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 
@@ -27,7 +29,15 @@ pin_project! {
         Ready { response: Option<Response<CacheBody<B>>> },
         Inner { #[pin] future: F, label: Option<HeaderValue> },
         Boxed { future: Boxed<B, E> },
+        Written { #[pin] future: F, write: Option<Write> },
     }
+}
+
+/// An unsafe request on its way: when it succeeds, what it wrote is recorded.
+pub(crate) struct Write {
+    pub(crate) writes: Arc<Writes>,
+    pub(crate) path: Box<str>,
+    pub(crate) host: Option<Box<str>>,
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
@@ -46,6 +56,15 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(future: F, label: Option<HeaderValue>) -> Self {
         Self {
             kind: Kind::Inner { future, label },
+        }
+    }
+
+    pub(crate) fn written(future: F, write: Write) -> Self {
+        Self {
+            kind: Kind::Written {
+                future,
+                write: Some(write),
+            },
         }
     }
 
@@ -81,6 +100,15 @@ where
                 Poll::Ready(Ok(response))
             }
             KindProj::Boxed { future } => future.as_mut().poll(cx),
+            KindProj::Written { future, write } => {
+                let response = ready!(future.poll(cx))?;
+                if let Some(write) = write.take() {
+                    write
+                        .writes
+                        .record(&write.path, write.host.as_deref(), &response);
+                }
+                Poll::Ready(Ok(response.map(CacheBody::inner)))
+            }
         }
     }
 }

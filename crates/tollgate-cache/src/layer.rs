@@ -11,6 +11,7 @@ use crate::flight::Flights;
 use crate::policy::{CachePolicy, CompiledPolicy};
 use crate::service::Cache;
 use crate::store::{CacheStore, MemoryStore, Purge, DEFAULT_MAX_BYTES};
+use crate::writes::Writes;
 
 /// The largest response stored, by default: 1 MiB (Amazon API Gateway's entry limit).
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 1024 * 1024;
@@ -79,6 +80,7 @@ pub(crate) struct Shared<St> {
     pub(crate) max_entry_bytes: usize,
     pub(crate) wait_timeout: Duration,
     pub(crate) counters: Counters,
+    pub(crate) writes: Arc<Writes>,
 }
 
 pub(crate) struct Counters {
@@ -317,13 +319,14 @@ impl CacheBuilder {
                 store,
                 default: self.default.compile(),
                 routes,
-                clock: self.clock,
+                clock: self.clock.clone(),
                 flights: Flights::default(),
                 credential_headers: self.credential_headers.into_boxed_slice(),
                 tag_header: self.tag_header,
                 max_entry_bytes: self.max_entry_bytes,
                 wait_timeout: self.wait_timeout,
                 counters: Counters::new(),
+                writes: Arc::new(Writes::new(self.clock.clone())),
             }),
         })
     }

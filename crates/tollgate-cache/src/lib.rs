@@ -2,7 +2,9 @@
 //! coalesced misses, stale serving and invalidation.
 //!
 //! A [`CacheLayer`] answers GET and HEAD requests from stored responses; other methods pass
-//! through untouched. A miss goes to the inner service, and its response is stored if RFC 9111
+//! through untouched, except that a successful POST, PUT, PATCH or DELETE invalidates what is
+//! stored for its path (and for the paths its `Location` and `Content-Location` name on the
+//! same host), as RFC 9111 §4.4 asks. A miss goes to the inner service, and its response is stored if RFC 9111
 //! lets a shared cache store it and the route's [`CachePolicy`] agrees:
 //!
 //! - `no-store`, `no-cache`, `Vary: *` and (unless the route opts in) `Set-Cookie` responses
@@ -87,6 +89,7 @@ mod policy;
 mod semantics;
 mod service;
 mod store;
+mod writes;
 
 pub use body::CacheBody;
 pub use config::{CacheConfig, PolicyConfig, QueryConfig, QueryMode};

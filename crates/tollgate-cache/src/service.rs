@@ -18,11 +18,13 @@ use crate::admit::admit;
 use crate::body::{read, CacheBody, Read};
 use crate::flight::{landing, Join, Landing, Leader};
 use crate::future::ResponseFuture;
+use crate::future::Write;
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
 use crate::policy::{ClientRefresh, CompiledPolicy};
 use crate::semantics::{not_modified, CacheControl};
 use crate::store::{CacheStore, CachedResponse, Lookup, MemoryStore, Variants};
+use crate::writes::{request_host, Writes};
 
 /// The header that says what the cache did with a request.
 pub const X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
@@ -68,11 +70,19 @@ enum Found {
     Miss,
 }
 
-fn classify(found: Option<Variants>, request: &HeaderMap, now: SystemTime) -> Found {
+fn classify(
+    found: Option<Variants>,
+    request: &HeaderMap,
+    path: &str,
+    writes: &Writes,
+    now: SystemTime,
+) -> Found {
     let Some(variant) = found.and_then(|v| v.iter().find(|v| v.matches(request)).cloned()) else {
         return Found::Miss;
     };
-    if now < variant.fresh_until {
+    if writes.since(path, variant.stored_at) {
+        Found::Miss
+    } else if now < variant.fresh_until {
         Found::Fresh(variant)
     } else if now < variant.stale_while_revalidate_until {
         Found::Revalidate(variant)
@@ -105,6 +115,14 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
+            if Writes::is_unsafe(method) {
+                let write = Write {
+                    writes: self.shared.writes.clone(),
+                    path: request.uri().path().into(),
+                    host: request_host(request.uri(), request.headers()),
+                };
+                return ResponseFuture::written(self.inner.call(request), write);
+            }
             return ResponseFuture::inner(self.inner.call(request), None);
         }
         let shared = &*self.shared;
@@ -162,12 +180,24 @@ where
             label: if refresh { REFRESH } else { MISS },
         };
         let found = match lookup {
-            Lookup::Ready(found) => classify(found, request.headers(), now),
+            Lookup::Ready(found) => classify(
+                found,
+                request.headers(),
+                request.uri().path(),
+                &shared.writes,
+                now,
+            ),
             Lookup::Pending(pending) => {
                 let miss = miss(&key);
                 let flow = self.flow();
                 return ResponseFuture::boxed(async move {
-                    let found = classify(pending.await, request.headers(), now);
+                    let found = classify(
+                        pending.await,
+                        request.headers(),
+                        request.uri().path(),
+                        &flow.shared.writes,
+                        now,
+                    );
                     flow.resolve(request, miss, found, now).await
                 });
             }
