@@ -5,7 +5,6 @@ use http::header::{CONTENT_LENGTH, SET_COOKIE};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
-use crate::key;
 use crate::policy::CompiledPolicy;
 use crate::semantics::{age_at, explicit_lifetime, remove_hop_by_hop, CacheControl, Vary};
 use crate::store::CachedResponse;
@@ -114,7 +113,11 @@ impl Admitted {
             headers,
             body,
             vary,
-            resource: key::resource(uri.path(), uri.query()),
+            // Normalized only when a purge compares it: purges are rare, stores are not.
+            resource: uri
+                .path_and_query()
+                .map_or_else(|| uri.path(), |pq| pq.as_str())
+                .into(),
             tags: tags.into_boxed_slice(),
             stored_at: now,
             initial_age: self.initial_age,

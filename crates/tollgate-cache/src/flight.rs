@@ -1,8 +1,9 @@
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::key::CacheKey;
 use crate::store::CachedResponse;
@@ -19,12 +20,43 @@ pub(crate) enum Landing {
     Aborted,
 }
 
+/// One upstream request that others wait on.
+#[derive(Debug)]
+pub(crate) struct Flight {
+    landing: Mutex<Landing>,
+    landed: Notify,
+}
+
+impl Flight {
+    fn landing(&self) -> Landing {
+        self.landing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets how the flight ended, once, and wakes the waiters.
+    fn end(&self, how: Landing) {
+        {
+            let mut landing = self.landing.lock().unwrap_or_else(PoisonError::into_inner);
+            if !matches!(*landing, Landing::Flying) {
+                return;
+            }
+            *landing = how;
+        }
+        self.landed.notify_waiters();
+    }
+}
+
 /// Upstream requests in flight, by key, so concurrent misses on one key send one request.
 ///
 /// The map is private to the layer and holds an entry only while a request is in flight.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Flights {
-    map: Arc<DashMap<CacheKey, watch::Receiver<Landing>, foldhash::fast::RandomState>>,
+    map: Arc<DashMap<CacheKey, Arc<Flight>, foldhash::fast::RandomState>>,
+    /// Counts landings, so a request can tell whether any flight stored a response since it
+    /// looked.
+    landings: Arc<AtomicU64>,
 }
 
 /// A request's place in a flight.
@@ -32,20 +64,28 @@ pub(crate) enum Join {
     /// This request goes upstream; the guard tells the waiters how it ended.
     Lead(Leader),
     /// Another request is upstream; wait for it.
-    Wait(watch::Receiver<Landing>),
+    Wait(Arc<Flight>),
 }
 
 impl Flights {
+    /// The number of landings so far.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.landings.load(Ordering::Acquire)
+    }
+
     pub(crate) fn join(&self, key: &CacheKey) -> Join {
         match self.map.entry(key.clone()) {
             Entry::Occupied(flight) => Join::Wait(flight.get().clone()),
             Entry::Vacant(slot) => {
-                let (sender, receiver) = watch::channel(Landing::Flying);
-                slot.insert(receiver);
+                let flight = Arc::new(Flight {
+                    landing: Mutex::new(Landing::Flying),
+                    landed: Notify::new(),
+                });
+                slot.insert(flight.clone());
                 Join::Lead(Leader {
                     flights: self.clone(),
                     key: key.clone(),
-                    sender,
+                    flight,
                 })
             }
         }
@@ -71,40 +111,38 @@ impl Flights {
 pub(crate) struct Leader {
     flights: Flights,
     key: CacheKey,
-    sender: watch::Sender<Landing>,
+    flight: Arc<Flight>,
 }
 
 impl Leader {
     /// Hands the stored response to the waiters.
     pub(crate) fn land(self, stored: Arc<CachedResponse>) {
-        self.sender.send_replace(Landing::Stored(stored));
+        // After the store has the response: a request that sees the new epoch finds it there.
+        self.flights.landings.fetch_add(1, Ordering::Release);
+        self.flight.end(Landing::Stored(stored));
     }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
         // Out of the map first: a request arriving now finds the stored response, or leads.
-        self.flights.map.remove_if(&self.key, |_, receiver| {
-            receiver.same_channel(&self.sender.subscribe())
-        });
-        self.sender.send_if_modified(|landing| {
-            let flying = matches!(landing, Landing::Flying);
-            if flying {
-                *landing = Landing::Aborted;
-            }
-            flying
-        });
+        self.flights
+            .map
+            .remove_if(&self.key, |_, flight| Arc::ptr_eq(flight, &self.flight));
+        self.flight.end(Landing::Aborted);
     }
 }
 
-/// Waits for a flight to land; a leader that vanished counts as aborted.
-pub(crate) async fn landing(mut receiver: watch::Receiver<Landing>) -> Landing {
-    match receiver
-        .wait_for(|landing| !matches!(landing, Landing::Flying))
-        .await
-    {
-        Ok(landing) => landing.clone(),
-        Err(_) => Landing::Aborted,
+/// Waits for a flight to land.
+pub(crate) async fn landing(flight: Arc<Flight>) -> Landing {
+    loop {
+        // Registered before the check, so a landing between the two still wakes this waiter.
+        let landed = flight.landed.notified();
+        let landing = flight.landing();
+        if !matches!(landing, Landing::Flying) {
+            return landing;
+        }
+        landed.await;
     }
 }
 

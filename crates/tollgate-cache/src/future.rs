@@ -12,7 +12,8 @@ use crate::body::CacheBody;
 use crate::service::X_CACHE_STATUS;
 use crate::writes::Writes;
 
-type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+pub(crate) type Boxed<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 
 pin_project! {
     /// The response future of the [`Cache`](crate::Cache) service: a hit or refusal answered
@@ -65,6 +66,12 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
                 future,
                 write: Some(write),
             },
+        }
+    }
+
+    pub(crate) fn from_box(future: Boxed<B, E>) -> Self {
+        Self {
+            kind: Kind::Boxed { future },
         }
     }
 

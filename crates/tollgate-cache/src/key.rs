@@ -1,6 +1,7 @@
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderName, Uri};
 use sha2::{Digest, Sha256};
@@ -13,30 +14,47 @@ use crate::policy::{CompiledPolicy, QueryRule, Sharing};
 ///
 /// The values of the headers a stored response's `Vary` names are matched within the entry, so
 /// one key holds every variant of a resource for one caller.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(Arc<[u8]>);
+#[derive(Clone)]
+pub struct CacheKey {
+    // Hashed once, with a per-process random seed: the tables that hold keys then rehash a
+    // u64, not the key's bytes, when they grow or clean up.
+    hash: u64,
+    bytes: Arc<[u8]>,
+}
 
 impl CacheKey {
     /// The key's bytes: a stable, unambiguous encoding, for stores that keep entries elsewhere.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
     /// A key from bytes that [`as_bytes`](Self::as_bytes) returned.
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        Self(bytes.into())
+        static SEED: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+        Self {
+            hash: SEED.get_or_init(Default::default).hash_one(bytes),
+            bytes: bytes.into(),
+        }
     }
 }
 
-impl Borrow<[u8]> for CacheKey {
-    fn borrow(&self) -> &[u8] {
-        &self.0
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheKey({:?})", String::from_utf8_lossy(&self.0))
+        write!(f, "CacheKey({:?})", String::from_utf8_lossy(&self.bytes))
     }
 }
 
@@ -48,10 +66,6 @@ pub(crate) struct KeyBuf {
 }
 
 impl KeyBuf {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     pub(crate) fn to_key(&self) -> CacheKey {
         CacheKey::from_bytes(&self.bytes)
     }

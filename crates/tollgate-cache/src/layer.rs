@@ -299,7 +299,7 @@ impl CacheBuilder {
         if self.max_bytes == 0 {
             return Err(CacheError::ZeroBytes("max_bytes"));
         }
-        let store = MemoryStore::new(self.max_bytes, self.clock.clone());
+        let store = MemoryStore::new(self.max_bytes);
         self.build_with(store)
     }
 

@@ -205,6 +205,10 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
 /// Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate,
 /// Proxy-Authorization, plus every name listed in the response's Connection header.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most responses carry none: a scan of their few names is cheaper than nine removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Connection stays in the map until the end so its line indices stay valid; each line is
     // cloned (a reference-count bump) only so the map can be mutated while its tokens are read.
     let mut index = 0;

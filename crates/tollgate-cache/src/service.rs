@@ -17,8 +17,8 @@ use tower::Service;
 use crate::admit::admit;
 use crate::body::{read, CacheBody, Read};
 use crate::flight::{landing, Join, Landing, Leader};
-use crate::future::ResponseFuture;
 use crate::future::Write;
+use crate::future::{Boxed, ResponseFuture};
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
 use crate::policy::{ClientRefresh, CompiledPolicy};
@@ -159,25 +159,30 @@ where
                 }
             }
         }
-        let key = key::build(
+        let built = key::build(
             request.uri(),
             request.headers(),
             request.extensions(),
             policy,
             &shared.credential_headers,
         );
+        let key = built.to_key();
         let now = shared.clock.system_time();
+        // Read before the lookup: a flight that lands after it moves the epoch on.
+        let epoch = shared.flights.epoch();
         let lookup = if refresh {
             Lookup::Ready(None)
         } else {
-            shared.store.get(key.as_bytes())
+            shared.store.get(&key)
         };
-        // Built only past a fresh hit: the owned key and policy handle cost on the hit path.
-        let miss = |key: &key::KeyBuf| Miss {
-            key: key.to_key(),
-            per_principal: key.per_principal,
+        // Built only past a fresh hit: the policy handle costs on the hit path.
+        let miss = |key: CacheKey| Miss {
+            key,
+            per_principal: built.per_principal,
             policy: policy.clone(),
             label: if refresh { REFRESH } else { MISS },
+            // A client's refresh goes upstream whatever another request just stored.
+            recheck_after: (!refresh).then_some(epoch),
         };
         let found = match lookup {
             Lookup::Ready(found) => classify(
@@ -188,7 +193,7 @@ where
                 now,
             ),
             Lookup::Pending(pending) => {
-                let miss = miss(&key);
+                let miss = miss(key);
                 let flow = self.flow();
                 return ResponseFuture::boxed(async move {
                     let found = classify(
@@ -198,7 +203,10 @@ where
                         &flow.shared.writes,
                         now,
                     );
-                    flow.resolve(request, miss, found, now).await
+                    match flow.dispatch(request, miss, found, now) {
+                        Dispatch::Now(response) => Ok(response),
+                        Dispatch::Later(future) => future.await,
+                    }
                 });
             }
         };
@@ -206,9 +214,11 @@ where
             shared.counters.hit.increment(1);
             return ResponseFuture::ready(serve(stored, &request, now, HIT));
         }
-        let miss = miss(&key);
-        let flow = self.flow();
-        ResponseFuture::boxed(flow.resolve(request, miss, found, now))
+        let miss = miss(key);
+        match self.flow().dispatch(request, miss, found, now) {
+            Dispatch::Now(response) => ResponseFuture::ready(response),
+            Dispatch::Later(future) => ResponseFuture::from_box(future),
+        }
     }
 }
 
@@ -244,6 +254,9 @@ struct Miss {
     per_principal: bool,
     policy: Arc<CompiledPolicy>,
     label: HeaderValue,
+    /// The flights' epoch at the lookup, when a response stored since then may answer the
+    /// request: a leader looks again if a flight landed in between.
+    recheck_after: Option<u64>,
 }
 
 /// A request's way upstream: the inner service and the shared state.
@@ -252,16 +265,22 @@ struct Flow<S, St> {
     shared: Arc<Shared<St>>,
 }
 
+/// A response now, or once the upstream (or another request's flight) answers.
+enum Dispatch<B: Body, E> {
+    Now(Response<CacheBody<B>>),
+    Later(Boxed<B, E>),
+}
+
 impl<S, St> Flow<S, St> {
-    /// Serves what a lookup found that is not simply fresh: stale while refreshing, or a miss
-    /// that joins (or leads) the key's upstream request.
-    async fn resolve<ReqBody, ResBody>(
+    /// Serves what a lookup found: fresh, stale while refreshing, or a miss that leads or joins
+    /// the key's upstream request.
+    fn dispatch<ReqBody, ResBody>(
         self,
         request: Request<ReqBody>,
         miss: Miss,
         found: Found,
         now: SystemTime,
-    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    ) -> Dispatch<ResBody, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -275,30 +294,35 @@ impl<S, St> Flow<S, St> {
         let fallback = match found {
             Found::Fresh(stored) => {
                 counters.hit.increment(1);
-                return Ok(serve(&stored, &request, now, HIT));
+                return Dispatch::Now(serve(&stored, &request, now, HIT));
             }
             Found::Revalidate(stored) => {
                 counters.stale.increment(1);
                 let response = serve(&stored, &request, now, STALE);
                 self.refresh_in_background(request, miss);
-                return Ok(response);
+                return Dispatch::Now(response);
             }
             Found::Fallback(stored) => Some(stored),
             Found::Miss => None,
         };
+        // The fetch is boxed on its own, not inside a wrapper future: one allocation per miss,
+        // no larger than it must be.
         match self.shared.flights.join(&miss.key) {
-            Join::Lead(leader) => self.fetch(request, miss, Some(leader), fallback).await,
-            Join::Wait(flight) => {
-                let landed = tokio::time::timeout(self.shared.wait_timeout, landing(flight)).await;
+            Join::Lead(leader) => {
+                Dispatch::Later(Box::pin(self.fetch(request, miss, Some(leader), fallback)))
+            }
+            Join::Wait(flight) => Dispatch::Later(Box::pin(async move {
+                let wait = self.shared.wait_timeout;
+                let landed = tokio::time::timeout(wait, landing(flight)).await;
                 if let Ok(Landing::Stored(stored)) = landed {
                     if stored.matches(request.headers()) {
-                        counters.hit.increment(1);
+                        self.shared.counters.hit.increment(1);
                         let now = self.shared.clock.system_time();
                         return Ok(serve(&stored, &request, now, HIT));
                     }
                 }
                 self.fetch(request, miss, None, fallback).await
-            }
+            })),
         }
     }
 
@@ -346,6 +370,23 @@ impl<S, St> Flow<S, St> {
     {
         let shared = self.shared.clone();
         let counters = &shared.counters;
+        let moved_on = leader.is_some()
+            && miss
+                .recheck_after
+                .is_some_and(|epoch| shared.flights.epoch() != epoch);
+        if moved_on {
+            // A flight on this key may have landed between the lookup and the join; what it
+            // stored answers this request too.
+            let path = request.uri().path();
+            if let Some(stored) = stored_since(&shared, &miss.key, request.headers(), path).await {
+                if let Some(leader) = leader {
+                    leader.land(stored.clone());
+                }
+                counters.hit.increment(1);
+                let now = shared.clock.system_time();
+                return Ok(serve(&stored, &request, now, HIT));
+            }
+        }
         // A HEAD goes upstream as a GET, so its response can fill the entry GETs are served
         // from (nginx's proxy_cache_convert_head).
         let head = request.method() == Method::HEAD;
@@ -442,6 +483,25 @@ impl<S, St> Flow<S, St> {
                 Ok(Response::from_parts(parts, body))
             }
         }
+    }
+}
+
+/// A fresh variant for `request` in the store now, which a flight that landed after the
+/// request's lookup may have put there.
+async fn stored_since<St: CacheStore>(
+    shared: &Shared<St>,
+    key: &CacheKey,
+    request: &HeaderMap,
+    path: &str,
+) -> Option<Arc<CachedResponse>> {
+    let found = match shared.store.get(key) {
+        Lookup::Ready(found) => found,
+        Lookup::Pending(pending) => pending.await,
+    };
+    let now = shared.clock.system_time();
+    match classify(found, request, path, &shared.writes, now) {
+        Found::Fresh(stored) => Some(stored),
+        _ => None,
     }
 }
 

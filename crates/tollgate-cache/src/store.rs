@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use moka::notification::RemovalCause;
 use moka::Expiry;
-use tollgate_core::Clock;
 
 use crate::key::{resource_of, CacheKey};
 
@@ -26,7 +25,7 @@ pub struct CachedResponse {
     pub body: Bytes,
     /// The request headers the response's `Vary` names, with the request's values of each.
     pub vary: Box<[(HeaderName, Box<[HeaderValue]>)]>,
-    /// The resource (path and normalized query) the response is for, which purges match.
+    /// The resource (path and query, as requested) the response is for, which purges match.
     pub resource: Box<str>,
     /// Tags from the tag header, which purges by tag match.
     pub tags: Box<[Box<str>]>,
@@ -105,7 +104,7 @@ impl Purge {
     /// Whether the purge drops `response`.
     pub fn drops(&self, response: &CachedResponse) -> bool {
         match self {
-            Purge::Resource(resource) => *response.resource == **resource,
+            Purge::Resource(resource) => *resource_of(&response.resource) == **resource,
             Purge::Prefix(prefix) => response.resource.starts_with(&**prefix),
             Purge::Tag(tag) => response.tags.iter().any(|t| t == tag),
             Purge::All => true,
@@ -139,7 +138,7 @@ impl fmt::Debug for Lookup {
 /// requests.
 pub trait CacheStore: Send + Sync + 'static {
     /// The variants stored under `key`.
-    fn get(&self, key: &[u8]) -> Lookup;
+    fn get(&self, key: &CacheKey) -> Lookup;
 
     /// Stores `response` under `key`, replacing the variant with the same `Vary` values.
     fn put(&self, key: CacheKey, response: Arc<CachedResponse>);
@@ -155,16 +154,17 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 struct Entry {
     variants: Variants,
     keep_for: Duration,
+    // Weighed once: an evicted entry's responses are cold in memory by the time it leaves.
+    weight: u32,
 }
 
 /// Cached responses in memory (moka), bounded by total bytes; the least valuable entries are
 /// evicted first, and entries leave once no longer servable even stale.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: moka::sync::Cache<CacheKey, Entry>,
+    cache: moka::sync::Cache<CacheKey, Entry, foldhash::quality::RandomState>,
     bytes: Arc<AtomicU64>,
     gauge: metrics::Gauge,
-    clock: tollgate_core::SharedClock,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -199,23 +199,21 @@ impl Expiry<CacheKey, Entry> for KeepFor {
     }
 }
 
-fn weigh(key: &CacheKey, entry: &Entry) -> u32 {
-    let bytes: usize =
-        key.as_bytes().len() + entry.variants.iter().map(|v| v.weight()).sum::<usize>();
-    u32::try_from(bytes).unwrap_or(u32::MAX)
+fn weigh(_: &CacheKey, entry: &Entry) -> u32 {
+    entry.weight
 }
 
 impl MemoryStore {
     /// A store holding at most `max_bytes` of responses (headers and bodies, roughly weighed).
-    pub fn new(max_bytes: u64, clock: tollgate_core::SharedClock) -> Self {
+    pub fn new(max_bytes: u64) -> Self {
         let bytes = Arc::new(AtomicU64::new(0));
         let gauge = metrics::gauge!("tollgate_cache_bytes");
         let evicted = bytes.clone();
         let listener_gauge = gauge.clone();
         let by_size = metrics::counter!("tollgate_cache_evictions_total", "cause" => "size");
         let by_expiry = metrics::counter!("tollgate_cache_evictions_total", "cause" => "expired");
-        let listener = move |key: Arc<CacheKey>, entry: Entry, cause: RemovalCause| {
-            let weight = u64::from(weigh(&key, &entry));
+        let listener = move |_: Arc<CacheKey>, entry: Entry, cause: RemovalCause| {
+            let weight = u64::from(entry.weight);
             let left = evicted
                 .fetch_sub(weight, Ordering::Relaxed)
                 .saturating_sub(weight);
@@ -232,12 +230,13 @@ impl MemoryStore {
             .expire_after(KeepFor)
             .eviction_listener(listener)
             .support_invalidation_closures()
-            .build();
+            // Randomly seeded, so keys chosen to collide cannot be computed ahead; SipHash (the
+            // default) cost a third of a stored miss in moka's table.
+            .build_with_hasher(foldhash::quality::RandomState::default());
         Self {
             cache,
             bytes,
             gauge,
-            clock,
         }
     }
 
@@ -258,37 +257,49 @@ impl MemoryStore {
 }
 
 impl CacheStore for MemoryStore {
-    fn get(&self, key: &[u8]) -> Lookup {
+    fn get(&self, key: &CacheKey) -> Lookup {
         Lookup::Ready(self.cache.get(key).map(|entry| entry.variants))
     }
 
     fn put(&self, key: CacheKey, response: Arc<CachedResponse>) {
-        let now = self.clock.system_time();
-        let mut variants: Vec<Arc<CachedResponse>> = Vec::with_capacity(1);
-        // Two racing puts may each drop the other's new variant; the loser is fetched again.
-        if let Some(existing) = self.cache.get(&key) {
-            variants.extend(
-                existing
+        let now = response.stored_at;
+        // A response without Vary answers every request of its key, so it replaces the entry
+        // outright. Two racing puts with Vary may each drop the other's new variant; the
+        // loser is fetched again.
+        let existing = if response.vary.is_empty() {
+            None
+        } else {
+            self.cache.get(&key)
+        };
+        let variants: Variants = match existing {
+            None => Arc::new([response]),
+            Some(existing) => {
+                let mut variants: Vec<_> = existing
                     .variants
                     .iter()
                     .filter(|v| v.vary != response.vary && v.usable_until() > now)
-                    .cloned(),
-            );
-            if variants.len() >= MAX_VARIANTS {
-                variants.drain(..=variants.len() - MAX_VARIANTS);
+                    .cloned()
+                    .collect();
+                if variants.len() >= MAX_VARIANTS {
+                    variants.drain(..=variants.len() - MAX_VARIANTS);
+                }
+                variants.push(response);
+                variants.into()
             }
-        }
-        variants.push(response);
+        };
         let keep_for = variants
             .iter()
             .map(|v| v.usable_until().duration_since(now).unwrap_or_default())
             .max()
             .unwrap_or_default();
+        let weight = key.as_bytes().len() + variants.iter().map(|v| v.weight()).sum::<usize>();
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
         let entry = Entry {
-            variants: variants.into(),
+            variants,
             keep_for,
+            weight,
         };
-        let weight = u64::from(weigh(&key, &entry));
+        let weight = u64::from(weight);
         let held = self.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
         self.gauge.set(held as f64);
         self.cache.insert(key, entry);

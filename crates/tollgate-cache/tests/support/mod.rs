@@ -1,0 +1,184 @@
+//! Loopback serving (axum and plain hyper), a real HTTP client, upstreams that count their
+//! calls, and a stand-in authorizer, shared by the cache layer's test binaries.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+#[path = "../../../../tests/support/client.rs"]
+mod client;
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use client::{Client, Reply};
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::{from_fn, Next};
+use axum::response::Response;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tollgate_core::{ManualClock, Principal};
+use tower::{Service, ServiceExt};
+
+/// Serves `app` on `127.0.0.1:0`.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Serves a plain tower service (no axum) on `127.0.0.1:0` with hyper's HTTP/1 server.
+pub async fn serve_hyper<S, B>(service: S) -> SocketAddr
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request| service.clone().oneshot(request));
+                // A client closing its connection early is not the test's concern.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a GET of `path` and returns the response as soon as its head arrives, the body
+/// unread, so a test can watch it arrive frame by frame.
+pub async fn open(addr: SocketAddr, path: &str) -> http::Response<Incoming> {
+    let client: HyperClient<HttpConnector, Empty<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .body(Empty::new())
+        .unwrap();
+    client.request(request).await.unwrap()
+}
+
+/// A GET request for in-process calls (`ServiceExt::oneshot`).
+pub fn get_request(path: &str, headers: &[(&str, &str)]) -> Request {
+    let mut request = http::Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+/// How many requests reached an upstream.
+#[derive(Clone, Debug, Default)]
+pub struct Calls(Arc<AtomicUsize>);
+
+impl Calls {
+    /// The calls so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Counts one call and returns its index (0 for the first).
+    pub fn next(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` calls arrived; panics after five seconds.
+    pub async fn wait_for(&self, n: usize) {
+        eventually(&format!("{n} upstream calls"), || async {
+            self.count() >= n
+        })
+        .await;
+    }
+}
+
+/// A GET route that counts its calls and answers `respond(index of the call, request)`.
+pub fn upstream<F>(calls: &Calls, respond: F) -> MethodRouter
+where
+    F: Fn(usize, &Request) -> Response + Clone + Send + Sync + 'static,
+{
+    let calls = calls.clone();
+    get(move |request: Request| {
+        let response = respond(calls.next(), &request);
+        async move { response }
+    })
+}
+
+/// A response with `status`, `headers` and `body`.
+pub fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Body>) -> Response {
+    let mut response = http::Response::builder().status(status);
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    response.body(body.into()).unwrap()
+}
+
+/// A stand-in authorizer in front of the cache: `x-user` becomes a verified [`Principal`]
+/// with that subject and the space-separated scopes of `x-scopes`.
+pub fn verified(app: Router) -> Router {
+    app.layer(from_fn(|mut request: Request, next: Next| async move {
+        if let Some(principal) = principal_of(request.headers()) {
+            request.extensions_mut().insert(principal);
+        }
+        next.run(request).await
+    }))
+}
+
+fn principal_of(headers: &http::HeaderMap) -> Option<Principal> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let subject = header("x-user")?;
+    let scopes = header("x-scopes").unwrap_or_default();
+    Some(
+        Principal::builder()
+            .subject(subject)
+            .scopes(scopes.split_whitespace())
+            .build(),
+    )
+}
+
+/// The subject of the request's verified principal, or `anonymous`.
+pub fn subject_of(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<Principal>()
+        .and_then(Principal::subject)
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+/// A manual clock at a fixed wall time.
+pub fn clock() -> ManualClock {
+    ManualClock::starting_at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+}
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what` after five seconds.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
