@@ -50,8 +50,13 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
         }
     }
 
+    /// A refusal; the cache neither served nor stored it.
     pub(crate) fn rejected(rejection: Rejection) -> Self {
-        Self::ready(rejection.into_response_with(CacheBody::full))
+        let mut response = rejection.into_response_with(CacheBody::full);
+        response
+            .headers_mut()
+            .insert(X_CACHE_STATUS, HeaderValue::from_static("BYPASS"));
+        Self::ready(response)
     }
 
     pub(crate) fn inner(future: F, label: Option<HeaderValue>) -> Self {

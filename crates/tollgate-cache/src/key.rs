@@ -97,6 +97,14 @@ pub(crate) fn build(
         key.part(b's', stage.name().as_bytes());
         key.part(b'd', stage.deployment().as_bytes());
     }
+    // One router may serve several hosts; their resources are different resources.
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| headers.get(http::header::HOST).map(|h| h.as_bytes()));
+    if let Some(host) = host {
+        key.part(b'a', host);
+    }
     key.part(b'p', uri.path().as_bytes());
     match (&policy.query, uri.query()) {
         (QueryRule::Ignore, _) | (_, None) => {}
@@ -290,6 +298,18 @@ mod tests {
             verified.bytes, rotated_token.bytes,
             "keyed by the subject, not the token"
         );
+    }
+
+    #[test]
+    fn hosts_split_the_cache() {
+        let ext = http::Extensions::new();
+        let host = |name: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("host", HeaderValue::from_static(name));
+            key_of("/a", &headers, &ext, CachePolicy::new()).bytes
+        };
+        assert_ne!(host("a.example"), host("b.example"));
+        assert_eq!(host("a.example"), host("a.example"));
     }
 
     #[test]

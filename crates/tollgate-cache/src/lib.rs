@@ -11,8 +11,8 @@
 //!   are never stored; `private` ones only under a per-principal key.
 //! - Freshness is `s-maxage`, else `max-age`, else `Expires`, else the route's TTL (300 s by
 //!   default), capped by the route's max TTL (3600 s), less the response's `Age`.
-//! - The key is the path, the query (decoded and sorted; or chosen parameters), chosen request
-//!   headers, the [`Stage`](tollgate_core::Stage), and — when the request carries credentials
+//! - The key is the host, the path, the query (decoded and sorted; or chosen parameters),
+//!   chosen request headers, the [`Stage`](tollgate_core::Stage), and — when the request carries credentials
 //!   (a [`Principal`](tollgate_core::Principal) with a subject or API key, `Authorization`,
 //!   `X-Api-Key` or `Cookie`) — the caller, so one user never receives another's response,
 //!   unless the route is [`Sharing::Shared`]. The values of the headers a response's `Vary`
@@ -26,7 +26,8 @@
 //! - `If-None-Match` and `If-Modified-Since` are answered 304 from a stored response; a HEAD is
 //!   answered from the GET entry.
 //! - Every GET and HEAD response carries `X-Cache-Status`: `HIT`, `MISS`, `STALE`, `BYPASS`
-//!   (not cached: the route is disabled or the request said `no-store`) or `REFRESH` (a client
+//!   (not cached: the route is disabled, the request said `no-store`, or its refresh was
+//!   refused) or `REFRESH` (a client
 //!   refresh the policy allowed, or a background refresh); hits carry `Age`.
 //!
 //! Memory is bounded by bytes ([`CacheBuilder::max_bytes`], 64 MiB by default); a response

@@ -85,7 +85,7 @@ pub const MAX_VARIANTS: usize = 8;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Purge {
     /// One resource: a path and query (`/items?page=2`; the query's order does not matter),
-    /// for every caller, stage and variant.
+    /// for every host, caller, stage and variant.
     Resource(Box<str>),
     /// Every resource whose path starts with the prefix.
     Prefix(Box<str>),
