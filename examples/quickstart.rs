@@ -14,15 +14,22 @@
 //! `GET /api/widgets` needs an API key in `x-api-key`, on one of two usage plans: `basic` (2
 //! requests/s, burst 2, 20 a day) and `pro` (50/s, burst 20, 10,000 a day). One demo key per
 //! plan is made and printed at start-up; responses carry `RateLimit-Policy` and `RateLimit`
-//! for the plan's throttle and quota. Set `TOLLGATE_ADDR` to listen elsewhere.
+//! for the plan's throttle and quota.
+//!
+//! `GET /api/slow` takes 200 ms and answers when it ran; the cache layer keeps its response for
+//! 30 s, so a repeat within that time is answered at once from memory (`X-Cache-Status: HIT`,
+//! the same body, an `Age`). The cache wraps only that route: the others are not cached.
+//!
+//! Set `TOLLGATE_ADDR` to listen elsewhere.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::routing::get;
 use axum::{Json, Router};
 use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
 use tollgate::auth::AuthLayer;
+use tollgate::cache::{CacheLayer, CachePolicy};
 use tollgate::key::ClientIp;
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
 use tollgate::usage::{NewKey, QuotaPeriod, UsagePlan, UsagePlans};
@@ -47,6 +54,15 @@ async fn widgets(principal: Principal) -> Json<serde_json::Value> {
         "api_key_id": principal.api_key_id(),
         "plan": principal.usage_plan_id(),
     }))
+}
+
+/// A slow upstream: 200 ms of work, stamped with when it ran.
+async fn slow() -> Json<serde_json::Value> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ran = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Json(serde_json::json!({ "generated_at_unix_ms": ran.as_millis() as u64 }))
 }
 
 /// A fresh HMAC secret and a token signed with it, valid for an hour.
@@ -124,11 +140,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let api = Router::new()
         .route("/api/widgets", get(widgets))
         .route_layer(plans.layer().keep_inner_body());
+    // The handler sends no freshness of its own, so the policy's TTL applies. Anonymous callers
+    // share the entry; a request with credentials would get its own (the default sharing).
+    let cache = CacheLayer::builder()
+        .policy(CachePolicy::new().ttl(Duration::from_secs(30)))
+        .build()?;
+    // route_layer: only the matched route is cached, and other paths' 404s pass by untouched.
+    let slow = Router::new()
+        .route("/api/slow", get(slow))
+        .route_layer(cache);
+
     let app = Router::new()
         .route("/hello", get(|| async { "Hello from behind tollgate!\n" }))
         .route("/me", get(me).route_layer(auth))
         .layer(throttle)
-        .merge(api);
+        .merge(api)
+        .merge(slow);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
@@ -161,6 +188,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("      200 on plan pro (50/s, burst 20, 10,000 a day)");
     println!("  curl -i http://{addr}/api/widgets");
     println!("      401 with WWW-Authenticate: ApiKey");
+    println!("  curl -i http://{addr}/api/slow; curl -i http://{addr}/api/slow");
+    println!("      the first takes 200 ms (X-Cache-Status: MISS); the second is instant, from the cache");
+    println!("      (X-Cache-Status: HIT, the same generated_at_unix_ms) for the next 30 s");
+    println!(
+        "      time them: curl -s -o /dev/null -w '%{{time_total}}\\n' http://{addr}/api/slow"
+    );
     println!();
     println!("Press Ctrl-C to stop.");
 
