@@ -1190,6 +1190,7 @@ async fn a_route_that_denies_client_refresh_refuses_it_with_403() {
         let refused = client.get(addr, "/prices", &asks).await;
         assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
         assert_eq!(refused.problem(), FORBIDDEN);
+        assert_eq!(refused.header("x-cache-status"), "BYPASS");
     }
     assert_served(&client.get(addr, "/prices", &[]).await, "HIT", "v0");
     assert_eq!(calls.count(), 1);
