@@ -15,6 +15,7 @@
 //! | `jwt` (default) | [`auth::jwt`] | the JWT authorizer: JWKS with rotation, OIDC discovery, a verified-token cache |
 //! | `usage` (default) | [`usage`] | API keys (hashed, rotated with a grace period) on usage plans: plan throttles, exact quotas, daily usage reports |
 //! | `admin` | [`usage::admin`] | an axum router for key administration, to mount behind the application's own auth |
+//! | `stage` (default) | [`stage`] | stage and version routing: base paths, hosts, version headers and media types, sticky canaries with runtime control, deprecation and sunset |
 //! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
 //! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
@@ -75,3 +76,8 @@ pub use tollgate_usage as usage;
 #[cfg(feature = "cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 pub use tollgate_cache as cache;
+
+/// Stage and version routing: sticky canaries, deprecation and sunset.
+#[cfg(feature = "stage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stage")))]
+pub use tollgate_stage as stage;

@@ -1,8 +1,8 @@
 //! What a limit or quota counts by.
 //!
 //! A [`KeyExtractor`] reads a request and returns the [`Key`] its budget is kept under: the
-//! client's IP (behind trusted proxies), a header, the principal's subject, the API key id, the
-//! matched route, or one key for everyone. When it cannot (no such header, no principal), it
+//! client's IP (behind trusted proxies), a header, a cookie, the principal's subject, the API
+//! key id, the matched route, or one key for everyone. When it cannot (no such header, no principal), it
 //! returns a [`KeyError`]; the caller decides what that means — refuse with the error's
 //! [`Rejection`], or fall back to another extractor with [`KeyExtractorExt::or`].
 //!
@@ -104,6 +104,7 @@ enum KeyKind {
     Subject,
     ApiKey,
     Route,
+    Cookie,
     Custom,
 }
 
@@ -116,6 +117,7 @@ impl KeyKind {
             Self::Subject => "sub",
             Self::ApiKey => "key",
             Self::Route => "route",
+            Self::Cookie => "cookie",
             Self::Custom => "custom",
         }
     }
@@ -291,6 +293,10 @@ pub enum KeyError {
     /// The request's path matches no configured route.
     #[error("no configured route matches the request")]
     NoRoute,
+    /// The request lacks the cookie the key is read from (or it is longer than
+    /// [`MAX_KEY_BYTES`]).
+    #[error("missing cookie {0}")]
+    MissingCookie(Arc<str>),
     /// A custom extractor could not find its key. The message is sent to the client as the
     /// refusal's detail, so it must say what was expected and hold no secret.
     #[error("{0}")]
@@ -329,6 +335,9 @@ impl KeyError {
                 Rejection::invalid_api_key().with_detail("an API key is required")
             }
             Self::NoRoute => Rejection::not_found(),
+            Self::MissingCookie(name) => {
+                Rejection::bad_request(format!("expected a {name} cookie"))
+            }
             Self::Custom(message) => {
                 Rejection::new(StatusCode::BAD_REQUEST, crate::ProblemType::BadRequest)
                     .with_detail(message.clone())
@@ -512,6 +521,40 @@ impl KeyExtractor for HeaderKey {
     }
 }
 
+/// The value of a cookie (a session or visitor id), at most [`MAX_KEY_BYTES`] long.
+#[derive(Clone, Debug)]
+pub struct CookieKey {
+    name: Arc<str>,
+}
+
+impl CookieKey {
+    /// Keys by the cookie `name` (case-sensitive, as cookie names are).
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self { name: name.into() }
+    }
+}
+
+impl KeyExtractor for CookieKey {
+    fn extract(&self, request: &RequestHead<'_>) -> Result<Key, KeyError> {
+        let name = self.name.as_bytes();
+        for line in request.headers.get_all(http::header::COOKIE) {
+            for pair in line.as_bytes().split(|&b| b == b';') {
+                let pair = pair.trim_ascii();
+                let Some(value) = pair
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(b"="))
+                else {
+                    continue;
+                };
+                if !value.is_empty() && value.len() <= MAX_KEY_BYTES {
+                    return Ok(Key::bytes(KeyKind::Cookie, Bytes::copy_from_slice(value)));
+                }
+            }
+        }
+        Err(KeyError::MissingCookie(self.name.clone()))
+    }
+}
+
 /// The subject of the [`Principal`] an authorizer verified.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Subject;
@@ -597,6 +640,31 @@ impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for OrElse<A, B> {
     /// The wider of the two scopes: the budget is shared at least that much.
     fn scope(&self) -> KeyScope {
         self.first.scope().max(self.fallback.scope())
+    }
+}
+
+#[cfg(test)]
+mod cookie_tests {
+    use super::*;
+
+    fn head_with(cookie: &'static str) -> Request<()> {
+        Request::builder()
+            .header("cookie", cookie)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_cookie_key_is_its_value_and_a_missing_cookie_is_an_error() {
+        let key = CookieKey::new("visitor");
+        let request = head_with("theme=dark; visitor=abc123; visitorx=no");
+        let found = key.extract(&RequestHead::of(&request)).unwrap();
+        assert_eq!(found.to_string(), "cookie:abc123");
+        let other = head_with("visitorx=no; theme=dark");
+        assert_eq!(
+            key.extract(&RequestHead::of(&other)).unwrap_err(),
+            KeyError::MissingCookie("visitor".into())
+        );
     }
 }
 

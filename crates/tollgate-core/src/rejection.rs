@@ -29,6 +29,8 @@ pub enum ProblemType {
     Conflict,
     /// The body is not of a media type the route reads (415).
     UnsupportedMediaType,
+    /// The API version was retired after its sunset date (410).
+    Gone,
     /// A rate limit refused the request (429).
     Throttled,
     /// The usage plan's quota for the period is used up (429).
@@ -55,6 +57,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Conflict => "conflict",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Gone => "gone",
             Self::Throttled => "throttled",
             Self::QuotaExceeded => "quota-exceeded",
             Self::Unavailable => "unavailable",
@@ -75,6 +78,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "urn:tollgate:problem:method-not-allowed",
             Self::Conflict => "urn:tollgate:problem:conflict",
             Self::UnsupportedMediaType => "urn:tollgate:problem:unsupported-media-type",
+            Self::Gone => "urn:tollgate:problem:gone",
             Self::Throttled => "urn:tollgate:problem:throttled",
             Self::QuotaExceeded => "urn:tollgate:problem:quota-exceeded",
             Self::Unavailable => "urn:tollgate:problem:unavailable",
@@ -94,6 +98,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Conflict => "Conflict",
             Self::UnsupportedMediaType => "Unsupported media type",
+            Self::Gone => "Gone",
             Self::Throttled => "Too many requests",
             Self::QuotaExceeded => "Quota exceeded",
             Self::Unavailable => "Service unavailable",
@@ -232,6 +237,11 @@ impl Rejection {
     /// 404: nothing serves this request.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, ProblemType::NotFound)
+    }
+
+    /// 410: the API version this request is for was retired (after its sunset date).
+    pub fn gone() -> Self {
+        Self::new(StatusCode::GONE, ProblemType::Gone)
     }
 
     /// 429 with `Retry-After`; the throttle adds its `RateLimit` fields.

@@ -1,0 +1,89 @@
+//! Stage and version routing for tollgate: several versions of an API side by side, sticky
+//! canaries, and deprecation with a sunset.
+//!
+//! A [`StageRouter`] is a tower service that holds named stages, each served by its own inner
+//! service (typically an axum `Router` per version) with its own variables. Each request is
+//! routed by the first rule that matches, in this order:
+//!
+//! 1. **base path** — the longest matching prefix of all stages (`/v1`, `/orders/v2`), by
+//!    whole segments; the prefix is stripped before the stage's service sees the path
+//!    ([`StageSpec::strip_prefix`]), and axum's `OriginalUri` keeps the full one;
+//! 2. **host** — `v2.api.example.com`, any port;
+//! 3. **version header** — `Accept-Version`, then `X-Api-Version` (or the names given to
+//!    [`StageRouterBuilder::version_headers`]);
+//! 4. **media type** — `Accept: application/vnd.acme.v2+json` or
+//!    `application/vnd.acme+json; version=2`, with [`StageRouterBuilder::media_type_vendor`];
+//! 5. **the default stage**; with none, 404 problem+json.
+//!
+//! The chosen [`Stage`](tollgate_core::Stage) (name, deployment served, variables) is inserted
+//! into the request, where handlers read it (an axum extractor with the `axum` feature).
+//!
+//! **Canaries.** A stage may have a [`Canary`]: another service, a percent (fractions
+//! allowed) and variable overrides. The side is sticky: a fixed hash of the
+//! [`sticky_by`](StageRouterBuilder::sticky_by) key (peer IP by default; an API key, the
+//! principal, a cookie, …) puts each client in one of a million buckets, and clients below the
+//! percent's threshold get the canary — so a client stays on its side, and raising the percent
+//! only moves clients from stable to canary. `X-Canary: always|never` forces a side for
+//! testing ([`override_header`](StageRouterBuilder::override_header), optionally only for a
+//! scope). A [`StageHandle`] sets the percent, promotes or rolls back at run time; requests in
+//! flight finish on the deployment they started with.
+//!
+//! **Deprecation.** A stage may carry a deprecation date, a sunset date and a successor:
+//! responses then carry `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and
+//! `Link: <…>; rel="successor-version"`, and after the sunset the stage answers 410 Gone
+//! pointing to the successor ([`AfterSunset`]).
+//!
+//! Every response names the deployment that served it (`X-Deployment`).
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use tollgate_stage::{Canary, StageRouter, StageSpec};
+//!
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let v1 = Router::new().route("/orders", get(|| async { "orders, v1" }));
+//! let v2 = Router::new().route("/orders", get(|| async { "orders, v2" }));
+//! let v2_next = Router::new().route("/orders", get(|| async { "orders, v2 next" }));
+//!
+//! let stages = StageRouter::builder()
+//!     .stage(StageSpec::new("v1", v1).base_path("/v1"))
+//!     .stage(
+//!         StageSpec::new("v2", v2)
+//!             .base_path("/v2")
+//!             .canary(Canary::new(v2_next).percent(10.0)),
+//!     )
+//!     .default_stage("v2")
+//!     .build()?;
+//! let canary = stages.handle();
+//!
+//! // Serve it as the application (with connect info, for the client IP):
+//! let app: Router = Router::new().fallback_service(stages);
+//! # let _ = app;
+//! // Later: canary.set_percent("v2", 50.0)?; canary.promote("v2")?;
+//! # let _ = canary;
+//! # Ok(()) }
+//! # run().unwrap();
+//! ```
+//!
+//! # Observability
+//!
+//! The counter `tollgate_stage_requests_total` carries the `stage` and `deployment` labels;
+//! canary changes are `tracing` events at INFO.
+#![warn(missing_docs)]
+#![deny(unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod future;
+mod router;
+mod spec;
+mod sticky;
+
+pub use future::ResponseFuture;
+pub use router::{
+    StageError, StageHandle, StageRouter, StageRouterBuilder, DEFAULT_DEPLOYMENT_HEADER,
+    DEFAULT_OVERRIDE_HEADER, DEFAULT_VERSION_HEADERS,
+};
+pub use spec::{
+    AfterSunset, Canary, StageSpec, MAX_VARIABLES, MAX_VARIABLE_NAME, MAX_VARIABLE_VALUE,
+};

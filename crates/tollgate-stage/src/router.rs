@@ -1,0 +1,950 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{ACCEPT, HOST};
+use http::uri::PathAndQuery;
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use tollgate_core::key::PeerIp;
+use tollgate_core::{
+    BodyMode, Clock, InnerBody, KeyExtractor, Principal, Rejection, RequestHead, SharedClock,
+    Stage, WrapBody,
+};
+use tower::{Service, ServiceExt};
+
+use crate::future::{Extra, ResponseFuture};
+use crate::spec::{
+    AfterSunset, Deprecation, StageSpec, MAX_VARIABLES, MAX_VARIABLE_NAME, MAX_VARIABLE_VALUE,
+};
+use crate::sticky::{bucket, threshold};
+
+/// The version headers read by default, in order.
+pub const DEFAULT_VERSION_HEADERS: [&str; 2] = ["accept-version", "x-api-version"];
+
+/// The header that forces a side of a canary by default (`always` or `never`).
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-canary";
+
+/// The response header that names the deployment that served a request, by default.
+pub const DEFAULT_DEPLOYMENT_HEADER: &str = "x-deployment";
+
+/// Why a stage router could not be built, or a runtime change was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum StageError {
+    /// The router has no stage.
+    #[error("a stage router needs at least one stage")]
+    NoStages,
+    /// Two stages share a name.
+    #[error("two stages are named {0:?}")]
+    DuplicateStage(String),
+    /// A stage or deployment name that cannot be sent in a header.
+    #[error("invalid stage or deployment name {0:?}: expected 1 to 128 visible ASCII characters")]
+    InvalidName(String),
+    /// More variables than [`MAX_VARIABLES`].
+    #[error("stage {stage:?} has {count} variables; at most {MAX_VARIABLES} are allowed")]
+    TooManyVariables {
+        /// The stage.
+        stage: String,
+        /// How many it has.
+        count: usize,
+    },
+    /// A variable name that is empty, longer than [`MAX_VARIABLE_NAME`], or not made of
+    /// `A-Z a-z 0-9 _`.
+    #[error(
+        "stage {stage:?}: invalid variable name {name:?}: expected 1 to {MAX_VARIABLE_NAME} characters of A-Z, a-z, 0-9 or _"
+    )]
+    VariableName {
+        /// The stage.
+        stage: String,
+        /// The name.
+        name: String,
+    },
+    /// A variable value longer than [`MAX_VARIABLE_VALUE`].
+    #[error(
+        "stage {stage:?}: variable {name:?} is {len} bytes long; at most {MAX_VARIABLE_VALUE} are allowed"
+    )]
+    VariableValue {
+        /// The stage.
+        stage: String,
+        /// The variable.
+        name: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A canary percent outside 0.0 to 100.0.
+    #[error("stage {stage:?}: canary percent {percent} is not between 0 and 100")]
+    InvalidPercent {
+        /// The stage.
+        stage: String,
+        /// The percent given.
+        percent: f64,
+    },
+    /// A base path that does not start with `/`, ends with `/`, or holds a query.
+    #[error("stage {stage:?}: invalid base path {path:?}: expected /segment[/segment...]")]
+    InvalidBasePath {
+        /// The stage.
+        stage: String,
+        /// The path given.
+        path: String,
+    },
+    /// Two stages claim the same base path, host or version.
+    #[error("{what} {value:?} selects two stages")]
+    Conflict {
+        /// `base path`, `host` or `version`.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// A successor URI that cannot be sent in a `Link` header.
+    #[error("stage {stage:?}: invalid successor URI {uri:?}")]
+    InvalidSuccessor {
+        /// The stage.
+        stage: String,
+        /// The URI given.
+        uri: String,
+    },
+    /// The default stage, or a stage a handle was asked to change, does not exist.
+    #[error("no stage is named {0:?}")]
+    UnknownStage(String),
+    /// The stage has no canary to change.
+    #[error("stage {0:?} has no canary")]
+    NoCanary(String),
+}
+
+/// Routes each request to a stage, and within it to the stable or canary deployment; see the
+/// [crate docs](crate).
+///
+/// Clones share the stages and their runtime state.
+#[must_use]
+pub struct StageRouter<S, M = WrapBody> {
+    shared: Arc<Shared<S>>,
+    mode: M,
+}
+
+impl<S, M: Clone> Clone for StageRouter<S, M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+impl<S, M> fmt::Debug for StageRouter<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.shared.stages.iter().map(|s| &*s.name).collect();
+        f.debug_struct("StageRouter")
+            .field("stages", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<S> {
+    stages: Box<[Slot<S>]>,
+    /// Base paths, longest first.
+    prefixes: Box<[(Box<str>, usize, bool)]>,
+    hosts: HashMap<Box<str>, usize>,
+    version_headers: Box<[HeaderName]>,
+    versions: HashMap<Box<str>, usize>,
+    vendor: Option<Box<str>>,
+    default: Option<usize>,
+    sticky: Box<dyn KeyExtractor>,
+    override_header: Option<HeaderName>,
+    override_scope: Option<String>,
+    deployment_header: Option<HeaderName>,
+    clock: SharedClock,
+}
+
+/// A stage as the router holds it: its deployments can change at run time.
+struct Slot<S> {
+    name: Arc<str>,
+    deployments: ArcSwap<Deployments<S>>,
+    deprecation: Option<Arc<Deprecation>>,
+}
+
+/// A stage's deployments at one moment. A change builds a new one; requests in flight keep
+/// the one they started with.
+struct Deployments<S> {
+    stable: Side<S>,
+    canary: Option<Side<S>>,
+    threshold: u64,
+}
+
+/// One deployment: its service, the `Stage` its requests carry, and what reports it.
+struct Side<S> {
+    service: S,
+    stage: Stage,
+    header: HeaderValue,
+    served: metrics::Counter,
+}
+
+impl<S: Clone> Clone for Side<S> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            stage: self.stage.clone(),
+            header: self.header.clone(),
+            served: self.served.clone(),
+        }
+    }
+}
+
+impl<S> StageRouter<S> {
+    /// Starts building a router.
+    pub fn builder() -> StageRouterBuilder<S> {
+        StageRouterBuilder {
+            stages: Vec::new(),
+            default: None,
+            version_headers: DEFAULT_VERSION_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
+            vendor: None,
+            sticky: Box::new(PeerIp),
+            override_header: Some(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)),
+            override_scope: None,
+            deployment_header: Some(HeaderName::from_static(DEFAULT_DEPLOYMENT_HEADER)),
+            clock: SharedClock::default(),
+        }
+    }
+}
+
+impl<S, M> StageRouter<S, M> {
+    /// A handle to change canaries at run time.
+    pub fn handle(&self) -> StageHandle<S> {
+        StageHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Keeps the inner services' body type, building refusals in it: for bodies made from
+    /// bytes, such as axum's `Body`.
+    pub fn keep_inner_body(self) -> StageRouter<S, InnerBody> {
+        StageRouter {
+            shared: self.shared,
+            mode: InnerBody,
+        }
+    }
+}
+
+/// Builds a [`StageRouter`].
+#[must_use]
+pub struct StageRouterBuilder<S> {
+    stages: Vec<StageSpec<S>>,
+    default: Option<String>,
+    version_headers: Vec<HeaderName>,
+    vendor: Option<String>,
+    sticky: Box<dyn KeyExtractor>,
+    override_header: Option<HeaderName>,
+    override_scope: Option<String>,
+    deployment_header: Option<HeaderName>,
+    clock: SharedClock,
+}
+
+impl<S> fmt::Debug for StageRouterBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageRouterBuilder")
+            .field("stages", &self.stages.len())
+            .field("default", &self.default)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
+    /// Adds a stage.
+    pub fn stage(mut self, stage: StageSpec<S>) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// The stage that serves requests no rule selects; without one they get 404.
+    pub fn default_stage(mut self, name: impl Into<String>) -> Self {
+        self.default = Some(name.into());
+        self
+    }
+
+    /// The headers whose value names a version, in order (default `Accept-Version`, then
+    /// `X-Api-Version`).
+    pub fn version_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.version_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Reads versions from vendor media types in `Accept`: `application/vnd.<vendor>.<version>+json`
+    /// or `application/vnd.<vendor>+json; version=<version>`.
+    pub fn media_type_vendor(mut self, vendor: impl Into<String>) -> Self {
+        self.vendor = Some(vendor.into());
+        self
+    }
+
+    /// What keeps a client on one side of a canary (default: the connection's peer IP).
+    /// Requests it finds no key for go to the stable side.
+    pub fn sticky_by(mut self, extractor: impl KeyExtractor) -> Self {
+        self.sticky = Box::new(extractor);
+        self
+    }
+
+    /// The header that forces a side (`always` or `never`), or `None` to allow no override
+    /// (default `X-Canary`).
+    pub fn override_header(mut self, name: Option<HeaderName>) -> Self {
+        self.override_header = name;
+        self
+    }
+
+    /// Honours the override header only for principals with `scope`.
+    pub fn override_scope(mut self, scope: impl Into<String>) -> Self {
+        self.override_scope = Some(scope.into());
+        self
+    }
+
+    /// The response header that names the deployment (default `X-Deployment`), or `None`.
+    pub fn deployment_header(mut self, name: Option<HeaderName>) -> Self {
+        self.deployment_header = name;
+        self
+    }
+
+    /// The clock that decides deprecation and sunset (default: the system clock).
+    pub fn clock(mut self, clock: impl Into<SharedClock>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Checks every stage and builds the router.
+    pub fn build(self) -> Result<StageRouter<S>, StageError> {
+        if self.stages.is_empty() {
+            return Err(StageError::NoStages);
+        }
+        let mut slots = Vec::with_capacity(self.stages.len());
+        let mut prefixes = Vec::new();
+        let mut hosts = HashMap::new();
+        let mut versions = HashMap::new();
+        for (index, spec) in self.stages.into_iter().enumerate() {
+            if slots.iter().any(|s: &Slot<S>| *s.name == *spec.name) {
+                return Err(StageError::DuplicateStage(spec.name));
+            }
+            let stage = &spec.name;
+            for path in &spec.base_paths {
+                let valid = path.starts_with('/')
+                    && (path.len() == 1 || !path.ends_with('/'))
+                    && !path.contains(['?', '#']);
+                if !valid {
+                    return Err(StageError::InvalidBasePath {
+                        stage: stage.clone(),
+                        path: path.clone(),
+                    });
+                }
+                if prefixes
+                    .iter()
+                    .any(|(p, _, _): &(Box<str>, usize, bool)| **p == **path)
+                {
+                    return Err(conflict("base path", path));
+                }
+                prefixes.push((path.as_str().into(), index, spec.strip_prefix));
+            }
+            for host in &spec.hosts {
+                if hosts
+                    .insert(host.to_ascii_lowercase().into_boxed_str(), index)
+                    .is_some()
+                {
+                    return Err(conflict("host", host));
+                }
+            }
+            for version in &spec.versions {
+                if versions.insert(version.as_str().into(), index).is_some() {
+                    return Err(conflict("version", version));
+                }
+            }
+            slots.push(slot(spec)?);
+        }
+        // Longest first: the first prefix that matches is the longest.
+        prefixes.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
+        let default = match self.default {
+            None => None,
+            Some(name) => Some(
+                slots
+                    .iter()
+                    .position(|s| *s.name == *name)
+                    .ok_or(StageError::UnknownStage(name))?,
+            ),
+        };
+        Ok(StageRouter {
+            mode: WrapBody,
+            shared: Arc::new(Shared {
+                stages: slots.into_boxed_slice(),
+                prefixes: prefixes.into_boxed_slice(),
+                hosts,
+                version_headers: self.version_headers.into_boxed_slice(),
+                versions,
+                vendor: self.vendor.map(|v| v.to_ascii_lowercase().into_boxed_str()),
+                default,
+                sticky: self.sticky,
+                override_header: self.override_header,
+                override_scope: self.override_scope,
+                deployment_header: self.deployment_header,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+fn conflict(what: &'static str, value: &str) -> StageError {
+    StageError::Conflict {
+        what,
+        value: value.to_owned(),
+    }
+}
+
+/// Checks a stage's names, variables and canary, and makes its deployments.
+fn slot<S>(spec: StageSpec<S>) -> Result<Slot<S>, StageError> {
+    let name: Arc<str> = spec.name.as_str().into();
+    check_variables(&spec.name, &spec.variables)?;
+    let stable_deployment = spec.deployment.unwrap_or_else(|| spec.name.clone());
+    let stable = side(
+        &name,
+        &stable_deployment,
+        spec.service,
+        &spec.variables,
+        &[],
+    )?;
+    let (canary, threshold) = match spec.canary {
+        None => (None, 0),
+        Some(canary) => {
+            if !(0.0..=100.0).contains(&canary.percent) {
+                return Err(StageError::InvalidPercent {
+                    stage: spec.name,
+                    percent: canary.percent,
+                });
+            }
+            check_variables(&spec.name, &canary.variables)?;
+            let deployment = canary
+                .deployment
+                .unwrap_or_else(|| format!("{}-canary", spec.name));
+            let side = side(
+                &name,
+                &deployment,
+                canary.service,
+                &spec.variables,
+                &canary.variables,
+            )?;
+            (Some(side), threshold(canary.percent))
+        }
+    };
+    let deprecation = deprecation(
+        &spec.name,
+        spec.deprecation,
+        spec.sunset,
+        spec.successor,
+        spec.after_sunset,
+    )?;
+    Ok(Slot {
+        name,
+        deployments: ArcSwap::from_pointee(Deployments {
+            stable,
+            canary,
+            threshold,
+        }),
+        deprecation,
+    })
+}
+
+fn check_variables(stage: &str, variables: &[(String, String)]) -> Result<(), StageError> {
+    if variables.len() > MAX_VARIABLES {
+        return Err(StageError::TooManyVariables {
+            stage: stage.to_owned(),
+            count: variables.len(),
+        });
+    }
+    for (name, value) in variables {
+        let valid = (1..=MAX_VARIABLE_NAME).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(StageError::VariableName {
+                stage: stage.to_owned(),
+                name: name.clone(),
+            });
+        }
+        if value.len() > MAX_VARIABLE_VALUE {
+            return Err(StageError::VariableValue {
+                stage: stage.to_owned(),
+                name: name.clone(),
+                len: value.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A deployment of `stage`, with the stage's variables and then `overrides`.
+fn side<S>(
+    stage: &Arc<str>,
+    deployment: &str,
+    service: S,
+    variables: &[(String, String)],
+    overrides: &[(String, String)],
+) -> Result<Side<S>, StageError> {
+    let header = HeaderValue::from_str(deployment)
+        .ok()
+        .filter(|_| (1..=128).contains(&deployment.len()))
+        .ok_or_else(|| StageError::InvalidName(deployment.to_owned()))?;
+    if HeaderValue::from_str(stage).is_err() || stage.is_empty() || stage.len() > 128 {
+        return Err(StageError::InvalidName(stage.to_string()));
+    }
+    let mut merged: Vec<(&str, &str)> = Vec::new();
+    for (name, value) in variables.iter().chain(overrides) {
+        match merged.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => merged.push((name, value)),
+        }
+    }
+    if merged.len() > MAX_VARIABLES {
+        return Err(StageError::TooManyVariables {
+            stage: stage.to_string(),
+            count: merged.len(),
+        });
+    }
+    let mut ext = Stage::new(stage.clone()).with_deployment(deployment);
+    for (name, value) in merged {
+        ext = ext.with_variable(name, value);
+    }
+    let served = metrics::counter!(
+        "tollgate_stage_requests_total",
+        "stage" => stage.to_string(),
+        "deployment" => deployment.to_owned()
+    );
+    Ok(Side {
+        service,
+        stage: ext,
+        header,
+        served,
+    })
+}
+
+/// The headers a stage's responses carry for its deprecation, made once.
+fn deprecation(
+    stage: &str,
+    deprecated: Option<SystemTime>,
+    sunset: Option<SystemTime>,
+    successor: Option<String>,
+    after_sunset: AfterSunset,
+) -> Result<Option<Arc<Deprecation>>, StageError> {
+    let link = match &successor {
+        None => None,
+        Some(uri) => Some(
+            HeaderValue::try_from(format!("<{uri}>; rel=\"successor-version\""))
+                .ok()
+                .filter(|_| !uri.contains(['<', '>']))
+                .ok_or_else(|| StageError::InvalidSuccessor {
+                    stage: stage.to_owned(),
+                    uri: uri.clone(),
+                })?,
+        ),
+    };
+    let found = Deprecation {
+        // RFC 9745: a Structured Field Date, `@` and seconds since the epoch.
+        deprecation: deprecated.and_then(|at| {
+            let seconds = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            HeaderValue::try_from(format!("@{seconds}")).ok()
+        }),
+        // RFC 8594: an HTTP-date.
+        sunset: sunset.and_then(|at| {
+            HeaderValue::try_from(httpdate::fmt_http_date(at))
+                .ok()
+                .map(|value| (at, value))
+        }),
+        link,
+        successor,
+        after_sunset,
+    };
+    Ok((!found.is_empty()).then(|| Arc::new(found)))
+}
+
+/// What the selection rules chose.
+struct Chosen {
+    stage: usize,
+    /// The length of a base path to strip.
+    strip: Option<usize>,
+}
+
+impl<S> Shared<S> {
+    /// The stage of a request, by the rules in the documented order.
+    fn select(&self, uri: &Uri, headers: &http::HeaderMap) -> Option<Chosen> {
+        let path = uri.path();
+        for (prefix, stage, strip) in self.prefixes.iter() {
+            let under = path.starts_with(&**prefix)
+                && (path.len() == prefix.len()
+                    || prefix.len() == 1
+                    || path.as_bytes()[prefix.len()] == b'/');
+            if under {
+                let strip = (*strip && prefix.len() > 1).then_some(prefix.len());
+                return Some(Chosen {
+                    stage: *stage,
+                    strip,
+                });
+            }
+        }
+        if !self.hosts.is_empty() {
+            let host = uri
+                .host()
+                .or_else(|| headers.get(HOST)?.to_str().ok().map(without_port));
+            if let Some(host) = host {
+                let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.hosts.get(&*host.to_ascii_lowercase())
+                } else {
+                    self.hosts.get(host)
+                };
+                if let Some(&stage) = found {
+                    return Some(Chosen { stage, strip: None });
+                }
+            }
+        }
+        if !self.versions.is_empty() {
+            for name in self.version_headers.iter() {
+                let version = headers.get(name).and_then(|v| v.to_str().ok());
+                if let Some(&stage) = version.and_then(|v| self.versions.get(v.trim())) {
+                    return Some(Chosen { stage, strip: None });
+                }
+            }
+            if let Some(vendor) = &self.vendor {
+                for accept in headers.get_all(ACCEPT) {
+                    let Ok(accept) = accept.to_str() else {
+                        continue;
+                    };
+                    for range in accept.split(',') {
+                        if let Some(version) = media_type_version(range, vendor) {
+                            if let Some(&stage) = self.versions.get(version) {
+                                return Some(Chosen { stage, strip: None });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.default.map(|stage| Chosen { stage, strip: None })
+    }
+}
+
+/// A `Host` header's host: `api.example.com:8080` → `api.example.com`, `[::1]:80` → `[::1]`.
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// The version a vendor media range names: `application/vnd.acme.v2+json` gives `v2`, and
+/// `application/vnd.acme+json; version=2` gives `2`.
+fn media_type_version<'a>(range: &'a str, vendor: &str) -> Option<&'a str> {
+    let mut parts = range.split(';');
+    let media = parts.next()?.trim();
+    let (kind, subtype) = media.split_once('/')?;
+    if !kind.eq_ignore_ascii_case("application") {
+        return None;
+    }
+    let subtype = subtype.split_once('+').map_or(subtype, |(s, _)| s);
+    let tree = subtype
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("vnd."))
+        .map(|p| &subtype[p.len()..])?;
+    let rest = tree
+        .get(..vendor.len())
+        .filter(|v| v.eq_ignore_ascii_case(vendor))?;
+    let after = &tree[rest.len()..];
+    if let Some(version) = after.strip_prefix('.') {
+        return (!version.is_empty()).then_some(version);
+    }
+    if !after.is_empty() {
+        return None;
+    }
+    parts.find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("version")
+            .then(|| value.trim().trim_matches('"'))
+            .filter(|v| !v.is_empty())
+    })
+}
+
+/// The request's URI with its first `len` path bytes removed (`/v1/orders` → `/orders`).
+fn stripped(uri: &Uri, len: usize) -> Option<Uri> {
+    let rest = &uri.path()[len..];
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+impl<S, M, ReqBody, ResBody> Service<Request<ReqBody>> for StageRouter<S, M>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    M: BodyMode<ResBody>,
+{
+    type Response = Response<M::Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Request<ReqBody>, M, ResBody>;
+
+    /// Always ready: the stage's service is readied in the response future, once the request
+    /// has chosen it.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let Some(chosen) = shared.select(request.uri(), request.headers()) else {
+            return ResponseFuture::rejected(M::refuse(
+                Rejection::not_found().with_detail("no stage serves this request"),
+            ));
+        };
+        let slot = &shared.stages[chosen.stage];
+        if let Some(deprecation) = &slot.deprecation {
+            if let Some((sunset, _)) = &deprecation.sunset {
+                if deprecation.after_sunset == AfterSunset::Refuse
+                    && shared.clock.system_time() >= *sunset
+                {
+                    return ResponseFuture::rejected(M::refuse(gone(&slot.name, deprecation)));
+                }
+            }
+        }
+        let deployments = slot.deployments.load();
+        let canary = match &deployments.canary {
+            None => false,
+            Some(_) => match self.forced(&request) {
+                Some(side) => side,
+                None => shared
+                    .sticky
+                    .extract(&RequestHead::of(&request))
+                    .is_ok_and(|key| bucket(&slot.name, &key) < deployments.threshold),
+            },
+        };
+        let side = match (&deployments.canary, canary) {
+            (Some(canary), true) => canary,
+            _ => &deployments.stable,
+        };
+        side.served.increment(1);
+        tracing::trace!(stage = %slot.name, deployment = ?side.header, "stage chosen");
+        if let Some(len) = chosen.strip {
+            if let Some(uri) = stripped(request.uri(), len) {
+                let original = std::mem::replace(request.uri_mut(), uri);
+                #[cfg(feature = "axum")]
+                if request
+                    .extensions()
+                    .get::<axum::extract::OriginalUri>()
+                    .is_none()
+                {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::OriginalUri(original));
+                }
+                #[cfg(not(feature = "axum"))]
+                drop(original);
+            }
+        }
+        request.extensions_mut().insert(side.stage.clone());
+        let extra = Extra {
+            deployment: shared
+                .deployment_header
+                .clone()
+                .map(|name| (name, side.header.clone())),
+            deprecation: slot.deprecation.clone(),
+        };
+        ResponseFuture::inner(side.service.clone().oneshot(request), extra)
+    }
+}
+
+impl<S, M> StageRouter<S, M> {
+    /// The side the override header forces, if it is present and allowed.
+    fn forced<B>(&self, request: &Request<B>) -> Option<bool> {
+        let name = self.shared.override_header.as_ref()?;
+        let value = request.headers().get(name)?.as_bytes();
+        let side = if value.eq_ignore_ascii_case(b"always") {
+            true
+        } else if value.eq_ignore_ascii_case(b"never") {
+            false
+        } else {
+            return None;
+        };
+        if let Some(scope) = &self.shared.override_scope {
+            let allowed = request
+                .extensions()
+                .get::<Principal>()
+                .is_some_and(|p| p.has_scope(scope));
+            if !allowed {
+                return None;
+            }
+        }
+        Some(side)
+    }
+}
+
+/// The 410 of a stage after its sunset.
+fn gone(stage: &str, deprecation: &Deprecation) -> Rejection {
+    let detail = match &deprecation.successor {
+        Some(successor) => format!("API version {stage} was retired; use {successor}"),
+        None => format!("API version {stage} was retired"),
+    };
+    let mut rejection = Rejection::gone().with_detail(detail);
+    if let Some(link) = &deprecation.link {
+        rejection = rejection.with_header(http::header::LINK, link.clone());
+    }
+    if let Some((_, sunset)) = &deprecation.sunset {
+        rejection = rejection.with_header(HeaderName::from_static("sunset"), sunset.clone());
+    }
+    rejection
+}
+
+/// Changes canaries at run time: the next request sees the change; requests in flight finish
+/// on the deployment they started with.
+pub struct StageHandle<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for StageHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for StageHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageHandle").finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone> StageHandle<S> {
+    fn slot(&self, stage: &str) -> Result<&Slot<S>, StageError> {
+        self.shared
+            .stages
+            .iter()
+            .find(|s| &*s.name == stage)
+            .ok_or_else(|| StageError::UnknownStage(stage.to_owned()))
+    }
+
+    /// Sends `percent` of the stage's clients to its canary. Raising it only moves clients
+    /// from stable to canary; lowering it only moves them back.
+    pub fn set_percent(&self, stage: &str, percent: f64) -> Result<(), StageError> {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(StageError::InvalidPercent {
+                stage: stage.to_owned(),
+                percent,
+            });
+        }
+        let slot = self.slot(stage)?;
+        if slot.deployments.load().canary.is_none() {
+            return Err(StageError::NoCanary(stage.to_owned()));
+        }
+        slot.deployments.rcu(|current| Deployments {
+            stable: current.stable.clone(),
+            canary: current.canary.clone(),
+            threshold: threshold(percent),
+        });
+        tracing::info!(stage, percent, "canary percent set");
+        Ok(())
+    }
+
+    /// The stage's canary percent now (0 without a canary).
+    pub fn percent(&self, stage: &str) -> Result<f64, StageError> {
+        let deployments = self.slot(stage)?.deployments.load();
+        Ok(match deployments.canary {
+            Some(_) => deployments.threshold as f64 / (crate::sticky::BUCKETS as f64 / 100.0),
+            None => 0.0,
+        })
+    }
+
+    /// Makes the canary the stage's stable deployment, for every client.
+    pub fn promote(&self, stage: &str) -> Result<(), StageError> {
+        self.replace(stage, "promoted", |current| {
+            current.canary.clone().map(|canary| Deployments {
+                stable: canary,
+                canary: None,
+                threshold: 0,
+            })
+        })
+    }
+
+    /// Drops the canary: every client goes back to the stable deployment.
+    pub fn rollback(&self, stage: &str) -> Result<(), StageError> {
+        self.replace(stage, "rolled back", |current| {
+            current.canary.as_ref().map(|_| Deployments {
+                stable: current.stable.clone(),
+                canary: None,
+                threshold: 0,
+            })
+        })
+    }
+
+    fn replace(
+        &self,
+        stage: &str,
+        what: &'static str,
+        change: impl Fn(&Deployments<S>) -> Option<Deployments<S>>,
+    ) -> Result<(), StageError> {
+        let slot = self.slot(stage)?;
+        let mut changed = false;
+        slot.deployments.rcu(|current| match change(current) {
+            Some(next) => {
+                changed = true;
+                Arc::new(next)
+            }
+            None => {
+                changed = false;
+                current.clone()
+            }
+        });
+        if !changed {
+            return Err(StageError::NoCanary(stage.to_owned()));
+        }
+        tracing::info!(stage, "canary {what}");
+        Ok(())
+    }
+
+    /// The deployment names of the stage now: the stable one, and the canary's if any.
+    pub fn deployments(&self, stage: &str) -> Result<(String, Option<String>), StageError> {
+        let deployments = self.slot(stage)?.deployments.load();
+        let name = |side: &Side<S>| side.stage.deployment().to_owned();
+        Ok((
+            name(&deployments.stable),
+            deployments.canary.as_ref().map(name),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_media_types_name_versions_both_ways() {
+        let v = |range| media_type_version(range, "acme");
+        assert_eq!(v("application/vnd.acme.v2+json"), Some("v2"));
+        assert_eq!(v("application/vnd.acme+json; version=2"), Some("2"));
+        assert_eq!(v("Application/VND.ACME.v3+json;q=0.9"), Some("v3"));
+        assert_eq!(v("application/vnd.acmecorp.v2+json"), None);
+        assert_eq!(v("application/json"), None);
+        assert_eq!(v("application/vnd.acme+json"), None);
+        assert_eq!(v("text/vnd.acme.v2"), None);
+    }
+
+    #[test]
+    fn stripping_keeps_the_query_and_leaves_at_least_a_slash() {
+        let uri: Uri = "/v1/orders?page=2".parse().unwrap();
+        assert_eq!(stripped(&uri, 3).unwrap(), "/orders?page=2");
+        let uri: Uri = "/v1".parse().unwrap();
+        assert_eq!(stripped(&uri, 3).unwrap(), "/");
+        let uri: Uri = "http://api.example.com/v1/x".parse().unwrap();
+        assert_eq!(stripped(&uri, 3).unwrap(), "http://api.example.com/x");
+    }
+}
