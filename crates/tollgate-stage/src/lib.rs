@@ -35,6 +35,9 @@
 //!
 //! Every response names the deployment that served it (`X-Deployment`).
 //!
+//! [`StageConfig`] describes the same from a configuration file; the application supplies a
+//! service for each deployment the file names.
+//!
 //! # Example
 //!
 //! ```
@@ -74,11 +77,16 @@
 #![deny(unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod config;
 mod future;
 mod router;
 mod spec;
 mod sticky;
 
+pub use config::{
+    AfterSunsetConfig, CanaryEntry, Instant, StageConfig, StageConfigError, StageEntry,
+    StickyConfig,
+};
 pub use future::ResponseFuture;
 pub use router::{
     StageError, StageHandle, StageRouter, StageRouterBuilder, DEFAULT_DEPLOYMENT_HEADER,
