@@ -12,7 +12,8 @@
 //! 3. **version header** — `Accept-Version`, then `X-Api-Version` (or the names given to
 //!    [`StageRouterBuilder::version_headers`]);
 //! 4. **media type** — `Accept: application/vnd.acme.v2+json` or
-//!    `application/vnd.acme+json; version=2`, with [`StageRouterBuilder::media_type_vendor`];
+//!    `application/vnd.acme+json; version=2`, with [`StageRouterBuilder::media_type_vendor`]
+//!    (`v2` and `2` name the same version, in headers too; a range with `q=0` selects nothing);
 //! 5. **the default stage**; with none, 404 problem+json.
 //!
 //! The chosen [`Stage`](tollgate_core::Stage) (name, deployment served, variables) is inserted

@@ -91,13 +91,30 @@ pub enum StageError {
         /// The path given.
         path: String,
     },
-    /// Two stages claim the same base path, host or version.
-    #[error("{what} {value:?} selects two stages")]
+    /// Two stages (or one stage twice) claim the same base path, host or version, or a
+    /// canary has its stable deployment's name.
+    #[error("{what} {value:?} is claimed by stage {first:?} and again by stage {second:?}")]
     Conflict {
-        /// `base path`, `host` or `version`.
+        /// `base path`, `host`, `version` or `deployment`.
         what: &'static str,
         /// The value.
         value: String,
+        /// The stage that claimed it first.
+        first: String,
+        /// The stage that claimed it again.
+        second: String,
+    },
+    /// A host with a port or a path, or an empty host or version.
+    #[error("stage {stage:?}: invalid {what} {value:?}: {expected}")]
+    InvalidRule {
+        /// The stage.
+        stage: String,
+        /// `host` or `version`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
     },
     /// A successor URI that cannot be sent in a `Link` header.
     #[error("stage {stage:?}: invalid successor URI {uri:?}")]
@@ -322,6 +339,14 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
         let mut prefixes = Vec::new();
         let mut hosts = HashMap::new();
         let mut versions = HashMap::new();
+        let names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
+        let conflict =
+            |what: &'static str, value: &str, first: usize, second: usize| StageError::Conflict {
+                what,
+                value: value.to_owned(),
+                first: names[first].clone(),
+                second: names[second].clone(),
+            };
         for (index, spec) in self.stages.into_iter().enumerate() {
             if slots.iter().any(|s: &Slot<S>| *s.name == *spec.name) {
                 return Err(StageError::DuplicateStage(spec.name));
@@ -337,25 +362,45 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
                         path: path.clone(),
                     });
                 }
-                if prefixes
+                let taken = prefixes
                     .iter()
-                    .any(|(p, _, _): &(Box<str>, usize, bool)| **p == **path)
-                {
-                    return Err(conflict("base path", path));
+                    .find(|(p, _, _): &&(Box<str>, usize, bool)| **p == **path);
+                if let Some((_, first, _)) = taken {
+                    return Err(conflict("base path", path, *first, index));
                 }
                 prefixes.push((path.as_str().into(), index, spec.strip_prefix));
             }
             for host in &spec.hosts {
-                if hosts
-                    .insert(host.to_ascii_lowercase().into_boxed_str(), index)
-                    .is_some()
-                {
-                    return Err(conflict("host", host));
+                if host.is_empty() || (host.contains([':', '/']) && !host.starts_with('[')) {
+                    return Err(StageError::InvalidRule {
+                        stage: stage.clone(),
+                        what: "host",
+                        value: host.clone(),
+                        expected: "a host name without port or path (requests match on any port)",
+                    });
+                }
+                let key = host.to_ascii_lowercase().into_boxed_str();
+                if let Some(first) = hosts.insert(key, index) {
+                    return Err(conflict("host", host, first, index));
                 }
             }
             for version in &spec.versions {
-                if versions.insert(version.as_str().into(), index).is_some() {
-                    return Err(conflict("version", version));
+                if version.trim().is_empty() || version.trim() != version {
+                    return Err(StageError::InvalidRule {
+                        stage: stage.clone(),
+                        what: "version",
+                        value: version.clone(),
+                        expected: "a non-empty version without surrounding spaces",
+                    });
+                }
+                if let Some(first) = versions.insert(version.as_str().into(), index) {
+                    return Err(conflict("version", version, first, index));
+                }
+            }
+            if let Some(canary) = &spec.canary {
+                let stable = spec.deployment.as_deref().unwrap_or(&spec.name);
+                if canary.deployment.as_deref() == Some(stable) {
+                    return Err(conflict("deployment", stable, index, index));
                 }
             }
             slots.push(slot(spec)?);
@@ -388,13 +433,6 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
                 clock: self.clock,
             }),
         })
-    }
-}
-
-fn conflict(what: &'static str, value: &str) -> StageError {
-    StageError::Conflict {
-        what,
-        value: value.to_owned(),
     }
 }
 
@@ -478,6 +516,12 @@ fn check_variables(stage: &str, variables: &[(String, String)]) -> Result<(), St
     Ok(())
 }
 
+/// 1 to 128 visible ASCII characters: a header value takes more (spaces, obs-text), but a
+/// client reading `X-Deployment` as a string would not.
+fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A deployment of `stage`, with the stage's variables and then `overrides`.
 fn side<S>(
     stage: &Arc<str>,
@@ -488,9 +532,9 @@ fn side<S>(
 ) -> Result<Side<S>, StageError> {
     let header = HeaderValue::from_str(deployment)
         .ok()
-        .filter(|_| (1..=128).contains(&deployment.len()))
+        .filter(|_| valid_name(deployment))
         .ok_or_else(|| StageError::InvalidName(deployment.to_owned()))?;
-    if HeaderValue::from_str(stage).is_err() || stage.is_empty() || stage.len() > 128 {
+    if !valid_name(stage) {
         return Err(StageError::InvalidName(stage.to_string()));
     }
     let mut merged: Vec<(&str, &str)> = Vec::new();
@@ -606,7 +650,7 @@ impl<S> Shared<S> {
         if !self.versions.is_empty() {
             for name in self.version_headers.iter() {
                 let version = headers.get(name).and_then(|v| v.to_str().ok());
-                if let Some(&stage) = version.and_then(|v| self.versions.get(v.trim())) {
+                if let Some(stage) = version.and_then(|v| self.version(v.trim())) {
                     return Some(Chosen { stage, strip: None });
                 }
             }
@@ -617,7 +661,7 @@ impl<S> Shared<S> {
                     };
                     for range in accept.split(',') {
                         if let Some(version) = media_type_version(range, vendor) {
-                            if let Some(&stage) = self.versions.get(version) {
+                            if let Some(stage) = self.version(version) {
                                 return Some(Chosen { stage, strip: None });
                             }
                         }
@@ -626,6 +670,25 @@ impl<S> Shared<S> {
             }
         }
         self.default.map(|stage| Chosen { stage, strip: None })
+    }
+}
+
+impl<S> Shared<S> {
+    /// The stage of a version: `v2` and `2` name the same one, whichever was configured.
+    fn version(&self, version: &str) -> Option<usize> {
+        if let Some(&stage) = self.versions.get(version) {
+            return Some(stage);
+        }
+        let bare = version.strip_prefix(['v', 'V']);
+        match bare {
+            Some(number) if number.starts_with(|c: char| c.is_ascii_digit()) => {
+                self.versions.get(number).copied()
+            }
+            _ if version.starts_with(|c: char| c.is_ascii_digit()) => {
+                self.versions.get(&*format!("v{version}")).copied()
+            }
+            _ => None,
+        }
     }
 }
 
@@ -644,6 +707,15 @@ fn without_port(host: &str) -> &str {
 fn media_type_version<'a>(range: &'a str, vendor: &str) -> Option<&'a str> {
     let mut parts = range.split(';');
     let media = parts.next()?.trim();
+    let refused = range.split(';').skip(1).any(|param| {
+        param.split_once('=').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("q")
+                && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+        })
+    });
+    if refused {
+        return None;
+    }
     let (kind, subtype) = media.split_once('/')?;
     if !kind.eq_ignore_ascii_case("application") {
         return None;
@@ -936,6 +1008,7 @@ mod tests {
         assert_eq!(v("application/json"), None);
         assert_eq!(v("application/vnd.acme+json"), None);
         assert_eq!(v("text/vnd.acme.v2"), None);
+        assert_eq!(v("application/vnd.acme.v2+json;q=0"), None);
     }
 
     #[test]

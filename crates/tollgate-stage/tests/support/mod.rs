@@ -1,0 +1,158 @@
+//! Loopback serving (axum with connect info, and plain hyper), stage services that echo what
+//! they saw, a stand-in authorizer and a manual clock, shared by the stage router's tests.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+#[path = "../../../../tests/support/client.rs"]
+mod client;
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use client::{Client, Reply};
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{OriginalUri, Request};
+use axum::middleware::{from_fn, Next};
+use axum::Router;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::Uri;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tollgate_core::{ManualClock, PeerAddr, Principal, Stage};
+use tower::{Service, ServiceExt};
+
+/// The wall time the manual clocks start at: Fri, 15 Jan 2027 08:00:00 GMT.
+pub const T0: u64 = 1_800_000_000;
+
+/// Serves `app` on `127.0.0.1:0` with connect info, so the peer IP keys the canaries.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// Serves a plain tower service (no axum) on `127.0.0.1:0` with hyper's HTTP/1 server,
+/// inserting [`PeerAddr`] as a hyper user would.
+pub async fn serve_hyper<S, B>(service: S) -> SocketAddr
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+                        request.extensions_mut().insert(PeerAddr(peer));
+                        service.clone().oneshot(request)
+                    });
+                // A client closing its connection early is not the test's concern.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A stage service that answers every path with a JSON document of what it saw: its own
+/// name (`service`), the path and query it received, the original URI, and the request's
+/// `Stage` (name, deployment, variables).
+pub fn echo(service: &'static str) -> Router {
+    Router::new().fallback(
+        move |stage: Stage, OriginalUri(original): OriginalUri, uri: Uri| async move {
+            let variables: Map<String, Value> = stage
+                .variables()
+                .map(|(name, value)| (name.to_owned(), Value::from(value)))
+                .collect();
+            let seen = json!({
+                "service": service,
+                "path": uri.to_string(),
+                "original": original.to_string(),
+                "stage": stage.name(),
+                "deployment": stage.deployment(),
+                "variables": variables,
+            });
+            ([(CONTENT_TYPE, "application/json")], seen.to_string())
+        },
+    )
+}
+
+/// What an [`echo`] service saw, after asserting the reply is its 200.
+#[track_caller]
+pub fn seen(reply: &Reply) -> Value {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()
+}
+
+/// A stand-in authorizer in front of the stage router: `x-user` becomes a verified
+/// [`Principal`] with that subject and the space-separated scopes of `x-scopes`.
+pub fn verified(app: Router) -> Router {
+    app.layer(from_fn(|mut request: Request, next: Next| async move {
+        if let Some(principal) = principal_of(request.headers()) {
+            request.extensions_mut().insert(principal);
+        }
+        next.run(request).await
+    }))
+}
+
+fn principal_of(headers: &http::HeaderMap) -> Option<Principal> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let subject = header("x-user")?;
+    let scopes = header("x-scopes").unwrap_or_default();
+    Some(
+        Principal::builder()
+            .subject(subject)
+            .scopes(scopes.split_whitespace())
+            .build(),
+    )
+}
+
+/// A GET request for in-process calls (`ServiceExt::oneshot`), from `peer` when given.
+pub fn get_request(path: &str, peer: Option<SocketAddr>, headers: &[(&str, &str)]) -> Request {
+    let mut request = http::Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(PeerAddr(peer));
+    }
+    request
+}
+
+/// A manual clock whose wall time starts at [`T0`].
+pub fn clock() -> ManualClock {
+    ManualClock::starting_at(at(0))
+}
+
+/// The wall time `seconds` after [`T0`] (before it, when negative).
+pub fn at(seconds: i64) -> SystemTime {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(T0);
+    if seconds >= 0 {
+        t0 + Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        t0 - Duration::from_secs(seconds.unsigned_abs())
+    }
+}
