@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, SET_COOKIE};
 use http::response::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::policy::CompiledPolicy;
 use crate::semantics::{age_at, explicit_lifetime, remove_hop_by_hop, CacheControl, Vary};
@@ -64,13 +64,19 @@ pub(crate) fn admit(
     if fresh_for.is_zero() {
         return Err("already stale");
     }
+    // `s-maxage` carries `proxy-revalidate` for shared caches (RFC 9111 §5.2.2.10): only the
+    // response's own stale directives, which RFC 5861 lets it add, may serve it stale.
+    let (swr_default, sie_default) = if cc.s_maxage.is_some() {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        (policy.stale_while_revalidate, policy.stale_if_error)
+    };
     let (stale_while_revalidate, stale_if_error) = if cc.must_revalidate {
         (Duration::ZERO, Duration::ZERO)
     } else {
         (
-            cc.stale_while_revalidate
-                .unwrap_or(policy.stale_while_revalidate),
-            cc.stale_if_error.unwrap_or(policy.stale_if_error),
+            cc.stale_while_revalidate.unwrap_or(swr_default),
+            cc.stale_if_error.unwrap_or(sie_default),
         )
     };
     Ok(Admitted {
@@ -89,7 +95,7 @@ impl Admitted {
         response: Parts,
         body: Bytes,
         request: &HeaderMap,
-        uri: &Uri,
+        resource: Box<str>,
         tag_header: Option<&HeaderName>,
         now: SystemTime,
     ) -> CachedResponse {
@@ -102,7 +108,12 @@ impl Admitted {
             .vary
             .into_iter()
             .map(|name| {
-                let values = request.get_all(&name).iter().cloned().collect();
+                // Copied: a value parsed from a request shares that request's whole head buffer.
+                let values = request
+                    .get_all(&name)
+                    .iter()
+                    .map(|v| HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone()))
+                    .collect();
                 (name, values)
             })
             .collect();
@@ -114,10 +125,7 @@ impl Admitted {
             body,
             vary,
             // Normalized only when a purge compares it: purges are rare, stores are not.
-            resource: uri
-                .path_and_query()
-                .map_or_else(|| uri.path(), |pq| pq.as_str())
-                .into(),
+            resource,
             tags: tags.into_boxed_slice(),
             stored_at: now,
             initial_age: self.initial_age,

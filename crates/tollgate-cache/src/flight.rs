@@ -15,9 +15,12 @@ pub(crate) enum Landing {
     Flying,
     /// The response was stored; waiters whose `Vary` values match serve it.
     Stored(Arc<CachedResponse>),
-    /// The response was not stored (not cacheable, too large, failed, or the leader's client
-    /// went away): waiters go upstream themselves.
+    /// The response was not stored (not cacheable, too large, or the leader's client went
+    /// away): waiters go upstream themselves.
     Aborted,
+    /// The upstream failed and the leader served a stale response: waiters that have one
+    /// serve it too, rather than each waiting on the failing upstream again.
+    Failed,
 }
 
 /// One upstream request that others wait on.
@@ -120,6 +123,13 @@ impl Leader {
         // After the store has the response: a request that sees the new epoch finds it there.
         self.flights.landings.fetch_add(1, Ordering::Release);
         self.flight.end(Landing::Stored(stored));
+    }
+}
+
+impl Leader {
+    /// Tells the waiters the upstream failed.
+    pub(crate) fn fail(self) {
+        self.flight.end(Landing::Failed);
     }
 }
 

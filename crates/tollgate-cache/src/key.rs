@@ -61,8 +61,9 @@ impl fmt::Debug for CacheKey {
 /// A key being built for one request.
 pub(crate) struct KeyBuf {
     bytes: Vec<u8>,
-    /// Whether the key names a principal, which makes `private` responses storable.
-    pub(crate) per_principal: bool,
+    /// Whose request the key says it is; a key that names the caller makes `private`
+    /// responses storable.
+    pub(crate) caller: Caller,
 }
 
 impl KeyBuf {
@@ -89,7 +90,7 @@ pub(crate) fn build(
 ) -> KeyBuf {
     let mut key = KeyBuf {
         bytes: Vec::with_capacity(64 + uri.path().len()),
-        per_principal: false,
+        caller: Caller::Anonymous,
     };
     // GET and HEAD share entries: a HEAD is answered from the GET response's head.
     key.bytes.push(b'G');
@@ -110,8 +111,8 @@ pub(crate) fn build(
         (QueryRule::Ignore, _) | (_, None) => {}
         (rule, Some(query)) => {
             for (name, value) in sorted_query(query, rule) {
-                key.part(b'q', name.as_bytes());
-                key.part(b'v', value.as_bytes());
+                key.part(b'q', &name);
+                key.part(b'v', &value);
             }
         }
     }
@@ -122,7 +123,7 @@ pub(crate) fn build(
         }
     }
     if policy.sharing == Sharing::PerPrincipal {
-        key.per_principal = principal_part(
+        key.caller = principal_part(
             &mut key,
             extensions.get::<Principal>(),
             headers,
@@ -132,57 +133,101 @@ pub(crate) fn build(
     key
 }
 
-/// Adds whose request this is; false for an anonymous one.
+/// Whose request a key says it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// No credentials and no principal: the key is shared by every anonymous caller.
+    Anonymous,
+    /// The key names the caller.
+    Named,
+    /// A principal nothing in the request identifies (no subject, no API key, no credential
+    /// header): its responses must not be shared, and cannot be keyed, so they bypass.
+    Unnamed,
+}
+
+/// Adds whose request this is.
 fn principal_part(
     key: &mut KeyBuf,
     principal: Option<&Principal>,
     headers: &HeaderMap,
     credential_headers: &[HeaderName],
-) -> bool {
+) -> Caller {
+    let mut named = false;
+    let mut subject = false;
     if let Some(principal) = principal {
-        let subject = principal.subject();
-        let api_key = principal.api_key_id();
-        if subject.is_some() || api_key.is_some() {
-            if let Some(subject) = subject {
-                // Two issuers may hand out the same subject to different people.
-                if let Some(issuer) = principal.claim("iss").and_then(|v| v.as_str()) {
-                    key.part(b'i', issuer.as_bytes());
-                }
-                key.part(b'u', subject.as_bytes());
+        if let Some(sub) = principal.subject() {
+            // Two issuers may hand out the same subject to different people.
+            if let Some(issuer) = principal.claim("iss").and_then(|v| v.as_str()) {
+                key.part(b'i', issuer.as_bytes());
             }
-            if let Some(api_key) = api_key {
-                key.part(b'k', api_key.as_bytes());
-            }
-            return true;
+            key.part(b'u', sub.as_bytes());
+            (named, subject) = (true, true);
+        }
+        if let Some(api_key) = principal.api_key_id() {
+            key.part(b'k', api_key.as_bytes());
+            named = true;
         }
     }
-    // Unverified credentials still mark the caller; they are hashed so the key never holds a
-    // secret.
-    let mut digest: Option<Sha256> = None;
-    for name in credential_headers {
-        for value in headers.get_all(name) {
-            let digest = digest.get_or_insert_with(Sha256::new);
-            digest.update(name.as_str().as_bytes());
-            digest.update([0]);
-            digest.update(value.as_bytes());
-            digest.update([0]);
+    // A verified subject is the user whatever token they send; without one (an API key names
+    // an application, not its users) the credentials still split the cache. They are hashed,
+    // so the key never holds a secret.
+    if !subject {
+        let mut digest: Option<Sha256> = None;
+        for name in credential_headers {
+            for value in headers.get_all(name) {
+                let digest = digest.get_or_insert_with(Sha256::new);
+                digest.update(name.as_str().as_bytes());
+                digest.update([0]);
+                digest.update(value.as_bytes());
+                digest.update([0]);
+            }
         }
-    }
-    match digest {
-        Some(digest) => {
+        if let Some(digest) = digest {
             key.part(b'c', &digest.finalize());
-            true
+            named = true;
         }
-        None => false,
+    }
+    match (named, principal.is_some()) {
+        (true, _) => Caller::Named,
+        (false, false) => Caller::Anonymous,
+        (false, true) => Caller::Unnamed,
+    }
+}
+
+/// One query parameter, decoded to bytes (`+` is a space, `%XX` a byte): no decoding is
+/// lossy, so two different queries never share a key.
+type Param<'q> = (Cow<'q, [u8]>, Cow<'q, [u8]>);
+
+fn decode(part: &[u8]) -> Cow<'_, [u8]> {
+    let spaced: Cow<'_, [u8]> = if part.contains(&b'+') {
+        Cow::Owned(part.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect())
+    } else {
+        Cow::Borrowed(part)
+    };
+    match spaced {
+        Cow::Borrowed(part) => percent_encoding::percent_decode(part).into(),
+        Cow::Owned(part) => Cow::Owned(percent_encoding::percent_decode(&part).collect()),
     }
 }
 
 /// The query's parameters the rule keeps, decoded and sorted by name, then value.
-fn sorted_query<'q>(query: &'q str, rule: &QueryRule) -> Vec<(Cow<'q, str>, Cow<'q, str>)> {
-    let mut pairs: Vec<_> = form_urlencoded::parse(query.as_bytes())
+fn sorted_query<'q>(query: &'q str, rule: &QueryRule) -> Vec<Param<'q>> {
+    let mut pairs: Vec<Param<'q>> = query
+        .as_bytes()
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+                None => (pair, &b""[..]),
+            };
+            (decode(name), decode(value))
+        })
         .filter(|(name, _)| match rule {
-            QueryRule::All => !name.is_empty(),
-            QueryRule::Only(names) => names.binary_search_by(|n| (**n).cmp(name)).is_ok(),
+            QueryRule::All => true,
+            QueryRule::Only(names) => names
+                .binary_search_by(|n| n.as_bytes().cmp(name))
+                .is_ok(),
             QueryRule::Ignore => false,
         })
         .collect();
@@ -190,16 +235,27 @@ fn sorted_query<'q>(query: &'q str, rule: &QueryRule) -> Vec<(Cow<'q, str>, Cow<
     pairs
 }
 
+/// A path and the given parameters, encoded again in one canonical form.
+fn canonical(path: &str, pairs: &[Param<'_>]) -> Box<str> {
+    if pairs.is_empty() {
+        return path.into();
+    }
+    let mut out = String::with_capacity(path.len() + 32);
+    out.push_str(path);
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.extend(form_urlencoded::byte_serialize(name));
+        out.push('=');
+        out.extend(form_urlencoded::byte_serialize(value));
+    }
+    out.into_boxed_str()
+}
+
 /// A resource's normalized form, which purges match: the path, then every query parameter
 /// decoded, sorted and encoded again.
 pub(crate) fn resource(path: &str, query: Option<&str>) -> Box<str> {
     let pairs = query.map_or_else(Vec::new, |q| sorted_query(q, &QueryRule::All));
-    if pairs.is_empty() {
-        return path.into();
-    }
-    let mut out = form_urlencoded::Serializer::for_suffix(format!("{path}?"), path.len() + 1);
-    out.extend_pairs(pairs);
-    out.finish().into_boxed_str()
+    canonical(path, &pairs)
 }
 
 /// The normalized form of a `path?query` string given to a purge.
@@ -207,6 +263,23 @@ pub(crate) fn resource_of(path_and_query: &str) -> Box<str> {
     match path_and_query.split_once('?') {
         Some((path, query)) => resource(path, Some(query)),
         None => path_and_query.into(),
+    }
+}
+
+/// The resource a stored response is for, as purges will compare it: the request's own path
+/// and query when every parameter is in the key (normalized only when a purge compares it:
+/// purges are rare, stores are not), or the path and the kept parameters when the route keys
+/// on fewer, so `/p/7?utm=x` stored under `/p/7`'s key is purged as `/p/7`.
+pub(crate) fn stored_resource(uri: &Uri, rule: &QueryRule) -> Box<str> {
+    match rule {
+        QueryRule::All => uri
+            .path_and_query()
+            .map_or_else(|| uri.path(), |pq| pq.as_str())
+            .into(),
+        rule => {
+            let pairs = uri.query().map_or_else(Vec::new, |q| sorted_query(q, rule));
+            canonical(uri.path(), &pairs)
+        }
     }
 }
 
@@ -277,7 +350,7 @@ mod tests {
         bob.insert("authorization", HeaderValue::from_static("Bearer bob"));
         let a = key_of("/me", &alice, &ext, CachePolicy::new());
         let b = key_of("/me", &bob, &ext, CachePolicy::new());
-        assert!(a.per_principal && b.per_principal);
+        assert!(a.caller == Caller::Named && b.caller == Caller::Named);
         assert_ne!(a.bytes, b.bytes);
         assert!(
             !a.bytes.windows(5).any(|w| w == b"alice"),
@@ -287,7 +360,7 @@ mod tests {
         let shared = CachePolicy::new().sharing(Sharing::Shared);
         let a = key_of("/me", &alice, &ext, shared.clone());
         let b = key_of("/me", &bob, &ext, shared);
-        assert!(!a.per_principal);
+        assert_eq!(a.caller, Caller::Anonymous);
         assert_eq!(a.bytes, b.bytes);
 
         let mut by_subject = http::Extensions::new();
@@ -301,6 +374,28 @@ mod tests {
     }
 
     #[test]
+    fn an_api_key_names_the_application_so_user_credentials_still_split_the_cache() {
+        let mut by_key = http::Extensions::new();
+        by_key.insert(Principal::builder().build().with_api_key("app", "basic"));
+        let mut alice = HeaderMap::new();
+        alice.insert("authorization", HeaderValue::from_static("Bearer alice"));
+        let mut bob = HeaderMap::new();
+        bob.insert("authorization", HeaderValue::from_static("Bearer bob"));
+        let a = key_of("/me", &alice, &by_key, CachePolicy::new());
+        let b = key_of("/me", &bob, &by_key, CachePolicy::new());
+        assert_eq!(a.caller, Caller::Named);
+        assert_ne!(a.bytes, b.bytes);
+    }
+
+    #[test]
+    fn a_principal_nothing_identifies_is_unnamed() {
+        let mut ext = http::Extensions::new();
+        ext.insert(Principal::builder().build());
+        let key = key_of("/me", &HeaderMap::new(), &ext, CachePolicy::new());
+        assert_eq!(key.caller, Caller::Unnamed);
+    }
+
+    #[test]
     fn hosts_split_the_cache() {
         let ext = http::Extensions::new();
         let host = |name: &'static str| {
@@ -310,6 +405,26 @@ mod tests {
         };
         assert_ne!(host("a.example"), host("b.example"));
         assert_eq!(host("a.example"), host("a.example"));
+    }
+
+    #[test]
+    fn undecodable_bytes_and_empty_names_keep_queries_apart() {
+        assert_ne!(plain("/a?id=%FE"), plain("/a?id=%FF"));
+        assert_ne!(plain("/b?=x"), plain("/b?=y"));
+        assert_eq!(plain("/c?a=1&&b=2"), plain("/c?b=2&a=1"));
+    }
+
+    #[test]
+    fn stored_resources_keep_only_the_keyed_parameters() {
+        let uri: Uri = "/p/7?utm=x&page=2".parse().unwrap();
+        let only = CachePolicy::new()
+            .query(crate::QueryKey::Only(vec!["page".into()]))
+            .compile();
+        assert_eq!(&*stored_resource(&uri, &only.query), "/p/7?page=2");
+        let ignore = CachePolicy::new().query(crate::QueryKey::Ignore).compile();
+        assert_eq!(&*stored_resource(&uri, &ignore.query), "/p/7");
+        let all = CachePolicy::new().compile();
+        assert_eq!(&*stored_resource(&uri, &all.query), "/p/7?utm=x&page=2");
     }
 
     #[test]

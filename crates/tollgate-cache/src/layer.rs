@@ -81,6 +81,8 @@ pub(crate) struct Shared<St> {
     pub(crate) wait_timeout: Duration,
     pub(crate) counters: Counters,
     pub(crate) writes: Arc<Writes>,
+    /// Counts purges, so a response fetched across one is not stored afterwards.
+    pub(crate) purges: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Counters {
@@ -205,6 +207,9 @@ impl<St: CacheStore> CacheHandle<St> {
     pub fn purge(&self, purge: &Purge) {
         tracing::info!(?purge, "cache purge");
         metrics::counter!("tollgate_cache_purges_total").increment(1);
+        self.shared
+            .purges
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.shared.store.purge(purge);
     }
 }
@@ -327,6 +332,7 @@ impl CacheBuilder {
                 wait_timeout: self.wait_timeout,
                 counters: Counters::new(),
                 writes: Arc::new(Writes::new(self.clock.clone())),
+                purges: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }

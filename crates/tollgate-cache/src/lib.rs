@@ -4,7 +4,8 @@
 //! A [`CacheLayer`] answers GET and HEAD requests from stored responses; other methods pass
 //! through untouched, except that a successful POST, PUT, PATCH or DELETE invalidates what is
 //! stored for its path (and for the paths its `Location` and `Content-Location` name on the
-//! same host), as RFC 9111 §4.4 asks. A miss goes to the inner service, and its response is stored if RFC 9111
+//! same host), as RFC 9111 §4.4 asks: what was stored before the write is no longer served
+//! (it stays in memory until it expires or is evicted). A miss goes to the inner service, and its response is stored if RFC 9111
 //! lets a shared cache store it and the route's [`CachePolicy`] agrees:
 //!
 //! - `no-store`, `no-cache`, `Vary: *` and (unless the route opts in) `Set-Cookie` responses
@@ -13,15 +14,18 @@
 //!   default), capped by the route's max TTL (3600 s), less the response's `Age`.
 //! - The key is the host, the path, the query (decoded and sorted; or chosen parameters),
 //!   chosen request headers, the [`Stage`](tollgate_core::Stage), and — when the request carries credentials
-//!   (a [`Principal`](tollgate_core::Principal) with a subject or API key, `Authorization`,
-//!   `X-Api-Key` or `Cookie`) — the caller, so one user never receives another's response,
-//!   unless the route is [`Sharing::Shared`]. The values of the headers a response's `Vary`
-//!   names pick the variant within the key.
+//!   (a [`Principal`](tollgate_core::Principal)'s subject, or else its API key together with
+//!   a hash of the `Authorization`, `X-Api-Key` and `Cookie` headers, since one key may serve
+//!   many users) — the caller, so one user never receives another's response,
+//!   unless the route is [`Sharing::Shared`]. A request with a principal that nothing
+//!   identifies bypasses the cache. The values of the headers a response's `Vary` names pick
+//!   the variant within the key.
 //! - Concurrent misses on one key send one upstream request; the others wait for its response,
 //!   and go upstream themselves if it is not stored (or after
 //!   [`CacheBuilder::wait_timeout`]).
 //! - `stale-while-revalidate` serves a stale response at once and refreshes it with one
-//!   background request; `stale-if-error` serves it when the upstream answers 5xx, fails, or
+//!   background request; `stale-if-error` serves it (to the waiters of a failed request
+//!   too) when the upstream answers 5xx, fails, or
 //!   passes [`CachePolicy::upstream_timeout`]. Both come from the response or the policy.
 //! - `If-None-Match` and `If-Modified-Since` are answered 304 from a stored response; a HEAD is
 //!   answered from the GET entry.
@@ -32,7 +36,10 @@
 //!
 //! Memory is bounded by bytes ([`CacheBuilder::max_bytes`], 64 MiB by default); a response
 //! larger than [`CacheBuilder::max_entry_bytes`] (1 MiB) streams to the client without being
-//! held whole, and is not stored.
+//! held whole, and is not stored. A response that may be stored is read up to that limit
+//! before its head is sent, as a buffering proxy does: a route that streams (server-sent
+//! events, long polls, progress) should send `Cache-Control: no-store` or be
+//! [disabled](CachePolicy::disabled) in its policy.
 //!
 //! # Example
 //!

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::poll_fn;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -7,7 +8,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{
     AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, VARY,
+    IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -19,7 +20,7 @@ use crate::body::{read, CacheBody, Read};
 use crate::flight::{landing, Join, Landing, Leader};
 use crate::future::Write;
 use crate::future::{Boxed, ResponseFuture};
-use crate::key::{self, CacheKey};
+use crate::key::{self, CacheKey, Caller};
 use crate::layer::Shared;
 use crate::policy::{ClientRefresh, CompiledPolicy};
 use crate::semantics::{not_modified, CacheControl};
@@ -77,7 +78,9 @@ fn classify(
     writes: &Writes,
     now: SystemTime,
 ) -> Found {
-    let Some(variant) = found.and_then(|v| v.iter().find(|v| v.matches(request)).cloned()) else {
+    // Newest first: after the upstream changes its Vary, an older variant may match too.
+    let Some(variant) = found.and_then(|v| v.iter().rev().find(|v| v.matches(request)).cloned())
+    else {
         return Found::Miss;
     };
     if writes.since(path, variant.stored_at) {
@@ -166,6 +169,9 @@ where
             policy,
             &shared.credential_headers,
         );
+        if built.caller == Caller::Unnamed {
+            return self.bypass(request);
+        }
         let key = built.to_key();
         let now = shared.clock.system_time();
         // Read before the lookup: a flight that lands after it moves the epoch on.
@@ -178,7 +184,7 @@ where
         // Built only past a fresh hit: the policy handle costs on the hit path.
         let miss = |key: CacheKey| Miss {
             key,
-            per_principal: built.per_principal,
+            per_principal: built.caller == Caller::Named,
             policy: policy.clone(),
             label: if refresh { REFRESH } else { MISS },
             // A client's refresh goes upstream whatever another request just stored.
@@ -307,6 +313,12 @@ impl<S, St> Flow<S, St> {
         };
         // The fetch is boxed on its own, not inside a wrapper future: one allocation per miss,
         // no larger than it must be.
+        if miss.recheck_after.is_none() {
+            // A client's refresh wants what the upstream says now, not a flight already in the
+            // air: it leads a new one or goes alone.
+            let leader = self.shared.flights.lead(&miss.key);
+            return Dispatch::Later(Box::pin(self.fetch(request, miss, leader, fallback)));
+        }
         match self.shared.flights.join(&miss.key) {
             Join::Lead(leader) => {
                 Dispatch::Later(Box::pin(self.fetch(request, miss, Some(leader), fallback)))
@@ -314,12 +326,17 @@ impl<S, St> Flow<S, St> {
             Join::Wait(flight) => Dispatch::Later(Box::pin(async move {
                 let wait = self.shared.wait_timeout;
                 let landed = tokio::time::timeout(wait, landing(flight)).await;
-                if let Ok(Landing::Stored(stored)) = landed {
-                    if stored.matches(request.headers()) {
+                let now = self.shared.clock.system_time();
+                match (landed, &fallback) {
+                    (Ok(Landing::Stored(stored)), _) if stored.matches(request.headers()) => {
                         self.shared.counters.hit.increment(1);
-                        let now = self.shared.clock.system_time();
                         return Ok(serve(&stored, &request, now, HIT));
                     }
+                    (Ok(Landing::Failed), Some(stale)) => {
+                        self.shared.counters.stale.increment(1);
+                        return Ok(serve(stale, &request, now, STALE));
+                    }
+                    _ => {}
                 }
                 self.fetch(request, miss, None, fallback).await
             })),
@@ -394,6 +411,11 @@ impl<S, St> Flow<S, St> {
             *request.method_mut() = Method::GET;
         }
         let request_headers = request.headers().clone();
+        // The cache fills with the whole representation; the client's own conditions and
+        // ranges are answered from it afterwards.
+        for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_RANGE, RANGE] {
+            request.headers_mut().remove(name);
+        }
         let uri = request.uri().clone();
         let stale = |stored: &CachedResponse| {
             counters.stale.increment(1);
@@ -402,6 +424,10 @@ impl<S, St> Flow<S, St> {
         };
 
         poll_fn(|cx| self.inner.poll_ready(cx)).await?;
+        // Taken before the upstream sees the request: a write or purge that lands while it is
+        // on its way is newer than what it brings back.
+        let now = shared.clock.system_time();
+        let purges = shared.purges.load(Ordering::Acquire);
         let call = self.inner.call(request);
         let response = match &fallback {
             None => call.await?,
@@ -414,6 +440,9 @@ impl<S, St> Flow<S, St> {
                     Some(Ok(response)) if !response.status().is_server_error() => response,
                     _ => {
                         tracing::debug!("upstream failed or timed out; serving stale");
+                        if let Some(leader) = leader {
+                            leader.fail();
+                        }
                         return Ok(stale(stored));
                     }
                 }
@@ -425,7 +454,6 @@ impl<S, St> Flow<S, St> {
             counters.miss.increment(1);
         }
 
-        let now = shared.clock.system_time();
         let (mut parts, body) = response.into_parts();
         let too_long = parts
             .headers
@@ -443,6 +471,7 @@ impl<S, St> Flow<S, St> {
                 tracing::debug!(reason, "response not stored");
                 parts.headers.insert(X_CACHE_STATUS, miss.label);
                 let body = if head {
+                    head_length(&mut parts.headers, &body);
                     CacheBody::empty()
                 } else {
                     CacheBody::inner(body)
@@ -457,29 +486,32 @@ impl<S, St> Flow<S, St> {
                     parts,
                     bytes,
                     &request_headers,
-                    &uri,
+                    key::stored_resource(&uri, &miss.policy.query),
                     shared.tag_header.as_ref(),
                     now,
                 ));
-                shared.store.put(miss.key, stored.clone());
-                if let Some(leader) = leader {
-                    leader.land(stored.clone());
-                }
-                let mut response = Response::new(if head {
-                    CacheBody::empty()
+                if shared.purges.load(Ordering::Acquire) == purges {
+                    shared.store.put(miss.key, stored.clone());
+                    if let Some(leader) = leader {
+                        leader.land(stored.clone());
+                    }
                 } else {
-                    CacheBody::full(stored.body.clone())
-                });
-                *response.status_mut() = stored.status;
+                    tracing::debug!("a purge came while the response was on its way; not stored");
+                }
+                let mut response =
+                    serve_parts(&stored, &request_headers, head, now, miss.label.clone());
                 *response.version_mut() = version;
-                *response.headers_mut() = stored.headers.clone();
-                response.headers_mut().insert(X_CACHE_STATUS, miss.label);
                 Ok(response)
             }
             Read::Partial(body) => {
                 tracing::debug!("response body larger than the entry limit; not stored");
                 parts.headers.insert(X_CACHE_STATUS, miss.label);
-                let body = if head { CacheBody::empty() } else { body };
+                let body = if head {
+                    head_length(&mut parts.headers, &body);
+                    CacheBody::empty()
+                } else {
+                    body
+                };
                 Ok(Response::from_parts(parts, body))
             }
         }
@@ -502,6 +534,16 @@ async fn stored_since<St: CacheStore>(
     match classify(found, request, path, &shared.writes, now) {
         Found::Fresh(stored) => Some(stored),
         _ => None,
+    }
+}
+
+/// A HEAD answered from a GET response that is not kept: its length, when the body knows it,
+/// so the empty body does not read as `Content-Length: 0`.
+fn head_length<B: Body>(headers: &mut HeaderMap, body: &B) {
+    if !headers.contains_key(CONTENT_LENGTH) {
+        if let Some(len) = body.size_hint().exact() {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
     }
 }
 

@@ -70,7 +70,14 @@ impl CachedResponse {
             .map(|(name, value)| name.as_str().len() + value.len() + 32)
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
-        self.body.len() + headers + tags + self.resource.len() + 256
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(name, values)| {
+                name.as_str().len() + values.iter().map(|v| v.len() + 32).sum::<usize>()
+            })
+            .sum();
+        self.body.len() + headers + tags + vary + self.resource.len() + 256
     }
 }
 

@@ -1,3 +1,4 @@
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -5,8 +6,9 @@ use http::header::{CONTENT_LOCATION, HOST, LOCATION};
 use http::{HeaderMap, Method, Response, Uri};
 use tollgate_core::{Clock, SharedClock};
 
-/// How many written paths are remembered; past it the oldest are forgotten, and a response
-/// stored before a forgotten write is served until it expires, as without this record.
+/// How many written paths are remembered; past it moka's policy forgets some, and a response
+/// stored before a forgotten write can be served again until it expires, as without this
+/// record.
 const CAPACITY: u64 = 10_000;
 
 /// How long a write is remembered: longer than any response stays fresh by default, with room
@@ -21,7 +23,10 @@ const REMEMBERED_FOR: Duration = Duration::from_secs(24 * 3600);
 /// caller and stage (RFC 9111 lets a cache invalidate more than the target URI). Marks are
 /// kept by path, so a hit looks up its path only once any write has been seen.
 pub(crate) struct Writes {
-    marks: moka::sync::Cache<Box<str>, SystemTime>,
+    // By a seeded hash of the path, so a mark costs the same whatever the path's length; a
+    // collision only hides one more resource until it is fetched again.
+    marks: moka::sync::Cache<u64, SystemTime>,
+    seed: foldhash::quality::RandomState,
     any: AtomicBool,
     clock: SharedClock,
 }
@@ -42,6 +47,7 @@ impl Writes {
                 .time_to_live(REMEMBERED_FOR)
                 .build(),
             any: AtomicBool::new(false),
+            seed: foldhash::quality::RandomState::default(),
             clock,
         }
     }
@@ -56,7 +62,11 @@ impl Writes {
 
     /// Whether `path` was written at or after `stored_at`.
     pub(crate) fn since(&self, path: &str, stored_at: SystemTime) -> bool {
-        self.any.load(Ordering::Relaxed) && self.marks.get(path).is_some_and(|at| at >= stored_at)
+        self.any.load(Ordering::Relaxed)
+            && self
+                .marks
+                .get(&self.seed.hash_one(path))
+                .is_some_and(|at| at >= stored_at)
     }
 
     /// Records the paths a finished unsafe request changed, if it succeeded.
@@ -76,7 +86,7 @@ impl Writes {
 
     fn mark(&self, path: &str, at: SystemTime) {
         self.any.store(true, Ordering::Relaxed);
-        self.marks.insert(path.into(), at);
+        self.marks.insert(self.seed.hash_one(path), at);
     }
 }
 

@@ -1526,3 +1526,196 @@ async fn only_the_chosen_query_parameters_split_the_cache() {
     );
     assert_eq!(calls.count(), 2);
 }
+
+/// A layer in front of the cache that marks every request as the application's API key, the
+/// way a usage plan without an authorizer does: a principal with a key id and no subject.
+fn as_application(app: Router) -> Router {
+    app.layer(from_fn(|mut request: Request, next: Next| async move {
+        let principal = tollgate_core::Principal::builder()
+            .build()
+            .with_api_key("mobile-app", "pro");
+        request.extensions_mut().insert(principal);
+        next.run(request).await
+    }))
+}
+
+#[tokio::test]
+async fn users_behind_one_api_key_never_receive_each_others_private_responses() {
+    let calls = Calls::default();
+    let profile = upstream(&calls, |_, request| {
+        let who = request.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        respond(
+            200,
+            &[("cache-control", "private, max-age=60")],
+            format!("profile of {who}"),
+        )
+    });
+    let app = Router::new()
+        .route("/me", profile)
+        .layer(CacheLayer::builder().build().unwrap());
+    let (addr, client) = (serve(as_application(app)).await, Client::new());
+    let alice = [("authorization", "Bearer alice")];
+    let bob = [("authorization", "Bearer bob")];
+
+    assert_served(
+        &client.get(addr, "/me", &alice).await,
+        "MISS",
+        "profile of Bearer alice",
+    );
+    assert_served(
+        &client.get(addr, "/me", &bob).await,
+        "MISS",
+        "profile of Bearer bob",
+    );
+    assert_served(
+        &client.get(addr, "/me", &alice).await,
+        "HIT",
+        "profile of Bearer alice",
+    );
+    assert_served(
+        &client.get(addr, "/me", &bob).await,
+        "HIT",
+        "profile of Bearer bob",
+    );
+    assert_eq!(calls.count(), 2);
+}
+
+/// `/items/7`: the first GET waits for `release` before answering `v0`; later GETs answer at
+/// once with their call index; a PUT answers 204.
+fn held_item(calls: &Calls, release: &Arc<Notify>) -> Router {
+    let (calls, release) = (calls.clone(), release.clone());
+    let read = get(move || {
+        let (calls, release) = (calls.clone(), release.clone());
+        async move {
+            let n = calls.next();
+            if n == 0 {
+                release.notified().await;
+            }
+            respond(200, &[("cache-control", "max-age=300")], format!("v{n}"))
+        }
+    });
+    Router::new().route("/items/7", read.put(|| async { StatusCode::NO_CONTENT }))
+}
+
+#[tokio::test]
+async fn a_write_that_lands_while_a_read_is_upstream_invalidates_what_the_read_brings_back() {
+    let (calls, release, clock) = (Calls::default(), Arc::new(Notify::new()), clock());
+    let cache = CacheLayer::builder().clock(clock.clone()).build().unwrap();
+    let addr = serve(held_item(&calls, &release).layer(cache)).await;
+    let client = Client::new();
+
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(addr, "/items/7", &[]).await }
+    });
+    calls.wait_for(1).await;
+    clock.advance(Duration::from_secs(1));
+    let write = client.send("PUT", addr, "/items/7", &[]).await;
+    assert_eq!(write.status, StatusCode::NO_CONTENT);
+    release.notify_one();
+    assert_served(&first.await.unwrap(), "MISS", "v0");
+
+    // v0 was read before the write: it must not be served after it.
+    clock.advance(Duration::from_secs(1));
+    assert_served(&client.get(addr, "/items/7", &[]).await, "MISS", "v1");
+    clock.advance(Duration::from_secs(1));
+    assert_served(&client.get(addr, "/items/7", &[]).await, "HIT", "v1");
+}
+
+#[tokio::test]
+async fn a_purge_while_a_read_is_upstream_is_not_undone_by_its_response() {
+    let (calls, release) = (Calls::default(), Arc::new(Notify::new()));
+    let cache = CacheLayer::builder().build().unwrap();
+    let purge = cache.handle();
+    let addr = serve(held_item(&calls, &release).layer(cache)).await;
+    let client = Client::new();
+
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(addr, "/items/7", &[]).await }
+    });
+    calls.wait_for(1).await;
+    purge.purge_resource("/items/7");
+    release.notify_one();
+    assert_served(&first.await.unwrap(), "MISS", "v0");
+
+    assert_served(&client.get(addr, "/items/7", &[]).await, "MISS", "v1");
+    assert_served(&client.get(addr, "/items/7", &[]).await, "HIT", "v1");
+}
+
+#[tokio::test]
+async fn an_allowed_refresh_goes_upstream_even_while_an_older_request_is_in_flight() {
+    let (calls, release) = (Calls::default(), Arc::new(Notify::new()));
+    let cache = CacheLayer::builder()
+        .policy(CachePolicy::new().client_refresh(ClientRefresh::Allow))
+        .build()
+        .unwrap();
+    let addr = serve(held_item(&calls, &release).layer(cache)).await;
+    let client = Client::new();
+
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(addr, "/items/7", &[]).await }
+    });
+    calls.wait_for(1).await;
+    let refreshed = client
+        .get(addr, "/items/7", &[("cache-control", "no-cache")])
+        .await;
+    assert_served(&refreshed, "REFRESH", "v1");
+    release.notify_one();
+    assert_served(&first.await.unwrap(), "MISS", "v0");
+}
+
+#[tokio::test]
+async fn a_head_whose_response_is_not_stored_keeps_the_get_bodys_length() {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/report",
+            upstream(&calls, |_, _| {
+                respond(200, &[("cache-control", "no-store")], "hello world")
+            }),
+        )
+        .layer(CacheLayer::builder().build().unwrap());
+    let (addr, client) = (serve(app).await, Client::new());
+
+    let head = client.send("HEAD", addr, "/report", &[]).await;
+    assert_eq!(head.status, StatusCode::OK, "{head:?}");
+    assert_eq!(head.header("content-length"), "11");
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test]
+async fn a_conditional_miss_fills_the_cache_and_is_answered_304_from_it() {
+    let calls = Calls::default();
+    // Like a real origin, it answers a matching If-None-Match with 304 and no body.
+    let document = upstream(&calls, |_, request| {
+        if request.headers().contains_key("if-none-match") {
+            return respond(304, &[("etag", "\"v1\"")], "");
+        }
+        respond(
+            200,
+            &[("etag", "\"v1\""), ("cache-control", "max-age=60")],
+            "the document",
+        )
+    });
+    let app = Router::new()
+        .route("/doc", document)
+        .layer(CacheLayer::builder().build().unwrap());
+    let (addr, client) = (serve(app).await, Client::new());
+
+    let conditional = client
+        .get(addr, "/doc", &[("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!(
+        conditional.status,
+        StatusCode::NOT_MODIFIED,
+        "{conditional:?}"
+    );
+    assert_eq!(conditional.header("x-cache-status"), "MISS");
+    assert_served(&client.get(addr, "/doc", &[]).await, "HIT", "the document");
+    assert_eq!(calls.count(), 1);
+}
