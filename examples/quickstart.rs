@@ -20,23 +20,38 @@
 //! 30 s, so a repeat within that time is answered at once from memory (`X-Cache-Status: HIT`,
 //! the same body, an `Age`). The cache wraps only that route: the others are not cached.
 //!
+//! `GET /v1/orders` and `GET /v2/orders` are two stages of an orders API, each its own axum
+//! `Router`, behind a stage router that selects them by base path and strips it. `v1` is
+//! deprecated, with a sunset six months after start-up and `/v2` as its successor, so its
+//! responses carry `Deprecation`, `Sunset` and `Link`. `v2` has a canary, `v2-canary`, that 10 %
+//! of client IPs are sent to, always the same ones; the quickstart turns on the `X-Canary`
+//! override header (off by default), so `X-Canary: always` (or `never`) forces a side. Every
+//! stage response names its deployment in `X-Deployment`, and the handler answers its stage,
+//! deployment and `orders_table` stage variable as JSON.
+//!
 //! Set `TOLLGATE_ADDR` to listen elsewhere.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::http::HeaderName;
 use axum::routing::get;
 use axum::{Json, Router};
 use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
 use tollgate::auth::AuthLayer;
 use tollgate::cache::{CacheLayer, CachePolicy};
+use tollgate::core::InnerBody;
 use tollgate::key::ClientIp;
+use tollgate::stage::{Canary, StageError, StageRouter, StageSpec, DEFAULT_OVERRIDE_HEADER};
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
 use tollgate::usage::{NewKey, QuotaPeriod, UsagePlan, UsagePlans};
-use tollgate::{Principal, TrustedProxies};
+use tollgate::{Principal, Stage, TrustedProxies};
 
 const ISSUER: &str = "tollgate-quickstart";
 const AUDIENCE: &str = "quickstart";
+
+/// How long after start-up stage `v1` is retired.
+const V1_SUNSET_AFTER: Duration = Duration::from_secs(180 * 24 * 60 * 60);
 
 /// The caller, as the authorizer verified it.
 async fn me(principal: Principal) -> Json<serde_json::Value> {
@@ -63,6 +78,48 @@ async fn slow() -> Json<serde_json::Value> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     Json(serde_json::json!({ "generated_at_unix_ms": ran.as_millis() as u64 }))
+}
+
+/// Orders, from whichever stage and deployment the stage router chose.
+async fn orders(stage: Stage) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "stage": stage.name(),
+        "deployment": stage.deployment(),
+        "orders_table": stage.variable("orders_table"),
+        "orders": [{ "id": 1, "total": "12.50" }, { "id": 2, "total": "7.00" }],
+    }))
+}
+
+/// Stage `v1` under `/v1`, deprecated and retiring, and stage `v2` under `/v2` with a 10 %
+/// canary that `X-Canary` can force; each deployment its own axum `Router`.
+fn stages() -> Result<StageRouter<Router, InnerBody>, StageError> {
+    let deployment = || Router::new().route("/orders", get(orders));
+    let now = SystemTime::now();
+    let v1 = StageSpec::new("v1", deployment())
+        .base_path("/v1")
+        .variable("orders_table", "orders_v1")
+        .deprecated_at(now)
+        .sunset_at(now + V1_SUNSET_AFTER)
+        .successor("/v2");
+    let v2 = StageSpec::new("v2", deployment())
+        .base_path("/v2")
+        .variable("orders_table", "orders_v2")
+        .canary(
+            Canary::new(deployment())
+                .deployment("v2-canary")
+                .percent(10.0)
+                .variable("orders_table", "orders_v2_next"),
+        );
+    Ok(StageRouter::builder()
+        .stage(v1)
+        .stage(v2)
+        // The same client IP always lands on the same side of the canary.
+        .sticky_by(ClientIp::new(TrustedProxies::none()))
+        // For the demo anyone may force a side; a real gateway adds `.override_scope(..)`, with
+        // the authorizer around the stage router, so only testers can.
+        .override_header(Some(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)))
+        .build()?
+        .keep_inner_body())
 }
 
 /// A fresh HMAC secret and a token signed with it, valid for an hour.
@@ -155,7 +212,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/me", get(me).route_layer(auth))
         .layer(throttle)
         .merge(api)
-        .merge(slow);
+        .merge(slow)
+        // Whatever no route above matches goes to the stages: /v1/... and /v2/... (and a
+        // problem+json 404 for paths no stage serves).
+        .fallback_service(stages()?);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
@@ -194,6 +254,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "      time them: curl -s -o /dev/null -w '%{{time_total}}\\n' http://{addr}/api/slow"
     );
+    println!("  curl -i http://{addr}/v1/orders");
+    println!("      200 from stage v1 (x-deployment: v1), deprecated: deprecation: @<start-up>,");
+    println!("      sunset: <start-up + 180 days>, link: </v2>; rel=\"successor-version\"");
+    println!("  curl -i http://{addr}/v2/orders");
+    println!(
+        "      200 with x-deployment: v2, or v2-canary for the 10 % of client IPs on the canary;"
+    );
+    println!("      a client stays on its side, so every try from this machine gives the same");
+    println!("  curl -i -H 'x-canary: always' http://{addr}/v2/orders");
+    println!("      forces the canary: x-deployment: v2-canary, orders_table orders_v2_next ('never': v2)");
     println!();
     println!("Press Ctrl-C to stop.");
 

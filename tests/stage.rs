@@ -13,7 +13,7 @@ use support::{serve_axum, Client, Reply};
 use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
 use tollgate::auth::{AuthLayer, RoutePolicy};
 use tollgate::key::Subject;
-use tollgate::stage::{Canary, StageRouter, StageSpec};
+use tollgate::stage::{Canary, StageRouter, StageSpec, DEFAULT_OVERRIDE_HEADER};
 use tollgate::{Principal, Stage};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -66,13 +66,16 @@ fn orders(service: &'static str) -> Router {
 }
 
 /// `v2` on `/v2` with a canary at `percent` and `sticky`, behind the JWT authorizer, which
-/// lets anonymous callers through.
+/// lets anonymous callers through; `X-Canary` forces a side for principals with `OVERRIDE`.
 async fn behind_the_authorizer(percent: f64, by_subject: bool) -> std::net::SocketAddr {
-    let mut stages = StageRouter::builder().override_scope(OVERRIDE).stage(
-        StageSpec::new("v2", orders("v2"))
-            .base_path("/v2")
-            .canary(Canary::new(orders("v2-next")).percent(percent)),
-    );
+    let mut stages = StageRouter::builder()
+        .override_header(Some(http::HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)))
+        .override_scope(OVERRIDE)
+        .stage(
+            StageSpec::new("v2", orders("v2"))
+                .base_path("/v2")
+                .canary(Canary::new(orders("v2-next")).percent(percent)),
+        );
     if by_subject {
         stages = stages.sticky_by(Subject);
     }

@@ -87,7 +87,8 @@ pub struct StageConfig {
     /// What keeps a client on one side of a canary (default `peer_ip`).
     #[serde(default)]
     pub sticky_by: Option<StickyConfig>,
-    /// The override header (default `x-canary`); `""` allows no override.
+    /// The header that forces a side of a canary, such as `x-canary` (default: none, so no
+    /// client can force a side; `""` is none too).
     #[serde(default)]
     pub override_header: Option<String>,
     /// The scope a principal needs for the override header to count.

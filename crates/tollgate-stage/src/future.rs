@@ -21,7 +21,7 @@ pub(crate) struct Extra {
 
 pin_project! {
     /// The response future of a [`StageRouter`](crate::StageRouter): a refusal answered at
-    /// once, or the chosen deployment's service, readied and called.
+    /// once, or the chosen deployment's service, called (or readied, then called).
     pub struct ResponseFuture<S, Req, M, B>
     where
         S: Service<Req>,
@@ -29,6 +29,7 @@ pin_project! {
     {
         #[pin]
         kind: Kind<S, Req, M, B>,
+        extra: Option<Extra>,
     }
 }
 
@@ -40,7 +41,12 @@ pin_project! {
         M: BodyMode<B>,
     {
         Rejected { response: Option<Response<M::Body>>, marker: PhantomData<fn() -> B> },
-        Inner { #[pin] future: Oneshot<S, Req>, extra: Option<Extra> },
+        // The service was ready at once and has been called.
+        Called { #[pin] future: S::Future },
+        // The service was not ready: it is readied, then called, here. Boxed, as it holds
+        // the request and the service: the common case's future stays small to move.
+        Readying { future: Pin<Box<Oneshot<S, Req>>> },
+        Failed { error: Option<S::Error> },
     }
 }
 
@@ -55,15 +61,30 @@ where
                 response: Some(response),
                 marker: PhantomData,
             },
+            extra: None,
         }
     }
 
-    pub(crate) fn inner(future: Oneshot<S, Req>, extra: Extra) -> Self {
+    pub(crate) fn called(future: S::Future, extra: Extra) -> Self {
         Self {
-            kind: Kind::Inner {
-                future,
-                extra: Some(extra),
+            kind: Kind::Called { future },
+            extra: Some(extra),
+        }
+    }
+
+    pub(crate) fn readying(future: Oneshot<S, Req>, extra: Extra) -> Self {
+        Self {
+            kind: Kind::Readying {
+                future: Box::pin(future),
             },
+            extra: Some(extra),
+        }
+    }
+
+    pub(crate) fn failed(error: S::Error) -> Self {
+        Self {
+            kind: Kind::Failed { error: Some(error) },
+            extra: None,
         }
     }
 }
@@ -76,32 +97,39 @@ where
     type Output = Result<Response<M::Body>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Rejected { response, .. } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            KindProj::Inner { future, extra } => {
-                let mut response = ready!(future.poll(cx))?;
-                if let Some(extra) = extra.take() {
-                    let headers = response.headers_mut();
-                    if let Some((name, value)) = extra.deployment {
-                        headers.insert(name, value);
-                    }
-                    if let Some(deprecation) = extra.deprecation {
-                        if let Some(value) = &deprecation.deprecation {
-                            headers.insert(HeaderName::from_static("deprecation"), value.clone());
-                        }
-                        if let Some((_, value)) = &deprecation.sunset {
-                            headers.insert(HeaderName::from_static("sunset"), value.clone());
-                        }
-                        if let Some(value) = &deprecation.link {
-                            headers.append(LINK, value.clone());
-                        }
-                    }
+        let this = self.project();
+        let mut response = match this.kind.project() {
+            KindProj::Rejected { response, .. } => {
+                return Poll::Ready(Ok(response
+                    .take()
+                    .expect("ResponseFuture polled after completion")))
+            }
+            KindProj::Failed { error } => {
+                return Poll::Ready(Err(error
+                    .take()
+                    .expect("ResponseFuture polled after completion")))
+            }
+            KindProj::Called { future } => ready!(future.poll(cx))?,
+            KindProj::Readying { future } => ready!(future.as_mut().poll(cx))?,
+        };
+        if let Some(extra) = this.extra.take() {
+            let headers = response.headers_mut();
+            if let Some((name, value)) = extra.deployment {
+                headers.insert(name, value);
+            }
+            if let Some(deprecation) = extra.deprecation {
+                if let Some(value) = &deprecation.deprecation {
+                    headers.insert(HeaderName::from_static("deprecation"), value.clone());
                 }
-                Poll::Ready(Ok(M::pass(response)))
+                if let Some((_, value)) = &deprecation.sunset {
+                    headers.insert(HeaderName::from_static("sunset"), value.clone());
+                }
+                if let Some(value) = &deprecation.link {
+                    headers.append(LINK, value.clone());
+                }
             }
         }
+        Poll::Ready(Ok(M::pass(response)))
     }
 }
 

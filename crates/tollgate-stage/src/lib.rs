@@ -2,8 +2,10 @@
 //! canaries, and deprecation with a sunset.
 //!
 //! A [`StageRouter`] is a tower service that holds named stages, each served by its own inner
-//! service (typically an axum `Router` per version) with its own variables. Each request is
-//! routed by the first rule that matches, in this order:
+//! service (typically an axum `Router` per version) with its own variables. The services are
+//! all of one type, and `Clone + Send + Sync`: to mix service types, box each one in a
+//! [`tower::util::BoxCloneSyncService`]. Each request is routed by the first rule that
+//! matches, in this order:
 //!
 //! 1. **base path** — the longest matching prefix of all stages (`/v1`, `/orders/v2`), by
 //!    whole segments; the prefix is stripped before the stage's service sees the path
@@ -24,10 +26,20 @@
 //! [`sticky_by`](StageRouterBuilder::sticky_by) key (peer IP by default; an API key, the
 //! principal, a cookie, …) puts each client in one of a million buckets, and clients below the
 //! percent's threshold get the canary — so a client stays on its side, and raising the percent
-//! only moves clients from stable to canary. `X-Canary: always|never` forces a side for
-//! testing ([`override_header`](StageRouterBuilder::override_header), optionally only for a
-//! scope). A [`StageHandle`] sets the percent, promotes or rolls back at run time; requests in
-//! flight finish on the deployment they started with.
+//! only moves clients from stable to canary. A header such as `X-Canary: always|never` can
+//! force a side for testing, once [`override_header`](StageRouterBuilder::override_header)
+//! names it (off by default, since any client could send it), optionally only for principals
+//! with a scope ([`override_scope`](StageRouterBuilder::override_scope)). A [`StageHandle`]
+//! sets the percent, promotes or rolls back at run time, and starts the next canary
+//! ([`start_canary`](StageHandle::start_canary)); requests in flight finish on the deployment
+//! they started with.
+//!
+//! **Layer order.** Keys and scopes that other layers put in the request — the principal's
+//! subject for `sticky_by(Subject)`, the API key for `sticky_by(ApiKeyId)`, the scopes
+//! [`override_scope`](StageRouterBuilder::override_scope) reads — are only there when the
+//! authorizer or usage plan runs before the router, as a layer around it. Inside a stage they
+//! come too late: requests have no key (every client stays on the stable side) and no scope
+//! (no one may force a side).
 //!
 //! **Deprecation.** A stage may carry a deprecation date, a sunset date and a successor:
 //! responses then carry `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and
@@ -65,6 +77,7 @@
 //! let app: Router = Router::new().fallback_service(stages);
 //! # let _ = app;
 //! // Later: canary.set_percent("v2", 50.0)?; canary.promote("v2")?;
+//! // then the next rollout: canary.start_canary("v2", Canary::new(v3).deployment("v2-r3"))?;
 //! # let _ = canary;
 //! # Ok(()) }
 //! # run().unwrap();
@@ -72,8 +85,15 @@
 //!
 //! # Observability
 //!
-//! The counter `tollgate_stage_requests_total` carries the `stage` and `deployment` labels;
-//! canary changes are `tracing` events at INFO.
+//! - `tollgate_stage_requests_total{stage, deployment}` counts the requests each deployment
+//!   is sent.
+//! - `tollgate_stage_refused_total{reason, stage}` counts refusals: `reason="no_stage"` (404,
+//!   no rule selected a stage and there is no default; `stage` is empty) and
+//!   `reason="sunset"` (410, the stage is past its sunset).
+//!
+//! The counters' handles are made when the router is built, so install the `metrics`
+//! recorder before. Each refusal is also a `tracing` event at DEBUG (with the path, or the
+//! stage); canary changes are events at INFO.
 #![warn(missing_docs)]
 #![deny(unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

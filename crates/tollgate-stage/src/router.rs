@@ -1,11 +1,10 @@
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use foldhash::HashMap;
 use http::header::{ACCEPT, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
@@ -18,14 +17,16 @@ use tower::{Service, ServiceExt};
 
 use crate::future::{Extra, ResponseFuture};
 use crate::spec::{
-    AfterSunset, Deprecation, StageSpec, MAX_VARIABLES, MAX_VARIABLE_NAME, MAX_VARIABLE_VALUE,
+    AfterSunset, Canary, Deprecation, StageSpec, MAX_VARIABLES, MAX_VARIABLE_NAME,
+    MAX_VARIABLE_VALUE,
 };
 use crate::sticky::{bucket, threshold};
 
 /// The version headers read by default, in order.
 pub const DEFAULT_VERSION_HEADERS: [&str; 2] = ["accept-version", "x-api-version"];
 
-/// The header that forces a side of a canary by default (`always` or `never`).
+/// The conventional header that forces a side of a canary (`always` or `never`). No override
+/// header is read unless [`StageRouterBuilder::override_header`] names one, this or another.
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-canary";
 
 /// The response header that names the deployment that served a request, by default.
@@ -91,8 +92,8 @@ pub enum StageError {
         /// The path given.
         path: String,
     },
-    /// Two stages (or one stage twice) claim the same base path, host or version, or a
-    /// canary has its stable deployment's name.
+    /// Two stages (or one stage twice) claim the same base path, host or version (`v2` and
+    /// `2` are one version), or a canary has its stable deployment's name.
     #[error("{what} {value:?} is claimed by stage {first:?} and again by stage {second:?}")]
     Conflict {
         /// `base path`, `host`, `version` or `deployment`.
@@ -166,6 +167,7 @@ struct Shared<S> {
     prefixes: Box<[(Box<str>, usize, bool)]>,
     hosts: HashMap<Box<str>, usize>,
     version_headers: Box<[HeaderName]>,
+    /// Versions in their canonical form (see [`canonical_version`]).
     versions: HashMap<Box<str>, usize>,
     vendor: Option<Box<str>>,
     default: Option<usize>,
@@ -174,6 +176,8 @@ struct Shared<S> {
     override_scope: Option<String>,
     deployment_header: Option<HeaderName>,
     clock: SharedClock,
+    /// Requests no stage serves (a no-op without them: with a default stage).
+    refused_no_stage: metrics::Counter,
 }
 
 /// A stage as the router holds it: its deployments can change at run time.
@@ -181,6 +185,8 @@ struct Slot<S> {
     name: Arc<str>,
     deployments: ArcSwap<Deployments<S>>,
     deprecation: Option<Arc<Deprecation>>,
+    /// Requests refused after the sunset (a no-op when the stage cannot refuse any).
+    refused_sunset: metrics::Counter,
 }
 
 /// A stage's deployments at one moment. A change builds a new one; requests in flight keep
@@ -222,7 +228,7 @@ impl<S> StageRouter<S> {
                 .collect(),
             vendor: None,
             sticky: Box::new(PeerIp),
-            override_header: Some(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)),
+            override_header: None,
             override_scope: None,
             deployment_header: Some(HeaderName::from_static(DEFAULT_DEPLOYMENT_HEADER)),
             clock: SharedClock::default(),
@@ -300,19 +306,39 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
 
     /// What keeps a client on one side of a canary (default: the connection's peer IP).
     /// Requests it finds no key for go to the stable side.
+    ///
+    /// Keys that layers put in the request — [`Subject`](tollgate_core::key::Subject) (the
+    /// authorizer's principal), [`ApiKeyId`](tollgate_core::key::ApiKeyId) (the usage plan's
+    /// key) — are only there when that layer runs before the router, as a layer around it;
+    /// otherwise no request has a key and every client stays on the stable side.
     pub fn sticky_by(mut self, extractor: impl KeyExtractor) -> Self {
         self.sticky = Box::new(extractor);
         self
     }
 
-    /// The header that forces a side (`always` or `never`), or `None` to allow no override
-    /// (default `X-Canary`).
+    /// The header that forces a side of a canary (`always` or `never`), or `None` to allow no
+    /// override. The default is `None`: otherwise any client could put itself on a canary.
+    /// [`DEFAULT_OVERRIDE_HEADER`] (`X-Canary`) is the conventional name; pair it with
+    /// [`override_scope`](Self::override_scope) unless every client may choose its side.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tollgate_stage::{StageRouter, DEFAULT_OVERRIDE_HEADER};
+    ///
+    /// let builder = StageRouter::<axum::Router>::builder()
+    ///     .override_header(Some(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)))
+    ///     .override_scope("canary:test");
+    /// # let _ = builder;
+    /// ```
     pub fn override_header(mut self, name: Option<HeaderName>) -> Self {
         self.override_header = name;
         self
     }
 
-    /// Honours the override header only for principals with `scope`.
+    /// Honours the override header only for principals with `scope`. The [`Principal`] is
+    /// read from the request, so the authorizer (or usage plan) must run before the router,
+    /// as a layer around it; without one no request has the scope and none may force a side.
+    /// It has no effect unless [`override_header`](Self::override_header) names a header.
     pub fn override_scope(mut self, scope: impl Into<String>) -> Self {
         self.override_scope = Some(scope.into());
         self
@@ -337,8 +363,8 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
         }
         let mut slots = Vec::with_capacity(self.stages.len());
         let mut prefixes = Vec::new();
-        let mut hosts = HashMap::new();
-        let mut versions = HashMap::new();
+        let mut hosts = HashMap::default();
+        let mut versions = HashMap::default();
         let names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
         let conflict =
             |what: &'static str, value: &str, first: usize, second: usize| StageError::Conflict {
@@ -393,14 +419,9 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
                         expected: "a non-empty version without surrounding spaces",
                     });
                 }
-                if let Some(first) = versions.insert(version.as_str().into(), index) {
+                let key = canonical_version(version).into();
+                if let Some(first) = versions.insert(key, index) {
                     return Err(conflict("version", version, first, index));
-                }
-            }
-            if let Some(canary) = &spec.canary {
-                let stable = spec.deployment.as_deref().unwrap_or(&spec.name);
-                if canary.deployment.as_deref() == Some(stable) {
-                    return Err(conflict("deployment", stable, index, index));
                 }
             }
             slots.push(slot(spec)?);
@@ -414,6 +435,14 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
                     .iter()
                     .position(|s| *s.name == *name)
                     .ok_or(StageError::UnknownStage(name))?,
+            ),
+        };
+        let refused_no_stage = match default {
+            Some(_) => metrics::Counter::noop(),
+            None => metrics::counter!(
+                "tollgate_stage_refused_total",
+                "reason" => "no_stage",
+                "stage" => ""
             ),
         };
         Ok(StageRouter {
@@ -431,6 +460,7 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
                 override_scope: self.override_scope,
                 deployment_header: self.deployment_header,
                 clock: self.clock,
+                refused_no_stage,
             }),
         })
     }
@@ -441,34 +471,24 @@ fn slot<S>(spec: StageSpec<S>) -> Result<Slot<S>, StageError> {
     let name: Arc<str> = spec.name.as_str().into();
     check_variables(&spec.name, &spec.variables)?;
     let stable_deployment = spec.deployment.unwrap_or_else(|| spec.name.clone());
-    let stable = side(
-        &name,
-        &stable_deployment,
-        spec.service,
-        &spec.variables,
-        &[],
-    )?;
+    let variables = spec.variables.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    let stable = side(&name, &stable_deployment, spec.service, variables)?;
     let (canary, threshold) = match spec.canary {
         None => (None, 0),
         Some(canary) => {
-            if !(0.0..=100.0).contains(&canary.percent) {
-                return Err(StageError::InvalidPercent {
-                    stage: spec.name,
-                    percent: canary.percent,
-                });
-            }
-            check_variables(&spec.name, &canary.variables)?;
-            let deployment = canary
-                .deployment
-                .unwrap_or_else(|| format!("{}-canary", spec.name));
-            let side = side(
-                &name,
-                &deployment,
-                canary.service,
-                &spec.variables,
-                &canary.variables,
-            )?;
-            (Some(side), threshold(canary.percent))
+            let Canary {
+                service,
+                deployment,
+                percent,
+                variables,
+            } = canary;
+            let plan = CanaryPlan {
+                deployment: deployment.as_deref(),
+                percent,
+                variables: &variables,
+            };
+            let side = canary_side(&name, &stable, service, &plan)?;
+            (Some(side), threshold(percent))
         }
     };
     let deprecation = deprecation(
@@ -478,6 +498,18 @@ fn slot<S>(spec: StageSpec<S>) -> Result<Slot<S>, StageError> {
         spec.successor,
         spec.after_sunset,
     )?;
+    let can_refuse = deprecation
+        .as_ref()
+        .is_some_and(|d| d.sunset.is_some() && d.after_sunset == AfterSunset::Refuse);
+    let refused_sunset = if can_refuse {
+        metrics::counter!(
+            "tollgate_stage_refused_total",
+            "reason" => "sunset",
+            "stage" => spec.name.clone()
+        )
+    } else {
+        metrics::Counter::noop()
+    };
     Ok(Slot {
         name,
         deployments: ArcSwap::from_pointee(Deployments {
@@ -486,7 +518,51 @@ fn slot<S>(spec: StageSpec<S>) -> Result<Slot<S>, StageError> {
             threshold,
         }),
         deprecation,
+        refused_sunset,
     })
+}
+
+/// A canary's settings, apart from its service.
+struct CanaryPlan<'a> {
+    deployment: Option<&'a str>,
+    percent: f64,
+    variables: &'a [(String, String)],
+}
+
+/// Checks a canary against its stage's stable deployment and makes its side, with the stable
+/// deployment's variables under the canary's own. The same checks at build and at run time.
+fn canary_side<S>(
+    stage: &Arc<str>,
+    stable: &Side<S>,
+    service: S,
+    plan: &CanaryPlan<'_>,
+) -> Result<Side<S>, StageError> {
+    if !(0.0..=100.0).contains(&plan.percent) {
+        return Err(StageError::InvalidPercent {
+            stage: stage.to_string(),
+            percent: plan.percent,
+        });
+    }
+    check_variables(stage, plan.variables)?;
+    let deployment = match plan.deployment {
+        Some(name) => name.to_owned(),
+        None => format!("{stage}-canary"),
+    };
+    if deployment == stable.stage.deployment() {
+        return Err(StageError::Conflict {
+            what: "deployment",
+            value: deployment,
+            first: stage.to_string(),
+            second: stage.to_string(),
+        });
+    }
+    let own = plan.variables.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    side(
+        stage,
+        &deployment,
+        service,
+        stable.stage.variables().chain(own),
+    )
 }
 
 fn check_variables(stage: &str, variables: &[(String, String)]) -> Result<(), StageError> {
@@ -522,13 +598,12 @@ fn valid_name(name: &str) -> bool {
     (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// A deployment of `stage`, with the stage's variables and then `overrides`.
-fn side<S>(
+/// A deployment of `stage`, with `variables` (a later one replaces an earlier one's value).
+fn side<'a, S>(
     stage: &Arc<str>,
     deployment: &str,
     service: S,
-    variables: &[(String, String)],
-    overrides: &[(String, String)],
+    variables: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<Side<S>, StageError> {
     let header = HeaderValue::from_str(deployment)
         .ok()
@@ -538,7 +613,7 @@ fn side<S>(
         return Err(StageError::InvalidName(stage.to_string()));
     }
     let mut merged: Vec<(&str, &str)> = Vec::new();
-    for (name, value) in variables.iter().chain(overrides) {
+    for (name, value) in variables {
         match merged.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => merged.push((name, value)),
@@ -676,19 +751,16 @@ impl<S> Shared<S> {
 impl<S> Shared<S> {
     /// The stage of a version: `v2` and `2` name the same one, whichever was configured.
     fn version(&self, version: &str) -> Option<usize> {
-        if let Some(&stage) = self.versions.get(version) {
-            return Some(stage);
-        }
-        let bare = version.strip_prefix(['v', 'V']);
-        match bare {
-            Some(number) if number.starts_with(|c: char| c.is_ascii_digit()) => {
-                self.versions.get(number).copied()
-            }
-            _ if version.starts_with(|c: char| c.is_ascii_digit()) => {
-                self.versions.get(&*format!("v{version}")).copied()
-            }
-            _ => None,
-        }
+        self.versions.get(canonical_version(version)).copied()
+    }
+}
+
+/// The form versions are stored and looked up in, without allocating: a leading `v` or `V`
+/// before a digit is dropped, so `v2`, `V2` and `2` are one version (`vnext` stays `vnext`).
+fn canonical_version(version: &str) -> &str {
+    match version.as_bytes() {
+        [b'v' | b'V', digit, ..] if digit.is_ascii_digit() => &version[1..],
+        _ => version,
     }
 }
 
@@ -748,12 +820,20 @@ fn media_type_version<'a>(range: &'a str, vendor: &str) -> Option<&'a str> {
 fn stripped(uri: &Uri, len: usize) -> Option<Uri> {
     let rest = &uri.path()[len..];
     let rest = if rest.is_empty() { "/" } else { rest };
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{rest}?{query}"),
-        None => rest.to_owned(),
-    };
+    let query = uri.query();
+    let mut path_and_query = String::with_capacity(rest.len() + query.map_or(0, |q| q.len() + 1));
+    path_and_query.push_str(rest);
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let path_and_query = PathAndQuery::try_from(path_and_query).ok()?;
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        // Origin form, as a server receives requests: the path and query are the whole URI.
+        return Some(Uri::from(path_and_query));
+    }
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok()?);
+    parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).ok()
 }
 
@@ -775,6 +855,11 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let Some(chosen) = shared.select(request.uri(), request.headers()) else {
+            shared.refused_no_stage.increment(1);
+            tracing::debug!(
+                path = request.uri().path(),
+                "no stage serves the request: 404"
+            );
             return ResponseFuture::rejected(M::refuse(
                 Rejection::not_found().with_detail("no stage serves this request"),
             ));
@@ -785,6 +870,8 @@ where
                 if deprecation.after_sunset == AfterSunset::Refuse
                     && shared.clock.system_time() >= *sunset
                 {
+                    slot.refused_sunset.increment(1);
+                    tracing::debug!(stage = %slot.name, "the stage is past its sunset: 410");
                     return ResponseFuture::rejected(M::refuse(gone(&slot.name, deprecation)));
                 }
             }
@@ -831,7 +918,15 @@ where
                 .map(|name| (name, side.header.clone())),
             deprecation: slot.deprecation.clone(),
         };
-        ResponseFuture::inner(side.service.clone().oneshot(request), extra)
+        // Most services are ready at once (axum's `Router` always is): calling now spares the
+        // future the request and the service. One that is not is readied in the future, where
+        // polling it again registers the task's waker.
+        let mut service = side.service.clone();
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => ResponseFuture::called(service.call(request), extra),
+            Poll::Ready(Err(error)) => ResponseFuture::failed(error),
+            Poll::Pending => ResponseFuture::readying(service.oneshot(request), extra),
+        }
     }
 }
 
@@ -914,15 +1009,14 @@ impl<S: Clone> StageHandle<S> {
                 percent,
             });
         }
-        let slot = self.slot(stage)?;
-        if slot.deployments.load().canary.is_none() {
-            return Err(StageError::NoCanary(stage.to_owned()));
-        }
-        slot.deployments.rcu(|current| Deployments {
-            stable: current.stable.clone(),
-            canary: current.canary.clone(),
-            threshold: threshold(percent),
-        });
+        self.change(stage, |current| match &current.canary {
+            Some(canary) => Ok(Deployments {
+                stable: current.stable.clone(),
+                canary: Some(canary.clone()),
+                threshold: threshold(percent),
+            }),
+            None => Err(StageError::NoCanary(stage.to_owned())),
+        })?;
         tracing::info!(stage, percent, "canary percent set");
         Ok(())
     }
@@ -936,51 +1030,116 @@ impl<S: Clone> StageHandle<S> {
         })
     }
 
+    /// Starts a canary on the stage, replacing the one it has, if any: the next rollout after a
+    /// [`promote`](Self::promote) or a [`rollback`](Self::rollback), without a new router.
+    ///
+    /// The canary is checked as at build time (its percent, its variables, its deployment's
+    /// name), and its variables replace or add to those of the stage's stable deployment now.
+    /// Its deployment must not have the stable deployment's name: after a promotion the stable
+    /// deployment keeps the canary's (by default `<stage>-canary`), so the next canary needs a
+    /// name of its own, such as a release.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use tollgate_stage::{Canary, StageRouter, StageSpec};
+    ///
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let release = |body: &'static str| -> Router {
+    ///     Router::new().route("/orders", get(move || async move { body }))
+    /// };
+    /// let stages = StageRouter::builder()
+    ///     .stage(StageSpec::new("v2", release("2.0")).base_path("/v2"))
+    ///     .build()?;
+    /// let handle = stages.handle();
+    ///
+    /// handle.start_canary("v2", Canary::new(release("2.1")).deployment("v2-2.1").percent(5.0))?;
+    /// handle.promote("v2")?;
+    /// handle.start_canary("v2", Canary::new(release("2.2")).deployment("v2-2.2").percent(5.0))?;
+    /// assert_eq!(
+    ///     handle.deployments("v2")?,
+    ///     ("v2-2.1".to_owned(), Some("v2-2.2".to_owned()))
+    /// );
+    /// # Ok(()) }
+    /// # run().unwrap();
+    /// ```
+    pub fn start_canary(&self, stage: &str, canary: Canary<S>) -> Result<(), StageError> {
+        let Canary {
+            service,
+            deployment,
+            percent,
+            variables,
+        } = canary;
+        let plan = CanaryPlan {
+            deployment: deployment.as_deref(),
+            percent,
+            variables: &variables,
+        };
+        let slot = self.slot(stage)?;
+        let mut started = None;
+        self.change(stage, |current| {
+            // Checked against the stable deployment it will run beside, which a concurrent
+            // promotion may have just replaced.
+            let canary = canary_side(&slot.name, &current.stable, service.clone(), &plan)?;
+            started = Some(canary.stage.deployment().to_owned());
+            Ok(Deployments {
+                stable: current.stable.clone(),
+                canary: Some(canary),
+                threshold: threshold(percent),
+            })
+        })?;
+        let deployment = started.unwrap_or_default();
+        tracing::info!(stage, deployment, percent, "canary started");
+        Ok(())
+    }
+
     /// Makes the canary the stage's stable deployment, for every client.
     pub fn promote(&self, stage: &str) -> Result<(), StageError> {
-        self.replace(stage, "promoted", |current| {
-            current.canary.clone().map(|canary| Deployments {
-                stable: canary,
+        self.change(stage, |current| match &current.canary {
+            Some(canary) => Ok(Deployments {
+                stable: canary.clone(),
                 canary: None,
                 threshold: 0,
-            })
-        })
+            }),
+            None => Err(StageError::NoCanary(stage.to_owned())),
+        })?;
+        tracing::info!(stage, "canary promoted");
+        Ok(())
     }
 
     /// Drops the canary: every client goes back to the stable deployment.
     pub fn rollback(&self, stage: &str) -> Result<(), StageError> {
-        self.replace(stage, "rolled back", |current| {
-            current.canary.as_ref().map(|_| Deployments {
+        self.change(stage, |current| match &current.canary {
+            Some(_) => Ok(Deployments {
                 stable: current.stable.clone(),
                 canary: None,
                 threshold: 0,
-            })
-        })
+            }),
+            None => Err(StageError::NoCanary(stage.to_owned())),
+        })?;
+        tracing::info!(stage, "canary rolled back");
+        Ok(())
     }
 
-    fn replace(
+    /// Replaces the stage's deployments with `next` of the current ones, or changes nothing if
+    /// it refuses.
+    fn change(
         &self,
         stage: &str,
-        what: &'static str,
-        change: impl Fn(&Deployments<S>) -> Option<Deployments<S>>,
+        mut next: impl FnMut(&Deployments<S>) -> Result<Deployments<S>, StageError>,
     ) -> Result<(), StageError> {
         let slot = self.slot(stage)?;
-        let mut changed = false;
-        slot.deployments.rcu(|current| match change(current) {
-            Some(next) => {
-                changed = true;
-                Arc::new(next)
+        let mut outcome = Ok(());
+        slot.deployments.rcu(|current| match next(current) {
+            Ok(deployments) => {
+                outcome = Ok(());
+                Arc::new(deployments)
             }
-            None => {
-                changed = false;
-                current.clone()
+            Err(error) => {
+                outcome = Err(error);
+                Arc::clone(current)
             }
         });
-        if !changed {
-            return Err(StageError::NoCanary(stage.to_owned()));
-        }
-        tracing::info!(stage, "canary {what}");
-        Ok(())
+        outcome
     }
 
     /// The deployment names of the stage now: the stable one, and the canary's if any.
@@ -1019,5 +1178,18 @@ mod tests {
         assert_eq!(stripped(&uri, 3).unwrap(), "/");
         let uri: Uri = "http://api.example.com/v1/x".parse().unwrap();
         assert_eq!(stripped(&uri, 3).unwrap(), "http://api.example.com/x");
+        let uri: Uri = "http://api.example.com/v1?page=2".parse().unwrap();
+        assert_eq!(stripped(&uri, 3).unwrap(), "http://api.example.com/?page=2");
+    }
+
+    #[test]
+    fn a_leading_v_before_a_digit_is_not_part_of_a_version() {
+        assert_eq!(canonical_version("v2"), "2");
+        assert_eq!(canonical_version("V2.1"), "2.1");
+        assert_eq!(canonical_version("2"), "2");
+        assert_eq!(canonical_version("vnext"), "vnext");
+        assert_eq!(canonical_version("v"), "v");
+        assert_eq!(canonical_version("vv2"), "vv2");
+        assert_eq!(canonical_version(""), "");
     }
 }

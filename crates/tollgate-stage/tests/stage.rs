@@ -8,8 +8,9 @@ mod support;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::routing::get;
@@ -19,14 +20,15 @@ use http::header::LINK;
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde_json::json;
 use support::{at, clock, echo, get_request, seen, serve, serve_hyper, verified, Client, Reply};
 use tokio::sync::watch;
 use tollgate_core::key::HeaderKey;
 use tollgate_core::{ManualClock, Stage};
 use tollgate_stage::{
-    AfterSunset, Canary, StageError, StageHandle, StageRouter, StageSpec, MAX_VARIABLES,
-    MAX_VARIABLE_NAME, MAX_VARIABLE_VALUE,
+    AfterSunset, Canary, StageError, StageHandle, StageRouter, StageRouterBuilder, StageSpec,
+    DEFAULT_OVERRIDE_HEADER, MAX_VARIABLES, MAX_VARIABLE_NAME, MAX_VARIABLE_VALUE,
 };
 use tower::{Service, ServiceExt};
 
@@ -56,9 +58,14 @@ async fn stage_of(
     body["stage"].as_str().unwrap().to_owned()
 }
 
-/// `v2` on `/v2` with a canary at `percent`, behind `v1` on `/v1`.
+/// A builder that honours `X-Canary`, which is off by default.
+fn with_x_canary() -> StageRouterBuilder<Router> {
+    StageRouter::builder().override_header(Some(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)))
+}
+
+/// `v2` on `/v2` with a canary at `percent`, behind `v1` on `/v1`; `X-Canary` forces a side.
 fn with_canary(percent: f64) -> StageRouter<Router> {
-    StageRouter::builder()
+    with_x_canary()
         .stage(StageSpec::new("v1", echo("v1")).base_path("/v1"))
         .stage(
             StageSpec::new("v2", echo("v2"))
@@ -371,7 +378,7 @@ async fn without_a_default_stage_an_unselected_request_is_a_404_problem() {
 
 #[tokio::test]
 async fn the_handler_reads_the_stage_name_deployment_and_variables() {
-    let stages = StageRouter::builder()
+    let stages = with_x_canary()
         .stage(
             StageSpec::new("prod", echo("prod"))
                 .deployment("prod-2027-01")
@@ -624,6 +631,21 @@ fn two_stages_claiming_one_base_path_host_or_version_are_refused() {
         }
     );
     assert_names(&error, &["version", "\"2\""]);
+
+    // `v2` and `2` are one version, so they cannot go to two stages either.
+    let error = refusal([
+        StageSpec::new("v1", empty()).version("v2"),
+        StageSpec::new("v2", empty()).version("2"),
+    ]);
+    assert_eq!(
+        error,
+        StageError::Conflict {
+            what: "version",
+            value: "2".into(),
+            first: "v1".into(),
+            second: "v2".into(),
+        }
+    );
 }
 
 #[test]
@@ -935,7 +957,7 @@ async fn the_override_header_forces_a_side_whatever_the_bucket() {
 
 #[tokio::test]
 async fn with_an_override_scope_only_principals_holding_it_may_force_a_side() {
-    let stages = StageRouter::builder()
+    let stages = with_x_canary()
         .override_scope("canary:override")
         .stage(
             StageSpec::new("v2", echo("v2"))
@@ -980,26 +1002,27 @@ async fn with_an_override_scope_only_principals_holding_it_may_force_a_side() {
 }
 
 #[tokio::test]
-async fn a_custom_override_header_replaces_x_canary_and_none_turns_overrides_off() {
-    let beta = StageRouter::builder()
-        .override_header(Some(HeaderName::from_static("x-beta")))
-        .stage(
-            StageSpec::new("v2", echo("v2"))
-                .base_path("/v2")
-                .canary(Canary::new(echo("v2-next"))),
-        )
-        .build()
-        .unwrap();
-    let off = StageRouter::builder()
-        .override_header(None)
-        .stage(
-            StageSpec::new("v2", echo("v2"))
-                .base_path("/v2")
-                .canary(Canary::new(echo("v2-next"))),
-        )
-        .build()
-        .unwrap();
-    let (beta, off, client) = (
+async fn no_override_header_is_read_by_default_and_a_named_one_replaces_x_canary() {
+    let canary_at = |builder: StageRouterBuilder<Router>, percent: f64| {
+        builder
+            .stage(
+                StageSpec::new("v2", echo("v2"))
+                    .base_path("/v2")
+                    .canary(Canary::new(echo("v2-next")).percent(percent)),
+            )
+            .build()
+            .unwrap()
+    };
+    let default = canary_at(StageRouter::builder(), 0.0);
+    let full = canary_at(StageRouter::builder(), 100.0);
+    let beta = canary_at(
+        StageRouter::builder().override_header(Some(HeaderName::from_static("x-beta"))),
+        0.0,
+    );
+    let off = canary_at(with_x_canary().override_header(None), 0.0);
+    let (default, full, beta, off, client) = (
+        serve_stages(default).await,
+        serve_stages(full).await,
         serve_stages(beta).await,
         serve_stages(off).await,
         Client::new(),
@@ -1012,6 +1035,12 @@ async fn a_custom_override_header_replaces_x_canary_and_none_turns_overrides_off
         }
     };
 
+    // A client cannot put itself on a canary, or off one, unless the router says so.
+    assert_eq!(deployment(default, &[("x-canary", "always")]).await, "v2");
+    assert_eq!(
+        deployment(full, &[("x-canary", "never")]).await,
+        "v2-canary"
+    );
     assert_eq!(deployment(beta, &[("x-beta", "always")]).await, "v2-canary");
     assert_eq!(deployment(beta, &[("x-canary", "always")]).await, "v2");
     assert_eq!(deployment(off, &[("x-canary", "always")]).await, "v2");
@@ -1226,6 +1255,183 @@ fn the_handle_reports_the_canary_and_refuses_what_it_cannot_change() {
     assert_eq!(handle.percent("v2").unwrap(), 0.0001);
 }
 
+/// The service and deployment that served a GET of `/v2/orders` from each of `ips`, a new
+/// connection each.
+async fn served_from(addr: SocketAddr, ips: &[String]) -> Vec<(String, String)> {
+    let mut served = Vec::with_capacity(ips.len());
+    for ip in ips {
+        let reply = Client::from_ip(ip).get(addr, "/v2/orders", &[]).await;
+        let body = seen(&reply);
+        assert_eq!(reply.header("x-deployment"), body["deployment"], "{ip}");
+        let service = body["service"].as_str().unwrap().to_owned();
+        served.push((service, reply.header("x-deployment").to_owned()));
+    }
+    served
+}
+
+#[tokio::test]
+async fn after_a_promotion_a_new_canary_starts_with_its_share_and_sticky_clients() {
+    let stages = with_canary(10.0);
+    let handle = stages.handle();
+    let addr = serve_stages(stages).await;
+    let ips: Vec<String> = (2..202).map(|n| format!("127.0.0.{n}")).collect();
+    let stable = ("v2-next".to_owned(), "v2-canary".to_owned());
+
+    handle.promote("v2").unwrap();
+    let promoted = served_from(addr, &ips).await;
+    assert!(promoted.iter().all(|s| *s == stable), "{promoted:?}");
+
+    // The promoted deployment kept the canary's default name, so the next one needs its own.
+    assert_eq!(
+        handle.start_canary("v2", Canary::new(echo("v2-r3")).percent(25.0)),
+        Err(StageError::Conflict {
+            what: "deployment",
+            value: "v2-canary".into(),
+            first: "v2".into(),
+            second: "v2".into(),
+        })
+    );
+    assert_eq!(
+        handle.deployments("v2").unwrap(),
+        ("v2-canary".into(), None)
+    );
+    let next = Canary::new(echo("v2-r3"))
+        .deployment("v2-r3")
+        .percent(25.0)
+        .variable("feature_x", "on");
+    handle.start_canary("v2", next).unwrap();
+    assert_eq!(handle.percent("v2").unwrap(), 25.0);
+    assert_eq!(
+        handle.deployments("v2").unwrap(),
+        ("v2-canary".into(), Some("v2-r3".into()))
+    );
+
+    let first = served_from(addr, &ips).await;
+    let canary = ("v2-r3".to_owned(), "v2-r3".to_owned());
+    assert!(
+        first.iter().all(|s| *s == stable || *s == canary),
+        "{first:?}"
+    );
+    let on_canary: Vec<bool> = first.iter().map(|s| *s == canary).collect();
+    let share = on_canary.iter().filter(|&&c| c).count();
+    assert!(
+        (25..=75).contains(&share),
+        "{share} of 200 clients on a 25 % canary"
+    );
+    assert_eq!(
+        served_from(addr, &ips).await,
+        first,
+        "clients changed side between requests"
+    );
+
+    // The new canary's variables go on top of the stable deployment's.
+    let forced = client_on_canary(addr).await;
+    assert_eq!(forced["service"], "v2-r3");
+    assert_eq!(forced["variables"], json!({ "feature_x": "on" }));
+
+    // Replacing a running canary keeps the split: the same clients reach the replacement.
+    let replacement = Canary::new(echo("v2-r4")).deployment("v2-r4").percent(25.0);
+    handle.start_canary("v2", replacement).unwrap();
+    let replaced = served_from(addr, &ips).await;
+    let on_replacement: Vec<bool> = replaced
+        .iter()
+        .map(|s| *s == ("v2-r4".to_owned(), "v2-r4".to_owned()))
+        .collect();
+    assert_eq!(on_replacement, on_canary);
+}
+
+/// What the handler saw for a GET of `/v2/orders` forced onto the canary.
+async fn client_on_canary(addr: SocketAddr) -> serde_json::Value {
+    let reply = Client::new()
+        .get(addr, "/v2/orders", &[("x-canary", "always")])
+        .await;
+    seen(&reply)
+}
+
+#[test]
+fn starting_a_canary_checks_it_as_the_build_does_and_a_refusal_changes_nothing() {
+    let stages = with_canary(10.0);
+    let handle = stages.handle();
+    let start = |canary: Canary<Router>| handle.start_canary("v2", canary);
+
+    for bad in [-1.0, 100.5, f64::NAN] {
+        assert!(
+            matches!(start(Canary::new(empty()).percent(bad)), Err(StageError::InvalidPercent { ref stage, .. }) if stage == "v2"),
+            "{bad}"
+        );
+    }
+    let many = (0..=MAX_VARIABLES).fold(Canary::new(empty()), |canary, i| {
+        canary.variable(format!("var_{i}"), "x")
+    });
+    assert_eq!(
+        start(many),
+        Err(StageError::TooManyVariables {
+            stage: "v2".into(),
+            count: MAX_VARIABLES + 1
+        })
+    );
+    assert_eq!(
+        start(Canary::new(empty()).variable("feature-x", "on")),
+        Err(StageError::VariableName {
+            stage: "v2".into(),
+            name: "feature-x".into()
+        })
+    );
+    let long = "x".repeat(MAX_VARIABLE_VALUE + 1);
+    assert!(matches!(
+        start(Canary::new(empty()).variable("feature_x", long)),
+        Err(StageError::VariableValue { .. })
+    ));
+    assert_eq!(
+        start(Canary::new(empty()).deployment("v2 next")),
+        Err(StageError::InvalidName("v2 next".into()))
+    );
+    assert_eq!(
+        start(Canary::new(empty()).deployment("v2")),
+        Err(StageError::Conflict {
+            what: "deployment",
+            value: "v2".into(),
+            first: "v2".into(),
+            second: "v2".into(),
+        })
+    );
+    assert_eq!(
+        handle.start_canary("v9", Canary::new(empty())),
+        Err(StageError::UnknownStage("v9".into()))
+    );
+    assert_eq!(
+        handle.deployments("v2").unwrap(),
+        ("v2".into(), Some("v2-canary".into()))
+    );
+    assert_eq!(handle.percent("v2").unwrap(), 10.0);
+
+    // A stage built without a canary can start one.
+    handle
+        .start_canary("v1", Canary::new(empty()).percent(5.0))
+        .unwrap();
+    assert_eq!(
+        handle.deployments("v1").unwrap(),
+        ("v1".into(), Some("v1-canary".into()))
+    );
+    assert_eq!(handle.percent("v1").unwrap(), 5.0);
+
+    // The stable deployment's variables count towards the bound too.
+    let stages = StageRouter::builder()
+        .stage(with_variables("v3", 60))
+        .build()
+        .unwrap();
+    let canary = (0..60).fold(Canary::new(empty()), |canary, i| {
+        canary.variable(format!("canary_{i}"), "x")
+    });
+    assert_eq!(
+        stages.handle().start_canary("v3", canary),
+        Err(StageError::TooManyVariables {
+            stage: "v3".into(),
+            count: 120
+        })
+    );
+}
+
 // Deprecation and sunset.
 
 const SUCCESSOR: &str = "https://api.example.com/v2/";
@@ -1326,6 +1532,83 @@ async fn a_stage_told_to_keep_serving_after_its_sunset_still_sends_the_headers()
 
     assert_eq!(seen(&reply)["stage"], "v1");
     assert_announces_retirement(&reply);
+}
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+/// The counter `name` with exactly `labels` in `snapshot`, or `None` if it was never
+/// registered.
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    snapshot
+        .iter()
+        .find(|(key, ..)| {
+            let key = key.key();
+            key.name() == name
+                && key.labels().count() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => *n,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+}
+
+#[tokio::test]
+async fn refusals_are_counted_by_reason_and_stage() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = clock();
+    // The handles are made at build, on the recorder then installed.
+    let (unselected, retired) = metrics::with_local_recorder(&recorder, || {
+        let unselected = StageRouter::builder()
+            .stage(StageSpec::new("v2", echo("v2")).base_path("/v2"))
+            .default_stage("v2")
+            .build()
+            .unwrap();
+        (unselected, retiring(&clock, AfterSunset::Refuse))
+    });
+    let status = |stages: &StageRouter<Router>, path: &'static str| {
+        let stages = stages.clone();
+        async move {
+            let response = stages.oneshot(get_request(path, None, &[])).await.unwrap();
+            response.status()
+        }
+    };
+
+    assert_eq!(status(&unselected, "/v9/orders").await, StatusCode::OK);
+    assert_eq!(status(&retired, "/v9/orders").await, StatusCode::NOT_FOUND);
+    assert_eq!(status(&retired, "/orders").await, StatusCode::NOT_FOUND);
+    assert_eq!(status(&retired, "/v1/orders").await, StatusCode::OK);
+    clock.advance(Duration::from_secs(30 * DAY as u64));
+    assert_eq!(status(&retired, "/v1/orders").await, StatusCode::GONE);
+    assert_eq!(status(&retired, "/v2/orders").await, StatusCode::OK);
+
+    // A snapshot reads the counters and resets them: one for all the checks.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let refused = "tollgate_stage_refused_total";
+    let no_stage = [("reason", "no_stage"), ("stage", "")];
+    assert_eq!(counter(&snapshot, refused, &no_stage), Some(2));
+    let sunset = [("reason", "sunset"), ("stage", "v1")];
+    assert_eq!(counter(&snapshot, refused, &sunset), Some(1));
+    // Nothing that cannot refuse registers a counter: a router with a default stage, a stage
+    // with no sunset.
+    let series = snapshot
+        .iter()
+        .filter(|(key, ..)| key.key().name() == refused)
+        .count();
+    assert_eq!(series, 2);
+    let served = [("stage", "v2"), ("deployment", "v2")];
+    assert_eq!(
+        counter(&snapshot, "tollgate_stage_requests_total", &served),
+        Some(2)
+    );
 }
 
 #[tokio::test]
@@ -1442,6 +1725,92 @@ async fn keep_inner_body_serves_and_refuses_in_axums_own_body() {
     assert_eq!(gone.problem(), GONE);
 }
 
+// Readiness.
+
+/// A stage service that is not ready until its gate opens, and then answers `200`.
+#[derive(Clone, Default)]
+struct Gated {
+    open: Arc<AtomicBool>,
+    waker: Arc<Mutex<Option<Waker>>>,
+    fail: bool,
+}
+
+impl Gated {
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Service<Request<axum::body::Body>> for Gated {
+    type Response = Response<Full<Bytes>>;
+    type Error = String;
+    type Future = std::future::Ready<Result<Self::Response, String>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        if self.fail {
+            return Poll::Ready(Err("the stage's backend is down".into()));
+        }
+        if self.open.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: Request<axum::body::Body>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ready")))))
+    }
+}
+
+#[tokio::test]
+async fn a_stage_service_that_is_not_ready_at_once_is_awaited_then_called() {
+    let gated = Gated::default();
+    let stages = StageRouter::builder()
+        .stage(StageSpec::new("v1", gated.clone()))
+        .default_stage("v1")
+        .build()
+        .unwrap();
+
+    let response = tokio::spawn(stages.oneshot(get_request("/orders", None, &[])));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !response.is_finished(),
+        "answered before the service was ready"
+    );
+    gated.open();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the request was not woken when the service became ready")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-deployment"], "v1");
+}
+
+#[tokio::test]
+async fn a_stage_service_that_fails_readiness_fails_the_request_with_its_error() {
+    let failing = Gated {
+        fail: true,
+        ..Gated::default()
+    };
+    let stages = StageRouter::builder()
+        .stage(StageSpec::new("v1", failing))
+        .default_stage("v1")
+        .build()
+        .unwrap();
+
+    let error = stages
+        .oneshot(get_request("/orders", None, &[]))
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, "the stage's backend is down");
+}
+
 // A plain hyper service.
 
 /// A hyper stage answering `<service> <path> stage=<name> deployment=<deployment>`.
@@ -1471,6 +1840,7 @@ fn hyper_echo(
 #[tokio::test]
 async fn the_router_serves_plain_hyper_stages() {
     let stages = StageRouter::builder()
+        .override_header(Some(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)))
         .stage(StageSpec::new("v1", hyper_echo("v1")).base_path("/v1"))
         .stage(
             StageSpec::new("v2", hyper_echo("v2"))
