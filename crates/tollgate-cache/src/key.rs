@@ -200,7 +200,11 @@ type Param<'q> = (Cow<'q, [u8]>, Cow<'q, [u8]>);
 
 fn decode(part: &[u8]) -> Cow<'_, [u8]> {
     let spaced: Cow<'_, [u8]> = if part.contains(&b'+') {
-        Cow::Owned(part.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect())
+        Cow::Owned(
+            part.iter()
+                .map(|&b| if b == b'+' { b' ' } else { b })
+                .collect(),
+        )
     } else {
         Cow::Borrowed(part)
     };
@@ -225,9 +229,7 @@ fn sorted_query<'q>(query: &'q str, rule: &QueryRule) -> Vec<Param<'q>> {
         })
         .filter(|(name, _)| match rule {
             QueryRule::All => true,
-            QueryRule::Only(names) => names
-                .binary_search_by(|n| n.as_bytes().cmp(name))
-                .is_ok(),
+            QueryRule::Only(names) => names.binary_search_by(|n| n.as_bytes().cmp(name)).is_ok(),
             QueryRule::Ignore => false,
         })
         .collect();
