@@ -197,9 +197,13 @@ impl<'de> Deserialize<'de> for Instant {
             Date(String),
         }
         match Raw::deserialize(deserializer)? {
-            Raw::Seconds(seconds) => Ok(Instant(
+            // An HTTP-date, the form a `Sunset` is sent in, ends with the year 9999.
+            Raw::Seconds(seconds) if seconds <= 253_402_300_799 => Ok(Instant(
                 SystemTime::UNIX_EPOCH + Duration::from_secs(seconds),
             )),
+            Raw::Seconds(seconds) => Err(serde::de::Error::custom(format!(
+                "{seconds} seconds since the epoch is after the year 9999"
+            ))),
             Raw::Date(date) => httpdate::parse_http_date(&date).map(Instant).map_err(|_| {
                 serde::de::Error::custom(format!(
                     "expected an HTTP-date like \"Sun, 01 Jun 2027 00:00:00 GMT\" or seconds since the epoch, found {date:?}"

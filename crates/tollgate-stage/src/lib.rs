@@ -46,7 +46,9 @@
 //! `Link: <…>; rel="successor-version"`, and after the sunset the stage answers 410 Gone
 //! pointing to the successor ([`AfterSunset`]).
 //!
-//! Every response names the deployment that served it (`X-Deployment`).
+//! Every response a deployment serves names it (`X-Deployment`); the router's own refusals
+//! (404 with no stage, 410 after a sunset, 400 for a path with `.` or `..` segments, which
+//! could otherwise be routed to one stage and resolved to another behind it) do not.
 //!
 //! [`StageConfig`] describes the same from a configuration file; the application supplies a
 //! service for each deployment the file names.

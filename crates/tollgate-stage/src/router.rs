@@ -125,6 +125,12 @@ pub enum StageError {
         /// The URI given.
         uri: String,
     },
+    /// A sunset date outside the years 1970 to 9999, which an HTTP-date cannot state.
+    #[error("stage {stage:?}: the sunset date must be between 1970 and 9999")]
+    InvalidDate {
+        /// The stage.
+        stage: String,
+    },
     /// The default stage, or a stage a handle was asked to change, does not exist.
     #[error("no stage is named {0:?}")]
     UnknownStage(String),
@@ -397,7 +403,8 @@ impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
                 prefixes.push((path.as_str().into(), index, spec.strip_prefix));
             }
             for host in &spec.hosts {
-                if host.is_empty() || (host.contains([':', '/']) && !host.starts_with('[')) {
+                let bracketed = host.starts_with('[') && host.ends_with(']') && !host.contains('/');
+                if host.is_empty() || (host.contains([':', '/']) && !bracketed) {
                     return Err(StageError::InvalidRule {
                         stage: stage.clone(),
                         what: "host",
@@ -655,32 +662,58 @@ fn deprecation(
         Some(uri) => Some(
             HeaderValue::try_from(format!("<{uri}>; rel=\"successor-version\""))
                 .ok()
-                .filter(|_| !uri.contains(['<', '>']))
+                .filter(|_| !uri.contains(['<', '>']) && uri.parse::<Uri>().is_ok())
                 .ok_or_else(|| StageError::InvalidSuccessor {
                     stage: stage.to_owned(),
                     uri: uri.clone(),
                 })?,
         ),
     };
+    let sunset = match sunset {
+        None => None,
+        // An HTTP-date spans the years 1970 to 9999.
+        Some(at) if at < SystemTime::UNIX_EPOCH || at > last_http_date() => {
+            return Err(StageError::InvalidDate {
+                stage: stage.to_owned(),
+            })
+        }
+        // RFC 8594: an HTTP-date.
+        Some(at) => HeaderValue::try_from(httpdate::fmt_http_date(at))
+            .ok()
+            .map(|value| (at, value)),
+    };
     let found = Deprecation {
-        // RFC 9745: a Structured Field Date, `@` and seconds since the epoch.
+        // RFC 9745: a Structured Field Date, `@` and (signed) seconds since the epoch.
         deprecation: deprecated.and_then(|at| {
-            let seconds = at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let seconds = match at.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(after) => i128::from(after.as_secs()),
+                Err(before) => -i128::from(before.duration().as_secs()),
+            };
             HeaderValue::try_from(format!("@{seconds}")).ok()
         }),
-        // RFC 8594: an HTTP-date.
-        sunset: sunset.and_then(|at| {
-            HeaderValue::try_from(httpdate::fmt_http_date(at))
-                .ok()
-                .map(|value| (at, value))
-        }),
+        sunset,
         link,
         successor,
         after_sunset,
     };
     Ok((!found.is_empty()).then(|| Arc::new(found)))
+}
+
+/// Whether a path holds a `.` or `..` segment, literally or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    // Most paths have neither a dot nor an escape: one scan decides.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
+    path.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// The last instant an HTTP-date can name: 9999-12-31T23:59:59Z.
+fn last_http_date() -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799)
 }
 
 /// What the selection rules chose.
@@ -712,6 +745,8 @@ impl<S> Shared<S> {
                 .host()
                 .or_else(|| headers.get(HOST)?.to_str().ok().map(without_port));
             if let Some(host) = host {
+                // `api.example.com.` is the same name, fully qualified.
+                let host = host.strip_suffix('.').unwrap_or(host);
                 let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
                     self.hosts.get(&*host.to_ascii_lowercase())
                 } else {
@@ -730,17 +765,26 @@ impl<S> Shared<S> {
                 }
             }
             if let Some(vendor) = &self.vendor {
+                // The client's most preferred range that names a stage (RFC 9110 §12.4.2);
+                // the first on a tie.
+                let mut best: Option<(usize, f32)> = None;
                 for accept in headers.get_all(ACCEPT) {
                     let Ok(accept) = accept.to_str() else {
                         continue;
                     };
                     for range in accept.split(',') {
-                        if let Some(version) = media_type_version(range, vendor) {
-                            if let Some(stage) = self.version(version) {
-                                return Some(Chosen { stage, strip: None });
+                        let Some((version, q)) = media_type_choice(range, vendor) else {
+                            continue;
+                        };
+                        if let Some(stage) = self.version(version) {
+                            if best.is_none_or(|(_, best_q)| q > best_q) {
+                                best = Some((stage, q));
                             }
                         }
                     }
+                }
+                if let Some((stage, _)) = best {
+                    return Some(Chosen { stage, strip: None });
                 }
             }
         }
@@ -774,20 +818,33 @@ fn without_port(host: &str) -> &str {
     }
 }
 
-/// The version a vendor media range names: `application/vnd.acme.v2+json` gives `v2`, and
-/// `application/vnd.acme+json; version=2` gives `2`.
-fn media_type_version<'a>(range: &'a str, vendor: &str) -> Option<&'a str> {
+/// The version a vendor media range names and the range's weight (`q`, 1 by default):
+/// `application/vnd.acme.v2+json` names `v2`, `application/vnd.acme+json; version=2` names `2`,
+/// and a range with `q=0` refuses its type, so it names nothing.
+fn media_type_choice<'a>(range: &'a str, vendor: &str) -> Option<(&'a str, f32)> {
     let mut parts = range.split(';');
     let media = parts.next()?.trim();
-    let refused = range.split(';').skip(1).any(|param| {
-        param.split_once('=').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("q")
-                && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+    let q = range
+        .split(';')
+        .skip(1)
+        .find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("q")
+                .then(|| value.trim().parse::<f32>().unwrap_or(0.0))
         })
-    });
-    if refused {
+        .unwrap_or(1.0);
+    if q.is_nan() || q <= 0.0 {
         return None;
     }
+    media_type_named(media, parts, vendor).map(|version| (version, q))
+}
+
+fn media_type_named<'a>(
+    media: &'a str,
+    mut parts: std::str::Split<'a, char>,
+    vendor: &str,
+) -> Option<&'a str> {
     let (kind, subtype) = media.split_once('/')?;
     if !kind.eq_ignore_ascii_case("application") {
         return None;
@@ -854,6 +911,13 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
+        if has_dot_segment(request.uri().path()) {
+            // `/v1/../v2/x` would be routed as v1 and resolved as v2 by whatever sits behind
+            // the stage: refused rather than guessed.
+            return ResponseFuture::rejected(M::refuse(Rejection::bad_request(
+                "the path must not hold `.` or `..` segments",
+            )));
+        }
         let Some(chosen) = shared.select(request.uri(), request.headers()) else {
             shared.refused_no_stage.increment(1);
             tracing::debug!(
@@ -1159,7 +1223,7 @@ mod tests {
 
     #[test]
     fn vendor_media_types_name_versions_both_ways() {
-        let v = |range| media_type_version(range, "acme");
+        let v = |range| media_type_choice(range, "acme").map(|(version, _)| version);
         assert_eq!(v("application/vnd.acme.v2+json"), Some("v2"));
         assert_eq!(v("application/vnd.acme+json; version=2"), Some("2"));
         assert_eq!(v("Application/VND.ACME.v3+json;q=0.9"), Some("v3"));
@@ -1168,6 +1232,29 @@ mod tests {
         assert_eq!(v("application/vnd.acme+json"), None);
         assert_eq!(v("text/vnd.acme.v2"), None);
         assert_eq!(v("application/vnd.acme.v2+json;q=0"), None);
+    }
+
+    #[test]
+    fn dot_segments_are_found_literal_or_encoded() {
+        assert!(has_dot_segment("/v1/../v2/orders"));
+        assert!(has_dot_segment("/v1/.."));
+        assert!(has_dot_segment("/v1/%2e%2E/v2"));
+        assert!(has_dot_segment("/./x"));
+        assert!(!has_dot_segment("/v1/orders.json"));
+        assert!(!has_dot_segment("/v1/..hidden/x"));
+        assert!(!has_dot_segment("/v1/a%20b"));
+    }
+
+    #[test]
+    fn the_most_preferred_media_range_wins() {
+        assert_eq!(
+            media_type_choice("application/vnd.acme.v1+json;q=0.1", "acme"),
+            Some(("v1", 0.1))
+        );
+        assert_eq!(
+            media_type_choice("application/vnd.acme.v2+json", "acme"),
+            Some(("v2", 1.0))
+        );
     }
 
     #[test]

@@ -1869,3 +1869,53 @@ async fn the_router_serves_plain_hyper_stages() {
     assert_eq!(unselected.status, StatusCode::NOT_FOUND);
     assert_eq!(unselected.problem(), NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_path_with_dot_segments_is_refused_rather_than_routed_to_one_stage_and_resolved_to_another(
+) {
+    let stages = StageRouter::builder()
+        .stage(StageSpec::new("v1", echo("v1")).base_path("/v1"))
+        .stage(StageSpec::new("v2", echo("v2")).base_path("/v2"))
+        .build()
+        .unwrap();
+    let (addr, client) = (serve_stages(stages).await, Client::new());
+
+    for path in ["/v1/../v2/orders", "/v1/%2e%2e/v2/orders", "/v2/./orders"] {
+        let refused = client.get(addr, path, &[]).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {refused:?}"
+        );
+        assert_eq!(refused.problem(), "urn:tollgate:problem:bad-request");
+    }
+    assert_eq!(stage_of(&client, addr, "/v1/orders.json", &[]).await, "v1");
+}
+
+#[tokio::test]
+async fn the_most_preferred_vendor_media_type_selects_the_stage() {
+    let stages = StageRouter::builder()
+        .media_type_vendor("acme")
+        .stage(StageSpec::new("v1", echo("v1")).version("1"))
+        .stage(StageSpec::new("v2", echo("v2")).version("2"))
+        .build()
+        .unwrap();
+    let (addr, client) = (serve_stages(stages).await, Client::new());
+    let accept = "application/vnd.acme.v1+json;q=0.1, application/vnd.acme.v2+json";
+    assert_eq!(
+        stage_of(&client, addr, "/orders", &[("accept", accept)]).await,
+        "v2"
+    );
+}
+
+#[test]
+fn a_sunset_an_http_date_cannot_state_is_refused() {
+    use std::time::{Duration, SystemTime};
+    for at in [
+        SystemTime::UNIX_EPOCH - Duration::from_secs(1),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800),
+    ] {
+        let error = refusal([StageSpec::new("v1", empty()).sunset_at(at)]);
+        assert_eq!(error, StageError::InvalidDate { stage: "v1".into() });
+    }
+}
