@@ -1719,3 +1719,59 @@ async fn a_conditional_miss_fills_the_cache_and_is_answered_304_from_it() {
     assert_served(&client.get(addr, "/doc", &[]).await, "HIT", "the document");
     assert_eq!(calls.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_the_upstream_fails_concurrent_stale_requests_send_it_one_request() {
+    const CLIENTS: usize = 50;
+    let (calls, clock) = (Calls::default(), clock());
+    let arrived = Arc::new(Semaphore::new(0));
+    let handler = {
+        let (calls, arrived) = (calls.clone(), arrived.clone());
+        get(move || {
+            let (calls, arrived) = (calls.clone(), arrived.clone());
+            async move {
+                match calls.next() {
+                    0 => respond(
+                        200,
+                        &[("cache-control", "max-age=10, stale-if-error=600")],
+                        "v0",
+                    ),
+                    // The outage: the first request to see it holds until every stale request
+                    // has reached the cache, then fails.
+                    _ => {
+                        wait_for_arrivals(&arrived, CLIENTS).await;
+                        respond(503, &[], "down")
+                    }
+                }
+            }
+        })
+    };
+    let cache = CacheLayer::builder()
+        .clock(clock.clone())
+        .wait_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let app = Router::new().route("/status", handler).layer(cache);
+    let first = Reply::of(
+        app.clone()
+            .oneshot(get_request("/status", &[]))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_served(&first, "MISS", "v0");
+    clock.advance(Duration::from_secs(15));
+
+    let app = counting_arrivals(app, &arrived);
+    let requests = (0..CLIENTS).map(|_| get_request("/status", &[])).collect();
+    let replies = all_at_once(&app, requests).await;
+
+    for reply in &replies {
+        assert_served(reply, "STALE", "v0");
+    }
+    assert_eq!(
+        calls.count(),
+        2,
+        "one fill, then one request to the failing upstream"
+    );
+}
