@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::poll_fn;
+use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -169,7 +170,8 @@ where
             policy,
             &shared.credential_headers,
         );
-        if built.caller == Caller::Unnamed {
+        let caller = built.caller;
+        if caller == Caller::Unnamed {
             return self.bypass(request);
         }
         let key = built.to_key();
@@ -184,7 +186,7 @@ where
         // Built only past a fresh hit: the policy handle costs on the hit path.
         let miss = |key: CacheKey| Miss {
             key,
-            per_principal: built.caller == Caller::Named,
+            per_principal: caller == Caller::Named,
             policy: policy.clone(),
             label: if refresh { REFRESH } else { MISS },
             // A client's refresh goes upstream whatever another request just stored.
@@ -245,11 +247,12 @@ where
     }
 
     /// The request's async part; the ready inner service goes with it.
-    fn flow(&mut self) -> Flow<S, St> {
+    fn flow<ReqBody, ResBody>(&mut self) -> Flow<S, St, ReqBody, ResBody> {
         let ready = self.inner.clone();
         Flow {
             inner: std::mem::replace(&mut self.inner, ready),
             shared: self.shared.clone(),
+            bodies: PhantomData,
         }
     }
 }
@@ -266,9 +269,11 @@ struct Miss {
 }
 
 /// A request's way upstream: the inner service and the shared state.
-struct Flow<S, St> {
+struct Flow<S, St, ReqBody, ResBody> {
     inner: S,
     shared: Arc<Shared<St>>,
+    // The bodies name the service's request and response once, for every method below.
+    bodies: PhantomData<fn(ReqBody) -> ResBody>,
 }
 
 /// A response now, or once the upstream (or another request's flight) answers.
@@ -277,25 +282,25 @@ enum Dispatch<B: Body, E> {
     Later(Boxed<B, E>),
 }
 
-impl<S, St> Flow<S, St> {
+impl<S, St, ReqBody, ResBody> Flow<S, St, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+    St: CacheStore,
+{
     /// Serves what a lookup found: fresh, stale while refreshing, or a miss that leads or joins
     /// the key's upstream request.
-    fn dispatch<ReqBody, ResBody>(
+    fn dispatch(
         self,
         request: Request<ReqBody>,
         miss: Miss,
         found: Found,
         now: SystemTime,
-    ) -> Dispatch<ResBody, S::Error>
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqBody: Send + 'static,
-        ResBody: Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Send + 'static,
-        St: CacheStore,
-    {
+    ) -> Dispatch<ResBody, S::Error> {
         let counters = &self.shared.counters;
         let fallback = match found {
             Found::Fresh(stored) => {
@@ -344,16 +349,7 @@ impl<S, St> Flow<S, St> {
     }
 
     /// Refreshes a stale entry with this request, unless a refresh is already in flight.
-    fn refresh_in_background<ReqBody, ResBody>(self, request: Request<ReqBody>, mut miss: Miss)
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqBody: Send + 'static,
-        ResBody: Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Send + 'static,
-        St: CacheStore,
-    {
+    fn refresh_in_background(self, request: Request<ReqBody>, mut miss: Miss) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -369,22 +365,13 @@ impl<S, St> Flow<S, St> {
 
     /// Goes upstream, stores what may be stored, and answers; serves `fallback` instead if the
     /// upstream fails.
-    async fn fetch<ReqBody, ResBody>(
+    async fn fetch(
         mut self,
         mut request: Request<ReqBody>,
         miss: Miss,
         leader: Option<Leader>,
         fallback: Option<Arc<CachedResponse>>,
-    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqBody: Send + 'static,
-        ResBody: Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Send + 'static,
-        St: CacheStore,
-    {
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error> {
         let shared = self.shared.clone();
         let counters = &shared.counters;
         let moved_on = leader.is_some()
