@@ -8,7 +8,7 @@ mod support;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::header::{CACHE_CONTROL, ETAG};
 use axum::response::IntoResponse;
@@ -18,40 +18,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::json;
-use support::{serve_axum, serve_hyper, Client, Reply};
-use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
+use support::{bearer, jwt, serve_axum, serve_hyper, Client, Reply};
 use tollgate::auth::AuthLayer;
 use tollgate::cache::{CacheLayer, CachePolicy, Sharing};
 use tollgate::throttle::Rate;
 use tollgate::usage::{NewKey, QuotaPeriod, UsagePlan, UsagePlans};
 use tollgate::Principal;
 use tower::ServiceBuilder;
-
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-fn jwt() -> JwtAuthorizer {
-    JwtAuthorizer::builder()
-        .provider(JwtProvider::new("https://issuer.test", Keys::hmac(SECRET)).audience("api"))
-        .build()
-        .unwrap()
-}
-
-fn bearer(subject: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({
-        "iss": "https://issuer.test", "aud": "api", "sub": subject, "exp": now + 600,
-    });
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET),
-    )
-    .unwrap();
-    format!("Bearer {token}")
-}
 
 /// Counts the calls that reach the handler, so a reply tells whether it was served from cache.
 #[derive(Clone, Default)]

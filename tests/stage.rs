@@ -4,46 +4,15 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::routing::get;
 use axum::Router;
-use serde_json::json;
-use support::{serve_axum, Client, Reply};
-use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
+use support::{bearer_with_scopes, jwt, serve_axum, Client, Reply};
 use tollgate::auth::{AuthLayer, RoutePolicy};
 use tollgate::key::Subject;
 use tollgate::stage::{Canary, StageRouter, StageSpec, DEFAULT_OVERRIDE_HEADER};
 use tollgate::{Principal, Stage};
 
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const OVERRIDE: &str = "canary:override";
-
-fn jwt() -> JwtAuthorizer {
-    JwtAuthorizer::builder()
-        .provider(JwtProvider::new("https://issuer.test", Keys::hmac(SECRET)).audience("api"))
-        .build()
-        .unwrap()
-}
-
-/// `Bearer <a token for subject with scopes>`.
-fn bearer(subject: &str, scopes: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({
-        "iss": "https://issuer.test", "aud": "api", "sub": subject, "exp": now + 600,
-        "scope": scopes,
-    });
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET),
-    )
-    .unwrap();
-    format!("Bearer {token}")
-}
 
 /// A stage service answering `<service> <deployment> <subject or anonymous>` on `/orders`,
 /// and `ok` on `/health`.
@@ -101,7 +70,7 @@ fn assert_served(reply: &Reply, deployment: &str, body: &str) {
 #[tokio::test]
 async fn a_principal_with_the_override_scope_may_force_the_canary() {
     let (addr, client) = (behind_the_authorizer(0.0, false).await, Client::new());
-    let tester = bearer("tess", &format!("orders:read {OVERRIDE}"));
+    let tester = bearer_with_scopes("tess", &format!("orders:read {OVERRIDE}"));
 
     let forced = client
         .get(
@@ -120,7 +89,7 @@ async fn a_principal_with_the_override_scope_may_force_the_canary() {
 #[tokio::test]
 async fn a_principal_without_the_override_scope_may_not_force_a_side() {
     let (addr, client) = (behind_the_authorizer(0.0, false).await, Client::new());
-    let user = bearer("ursula", "orders:read");
+    let user = bearer_with_scopes("ursula", "orders:read");
 
     let reply = client
         .get(
@@ -135,7 +104,7 @@ async fn a_principal_without_the_override_scope_may_not_force_a_side() {
         .await;
     assert_served(&anonymous, "v2", "v2 v2 anonymous");
     // A scope claimed in a token the authorizer refuses never reaches the stage router.
-    let forged = bearer("mallory", OVERRIDE).replace('.', ".x");
+    let forged = bearer_with_scopes("mallory", OVERRIDE).replace('.', ".x");
     let refused = client
         .get(
             addr,
@@ -154,7 +123,7 @@ async fn the_canary_sticks_to_the_verified_subject_from_any_address() {
 
     let mut canaries = 0;
     for i in 0..16 {
-        let token = bearer(&format!("user-{i}"), "orders:read");
+        let token = bearer_with_scopes(&format!("user-{i}"), "orders:read");
         let auth = [("authorization", token.as_str())];
         let from_home = home.get(addr, "/v2/orders", &auth).await;
         let from_office = office.get(addr, "/v2/orders", &auth).await;
@@ -203,7 +172,7 @@ async fn an_authorizer_inside_one_stage_guards_only_that_stage() {
     assert_eq!(refused.header("www-authenticate"), "Bearer");
     assert_eq!(refused.header("x-deployment"), "v2");
     assert_eq!(client.get(addr, "/v2/health", &[]).await.status, 200);
-    let alice = bearer("alice", "orders:read");
+    let alice = bearer_with_scopes("alice", "orders:read");
     let reply = client
         .get(addr, "/v2/orders", &[("authorization", &alice)])
         .await;

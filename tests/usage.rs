@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
-use support::{serve_axum, Client};
-use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
+use support::{bearer, jwt, serve_axum, Client};
 use tollgate::auth::{
     Allow, AuthLayer, AuthorizerResponse, BoxError, CustomAuthorizer, IdentitySource,
 };
@@ -18,8 +17,6 @@ use tollgate::throttle::Rate;
 use tollgate::usage::{KeySource, NewKey, QuotaPeriod, UsagePlan, UsagePlans};
 use tollgate::Principal;
 use tower::ServiceBuilder;
-
-const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn plans(sources: &[KeySource]) -> UsagePlans {
     let mut builder = UsagePlans::builder().plan(
@@ -128,10 +125,7 @@ async fn an_authorizer_chooses_the_key_the_caller_spends() {
 
 #[tokio::test]
 async fn jwt_then_api_key_gives_the_handler_both_the_user_and_the_key() {
-    let jwt = JwtAuthorizer::builder()
-        .provider(JwtProvider::new("https://issuer.test", Keys::hmac(SECRET)).audience("api"))
-        .build()
-        .unwrap();
+    let jwt = jwt();
     let plans = plans(&[]);
     let (key, secret) = plans.create_key(NewKey::new("basic")).await.unwrap();
     let stack = ServiceBuilder::new()
@@ -143,17 +137,7 @@ async fn jwt_then_api_key_gives_the_handler_both_the_user_and_the_key() {
     let addr = serve_axum(app).await;
     let client = Client::new();
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({ "iss": "https://issuer.test", "aud": "api", "sub": "carol", "exp": now + 600 }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET),
-    )
-    .unwrap();
-    let bearer = format!("Bearer {token}");
+    let bearer = bearer("carol");
 
     let both = client
         .get(

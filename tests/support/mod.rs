@@ -4,6 +4,11 @@
 mod client;
 #[allow(unused_imports)] // each test binary uses its own part of this module
 pub use client::{Client, Reply};
+#[cfg(feature = "jwt")]
+mod jwt;
+#[cfg(feature = "jwt")]
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use jwt::{bearer, bearer_with_scopes, jwt};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
