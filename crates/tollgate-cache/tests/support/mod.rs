@@ -6,8 +6,11 @@
 mod client;
 #[allow(unused_imports)] // each test binary uses its own part of this module
 pub use client::{Client, Reply};
+#[path = "../../../../tests/support/server.rs"]
+mod server;
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use server::{serve_axum as serve, serve_hyper};
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,47 +28,8 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tollgate_core::{ManualClock, Principal};
-use tower::{Service, ServiceExt};
-
-/// Serves `app` on `127.0.0.1:0`.
-pub async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// Serves a plain tower service (no axum) on `127.0.0.1:0` with hyper's HTTP/1 server.
-pub async fn serve_hyper<S, B>(service: S) -> SocketAddr
-where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |request| service.clone().oneshot(request));
-                // A client closing its connection early is not the test's concern.
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// Sends a GET of `path` and returns the response as soon as its head arrives, the body
 /// unread, so a test can watch it arrive frame by frame.

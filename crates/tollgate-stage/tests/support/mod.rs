@@ -6,8 +6,11 @@
 mod client;
 #[allow(unused_imports)] // each test binary uses its own part of this module
 pub use client::{Client, Reply};
+#[path = "../../../../tests/support/server.rs"]
+mod server;
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use server::{serve_axum as serve, serve_hyper};
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -15,66 +18,13 @@ use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
 use axum::middleware::{from_fn, Next};
 use axum::Router;
-use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::Uri;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
-use tokio::net::TcpListener;
 use tollgate_core::{ManualClock, PeerAddr, Principal, Stage};
-use tower::{Service, ServiceExt};
 
 /// The wall time the manual clocks start at: Fri, 15 Jan 2027 08:00:00 GMT.
 pub const T0: u64 = 1_800_000_000;
-
-/// Serves `app` on `127.0.0.1:0` with connect info, so the peer IP keys the canaries.
-pub async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
-}
-
-/// Serves a plain tower service (no axum) on `127.0.0.1:0` with hyper's HTTP/1 server,
-/// inserting [`PeerAddr`] as a hyper user would.
-pub async fn serve_hyper<S, B>(service: S) -> SocketAddr
-where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-                        request.extensions_mut().insert(PeerAddr(peer));
-                        service.clone().oneshot(request)
-                    });
-                // A client closing its connection early is not the test's concern.
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// A stage service that answers every path with a JSON document of what it saw: its own
 /// name (`service`), the path and query it received, the original URI, and the request's
