@@ -5,8 +5,10 @@ use http::header::{CONTENT_LENGTH, SET_COOKIE};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use tollgate_core::remove_hop_by_hop;
+
 use crate::policy::CompiledPolicy;
-use crate::semantics::{age_at, explicit_lifetime, remove_hop_by_hop, CacheControl, Vary};
+use crate::semantics::{age_at, explicit_lifetime, CacheControl, Vary};
 use crate::store::CachedResponse;
 
 /// The most tags one response carries into the store.

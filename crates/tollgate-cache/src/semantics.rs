@@ -7,27 +7,12 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{
-    AGE, CACHE_CONTROL, CONNECTION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE, VARY,
+    AGE, CACHE_CONTROL, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// RFC 9111 §1.2.2: the largest delta-seconds a cache needs to represent.
 const MAX_DELTA: u64 = 1 << 31;
-
-/// The fixed hop-by-hop fields (RFC 9110 §7.6.1), plus the legacy ones still seen in the wild.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-];
 
 /// Cache-Control directives the cache acts on (request or response).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -201,33 +186,6 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
-/// Hop-by-hop header names (RFC 9110 §7.6.1) that a cache must not store: Connection, Keep-Alive,
-/// Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate,
-/// Proxy-Authorization, plus every name listed in the response's Connection header.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most responses carry none: a scan of their few names is cheaper than nine removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    // Connection stays in the map until the end so its line indices stay valid; each line is
-    // cloned (a reference-count bump) only so the map can be mutated while its tokens are read.
-    let mut index = 0;
-    while let Some(line) = headers.get_all(CONNECTION).iter().nth(index).cloned() {
-        for token in elements(&line) {
-            match std::str::from_utf8(token) {
-                Ok(name) if !name.eq_ignore_ascii_case("connection") => {
-                    headers.remove(name); // an invalid name finds nothing
-                }
-                _ => {}
-            }
-        }
-        index += 1;
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
 /// The non-empty, trimmed elements of a comma-separated list; commas inside quoted strings do not
 /// split it.
 fn elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
@@ -309,7 +267,9 @@ fn http_date(value: &HeaderValue) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONNECTION;
     use std::time::UNIX_EPOCH;
+    use tollgate_core::remove_hop_by_hop;
 
     const ZERO: Duration = Duration::ZERO;
     const NOW: u64 = 1_700_000_000;

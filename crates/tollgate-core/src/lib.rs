@@ -35,6 +35,7 @@ mod clock;
 mod duration;
 #[cfg(feature = "axum")]
 mod extract;
+mod hop;
 pub mod key;
 mod principal;
 pub mod ratelimit;
@@ -46,6 +47,7 @@ pub use body::{BodyMode, InnerBody, ResponseBody, WrapBody};
 pub use client_ip::{ForwardedHeader, TrustedProxies, TrustedProxiesError};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::{DurationError, HumanDuration};
+pub use hop::remove_hop_by_hop;
 pub use key::{
     Key, KeyError, KeyExtractor, KeyExtractorExt, KeyScope, PeerAddr, RequestHead, MAX_KEY_BYTES,
 };
