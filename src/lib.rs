@@ -17,6 +17,7 @@
 //! | `admin` | [`usage::admin`] | an axum router for key administration, to mount behind the application's own auth |
 //! | `stage` (default) | [`stage`] | stage and version routing: base paths, hosts, version headers and media types, sticky canaries with runtime control, deprecation and sunset |
 //! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
+//! | `aggregate` (default) | [`aggregate`] | fan-out aggregation with JSON pipelines and deterministic merges, a streaming HTTP upstream proxy, mock integrations |
 //! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
 //!
@@ -81,3 +82,8 @@ pub use tollgate_cache as cache;
 #[cfg(feature = "stage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stage")))]
 pub use tollgate_stage as stage;
+
+/// Fan-out aggregation, the HTTP upstream integration and mocks.
+#[cfg(feature = "aggregate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aggregate")))]
+pub use tollgate_aggregate as aggregate;

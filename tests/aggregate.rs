@@ -1,0 +1,1 @@
+//! Whole-stack tests of aggregation and the HTTP upstream: written next.
