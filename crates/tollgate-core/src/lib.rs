@@ -37,6 +37,7 @@ mod duration;
 mod extract;
 mod hop;
 pub mod key;
+mod path;
 mod principal;
 pub mod ratelimit;
 mod rejection;
@@ -51,6 +52,7 @@ pub use hop::remove_hop_by_hop;
 pub use key::{
     Key, KeyError, KeyExtractor, KeyExtractorExt, KeyScope, PeerAddr, RequestHead, MAX_KEY_BYTES,
 };
+pub use path::{has_dot_segment, is_dot_segment};
 pub use principal::{Principal, PrincipalBuilder};
 pub use rejection::{retry_after_seconds, BearerError, ProblemType, Rejection};
 pub use route::{RouteMatch, RouteTable, RouteTableError};
