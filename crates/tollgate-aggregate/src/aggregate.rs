@@ -352,12 +352,17 @@ fn compile(
         Location::Http(url) => {
             let template = template(&url)?;
             let prefix: String = url.chars().take_while(|&c| c != '{').collect();
-            let scheme_ok = prefix.starts_with("http://")
-                && prefix.len() > "http://".len()
-                && !prefix["http://".len()..].starts_with('/');
-            if !scheme_ok {
+            let authority = prefix.strip_prefix("http://").unwrap_or_default();
+            if authority.is_empty() || authority.starts_with('/') {
                 return Err(invalid(format!(
                     "URL {url:?}: expected http://host[:port]/path (TLS upstreams are not built in yet)"
+                )));
+            }
+            // A client-controlled value in the host would let any caller pick the server the
+            // gateway calls.
+            if template.slots().next().is_some() && !authority.contains('/') {
+                return Err(invalid(format!(
+                    "URL {url:?}: placeholders may only appear in the path and query"
                 )));
             }
             CompiledTarget::Http(template)
@@ -1147,6 +1152,18 @@ mod tests {
             ),
             (
                 Aggregate::builder().backend(Backend::http("a", "http:///x")),
+                "expected http://host",
+            ),
+            (
+                Aggregate::builder()
+                    .route("/x/{id}")
+                    .backend(Backend::http("a", "http://h{id}.internal/x")),
+                "only appear in the path",
+            ),
+            (
+                Aggregate::builder()
+                    .route("/x/{id}")
+                    .backend(Backend::http("a", "http://{id}/x")),
                 "expected http://host",
             ),
             (

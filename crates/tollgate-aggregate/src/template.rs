@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
+use tollgate_core::is_dot_segment;
 
 /// Everything but RFC 3986's unreserved characters is encoded, so a value stays inside its
 /// path segment or query component: a `/` or `?` in a user id cannot change the URL's shape.
@@ -126,33 +127,48 @@ impl Template {
     }
 
     /// Fills the template for a URL: each value percent-encoded as one component.
+    ///
+    /// A value that is `.` or `..` fails: as a path segment it would climb the upstream's
+    /// path (`/users/{id}/orders` with `..` is `/orders`).
     pub(crate) fn fill_url(&self, vars: &Vars<'_>) -> Result<String, FillError> {
         self.fill(vars, |out, text| {
+            if is_dot_segment(text) {
+                return false;
+            }
             out.extend(utf8_percent_encode(text, COMPONENT));
+            true
         })
     }
 
     /// Fills the template as plain text (inside a JSON string).
     fn fill_text(&self, vars: &Vars<'_>) -> Result<String, FillError> {
-        self.fill(vars, |out, text| out.push_str(text))
+        self.fill(vars, |out, text| {
+            out.push_str(text);
+            true
+        })
     }
 
     fn fill(
         &self,
         vars: &Vars<'_>,
-        mut write: impl FnMut(&mut String, &str),
+        mut write: impl FnMut(&mut String, &str) -> bool,
     ) -> Result<String, FillError> {
         let mut out = String::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Literal(text) => out.push_str(text),
-                Piece::Slot(slot) => match vars.lookup(slot)? {
-                    Value::String(text) => write(&mut out, &text),
-                    value @ (Value::Number(_) | Value::Bool(_)) => {
-                        write(&mut out, &value.to_string())
+                Piece::Slot(slot) => {
+                    let written = match vars.lookup(slot)? {
+                        Value::String(text) => write(&mut out, &text),
+                        value @ (Value::Number(_) | Value::Bool(_)) => {
+                            write(&mut out, &value.to_string())
+                        }
+                        _ => return Err(FillError::NotAScalar(slot.spelled())),
+                    };
+                    if !written {
+                        return Err(FillError::DotSegment(slot.spelled()));
                     }
-                    _ => return Err(FillError::NotAScalar(slot.spelled())),
-                },
+                }
             }
         }
         Ok(out)
@@ -291,6 +307,8 @@ pub(crate) enum FillError {
     Missing(String),
     #[error("{0} is an object, array or null, which cannot be put in a URL")]
     NotAScalar(String),
+    #[error("{0} is `.` or `..`, which would change the URL's path")]
+    DotSegment(String),
     #[error("backend {0:?} gave no response to take fields from")]
     NoResponse(String),
     #[error("{0}")]
@@ -357,6 +375,18 @@ mod tests {
             template.fill_url(&vars(&responses)),
             Err(FillError::Missing("{query.page}".into()))
         );
+    }
+
+    #[test]
+    fn dot_segment_values_cannot_go_in_a_url() {
+        let responses = [("profile", Some(Arc::new(json!({"a": "..", "b": "%2e"}))))];
+        for text in ["/x/{profile.a}/y", "/x/{profile.b}"] {
+            let template = Template::parse(text).unwrap();
+            assert!(matches!(
+                template.fill_url(&vars(&responses)),
+                Err(FillError::DotSegment(_))
+            ));
+        }
     }
 
     #[test]

@@ -10,13 +10,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use tollgate_core::{
-    remove_hop_by_hop, Principal, Rejection, RequestHead, ResponseBody, TrustedProxies,
+    has_dot_segment, remove_hop_by_hop, Principal, Rejection, RequestHead, ResponseBody,
+    TrustedProxies,
 };
 use tower::Service;
 
@@ -413,6 +414,8 @@ impl Inner {
 
     fn headers(&self, incoming: &mut HeaderMap, hop: &Hop<'_>, principal: Option<&Principal>) {
         remove_hop_by_hop(incoming);
+        // The server in front already answered `100-continue` when the body was first read.
+        incoming.remove(EXPECT);
         if let Some(allowed) = &self.forward {
             let mut kept = HeaderMap::with_capacity(allowed.len() + 2);
             for name in allowed.iter().chain([&CONTENT_TYPE, &CONTENT_LENGTH]) {
@@ -453,6 +456,14 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = Arc::clone(&self.inner);
         let (mut parts, body) = request.into_parts();
+        if has_dot_segment(parts.uri.path()) {
+            // `/api/../../secret` would climb out of the base path once the upstream resolves
+            // it: refused rather than passed on.
+            return Box::pin(std::future::ready(Ok(Rejection::bad_request(
+                "the path must not hold `.` or `..` segments",
+            )
+            .into_response())));
+        }
         let Some(uri) = inner.target(&parts.uri) else {
             return Box::pin(std::future::ready(Ok(
                 Rejection::not_found().into_response()
