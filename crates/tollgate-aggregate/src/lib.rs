@@ -50,6 +50,7 @@ mod aggregate;
 mod backend;
 mod claims;
 mod client;
+mod config;
 mod forwarded;
 mod merge;
 mod mock;
@@ -62,6 +63,10 @@ pub use aggregate::{
 };
 pub use backend::{Backend, DEFAULT_MAX_BODY};
 pub use client::{BoxError, HttpClient, HttpClientBuilder};
+pub use config::{
+    AggregateConfig, BackendConfig, ConfigError, HedgeConfig, MockConfig, PrefixConfig,
+    RewriteConfig, UpstreamConfig,
+};
 pub use merge::{Collision, Merge, MergeConflict};
 pub use mock::Mock;
 pub use pipeline::PathError;
