@@ -26,8 +26,10 @@ use crate::claims::ClaimHeaders;
 use crate::client::{upstream_body, BoxError, HttpClient, SendError, SendErrorKind};
 use crate::merge::{merge, Collision, Merge, MergeConflict};
 use crate::pipeline::{DotPath, PathError, Pipeline};
-use crate::template::{BodyTemplate, FillError, Slot, Template, Vars};
-use crate::upstream::{header_name, percent_decode, UpstreamError};
+use crate::template::{
+    extract, route_params, BodyTemplate, Extract, FillError, Param, Slot, Template, Vars,
+};
+use crate::upstream::{deadline_after, header_name, UpstreamError};
 
 /// `X-Tollgate-Completed`: `true` when every backend answered, `false` when an optional one
 /// failed.
@@ -98,7 +100,8 @@ pub struct Aggregate {
 
 struct Endpoint {
     name: Arc<str>,
-    route: Option<matchit::Router<()>>,
+    /// The route and its template as written (which names catch-all parameters).
+    route: Option<(matchit::Router<()>, String)>,
     backends: Vec<Compiled>,
     merge: Merge,
     collision: Collision,
@@ -124,8 +127,10 @@ struct Compiled {
     max_body: usize,
     /// Indices of the earlier backends whose fields this one uses.
     depends_on: Vec<usize>,
-    /// Whether a later backend uses this one's fields, so its raw response is kept.
-    feeds_others: bool,
+    /// The fields of earlier backends this one uses: (backend index, path).
+    reads: Vec<(usize, Vec<String>)>,
+    /// The fields of this backend's response that later backends use.
+    feeds: Vec<Vec<String>>,
 }
 
 enum CompiledTarget {
@@ -278,7 +283,7 @@ impl AggregateBuilder {
                 let mut router = matchit::Router::new();
                 router
                     .insert(route.clone(), ())
-                    .map(|()| router)
+                    .map(|()| (router, route.clone()))
                     .map_err(|error| AggregateError::InvalidRoute {
                         route: route.clone(),
                         reason: error.to_string(),
@@ -289,8 +294,11 @@ impl AggregateBuilder {
         let mut backends: Vec<Compiled> = Vec::with_capacity(self.backends.len());
         for backend in self.backends {
             let compiled = compile(backend, &names, self.route.as_deref())?;
-            for &dependency in &compiled.depends_on {
-                backends[dependency].feeds_others = true;
+            for (index, path) in &compiled.reads {
+                let feeds = &mut backends[*index].feeds;
+                if !feeds.contains(path) {
+                    feeds.push(path.clone());
+                }
             }
             names.push(Arc::clone(&compiled.name));
             backends.push(compiled);
@@ -365,6 +373,9 @@ fn compile(
                     "URL {url:?}: placeholders may only appear in the path and query"
                 )));
             }
+            if Uri::try_from(template.sample()).is_err() {
+                return Err(invalid(format!("URL {url:?} is not a valid URL")));
+            }
             CompiledTarget::Http(template)
         }
         Location::Local { call, path } => {
@@ -373,9 +384,13 @@ fn compile(
                     "path {path:?}: expected a path such as \"/orders\""
                 )));
             }
+            let path_template = template(&path)?;
+            if http::uri::PathAndQuery::try_from(path_template.sample()).is_err() {
+                return Err(invalid(format!("path {path:?} is not a valid path")));
+            }
             CompiledTarget::Local {
                 call,
-                path: template(&path)?,
+                path: path_template,
             }
         }
     };
@@ -396,6 +411,7 @@ fn compile(
         }
     };
     let mut depends_on = Vec::new();
+    let mut reads = Vec::new();
     for slot in url_slots.chain(body.iter().flat_map(BodyTemplate::slots)) {
         match slot {
             Slot::Param(param) => {
@@ -412,7 +428,10 @@ fn compile(
                 }
             }
             Slot::Query(_) => {}
-            Slot::Field { backend: other, .. } => {
+            Slot::Field {
+                backend: other,
+                path,
+            } => {
                 let index = earlier
                     .iter()
                     .position(|known| **known == **other)
@@ -423,6 +442,7 @@ fn compile(
                 if !depends_on.contains(&index) {
                     depends_on.push(index);
                 }
+                reads.push((index, path.clone()));
             }
         }
     }
@@ -476,7 +496,8 @@ fn compile(
         hedge: backend.hedge,
         max_body: backend.max_body,
         depends_on,
-        feeds_others: false,
+        reads,
+        feeds: Vec::new(),
     })
 }
 
@@ -580,7 +601,8 @@ enum Failure {
     NotJson(String),
     Pipeline(String),
     Template(FillError),
-    Dependency(Arc<str>),
+    /// A backend it reads failed; `true` when that one timed out.
+    Dependency(Arc<str>, bool),
     Service(BoxError),
 }
 
@@ -596,9 +618,14 @@ impl Failure {
             Failure::NotJson(_) => "invalid-json",
             Failure::Pipeline(_) => "pipeline",
             Failure::Template(_) => "template",
-            Failure::Dependency(_) => "dependency",
+            Failure::Dependency(..) => "dependency",
             Failure::Service(_) => "service",
         }
+    }
+
+    /// Whether the client should hear 504 rather than 502.
+    fn timed_out(&self) -> bool {
+        matches!(self, Failure::TimedOut | Failure::Dependency(_, true))
     }
 
     /// What the client is told; internal errors stay in the log.
@@ -612,7 +639,10 @@ impl Failure {
             Failure::NotJson(reason) => format!("did not send JSON: {reason}"),
             Failure::Pipeline(reason) => reason.clone(),
             Failure::Template(error) => format!("could not be called: {error}"),
-            Failure::Dependency(other) => format!("needs backend {other:?}, which failed"),
+            Failure::Dependency(other, true) => {
+                format!("needs backend {other:?}, which did not answer in time")
+            }
+            Failure::Dependency(other, false) => format!("needs backend {other:?}, which failed"),
             Failure::Service(_) => "failed".to_owned(),
         }
     }
@@ -658,15 +688,16 @@ struct Part {
 /// What one backend call produced.
 type Outcome = Result<Part, Failure>;
 
-/// The raw responses later backends read, published as each backend finishes: `None` while
-/// running, `Some(None)` when it failed.
-type Published = watch::Sender<Option<Option<Arc<Value>>>>;
-type Watched = watch::Receiver<Option<Option<Arc<Value>>>>;
+/// What a backend tells the later backends that read it: `None` while it runs, then the
+/// fields they read, or `Err(timed_out)` when it failed.
+type Shared = Option<Result<Arc<Extract>, bool>>;
+type Published = watch::Sender<Shared>;
+type Watched = watch::Receiver<Shared>;
 
 /// The request, as every backend call reads it.
 struct Call<'r> {
     parts: &'r Parts,
-    params: Vec<(String, String)>,
+    params: Vec<Param>,
     query: Vec<(String, String)>,
     principal: Option<Principal>,
     deadline: tokio::time::Instant,
@@ -688,12 +719,15 @@ impl Endpoint {
             None => None,
         };
         let params = match &self.route {
-            Some(route) => match route.at(parts.uri.path()) {
-                Ok(matched) => matched
-                    .params
-                    .iter()
-                    .map(|(name, value)| (name.to_owned(), percent_decode(value)))
-                    .collect(),
+            Some((route, text)) => match route.at(parts.uri.path()) {
+                Ok(matched) => match route_params(text, &matched.params) {
+                    Ok(params) => params,
+                    Err(name) => {
+                        return refuse(Rejection::bad_request(format!(
+                            "the path parameter {name:?} is not UTF-8"
+                        )))
+                    }
+                },
                 Err(_) => return refuse(Rejection::not_found()),
             },
             None => Vec::new(),
@@ -712,60 +746,87 @@ impl Endpoint {
             parts: &parts,
             params,
             query,
-            deadline: tokio::time::Instant::now() + self.deadline,
+            deadline: deadline_after(self.deadline),
         };
 
-        let (senders, watched): (Vec<Published>, Vec<Watched>) =
-            self.backends.iter().map(|_| watch::channel(None)).unzip();
-        let mut runs = Vec::with_capacity(self.backends.len());
-        for (backend, published) in self.backends.iter().zip(senders) {
+        // Only backends that others read get a channel.
+        let channels: Vec<Option<(Published, Watched)>> = self
+            .backends
+            .iter()
+            .map(|backend| (!backend.feeds.is_empty()).then(|| watch::channel(None)))
+            .collect();
+        let mut runs = FuturesUnordered::new();
+        let (endpoint, call) = (&*self, &call);
+        for (index, backend) in self.backends.iter().enumerate() {
             let needs = backend
                 .depends_on
                 .iter()
-                .map(|&index| {
-                    (
-                        Arc::clone(&self.backends[index].name),
-                        watched[index].clone(),
-                    )
+                .filter_map(|&other| {
+                    let (_, watched) = channels[other].as_ref()?;
+                    Some((Arc::clone(&self.backends[other].name), watched.clone()))
                 })
                 .collect();
-            let run: Pin<Box<dyn Future<Output = Outcome> + Send + '_>> =
-                Box::pin(self.run(backend, &call, needs, published));
+            let published = channels[index].as_ref().map(|(sender, _)| sender.clone());
+            let run: Pin<Box<dyn Future<Output = (usize, Outcome)> + Send + '_>> = Box::pin(
+                async move { (index, endpoint.run(backend, call, needs, published).await) },
+            );
             runs.push(run);
         }
-        drop(watched);
-        let outcomes: Vec<Outcome> = futures_util::future::join_all(runs).await;
+        drop(channels);
+
+        let mut outcomes: Vec<Option<Outcome>> = self.backends.iter().map(|_| None).collect();
+        while let Some((index, outcome)) = runs.next().await {
+            let backend = &self.backends[index];
+            if let Err(failure) = &outcome {
+                if self.status_from == Some(index) {
+                    if let Failure::Status(fetched) = failure {
+                        return passthrough(fetched);
+                    }
+                }
+                if backend.required {
+                    // Nothing can save the call: the rest are cancelled by dropping them.
+                    let rejection = if failure.timed_out() {
+                        Rejection::gateway_timeout()
+                    } else {
+                        Rejection::bad_gateway()
+                    };
+                    return refuse(rejection.with_detail(format!(
+                        "required backend {:?} {}",
+                        &*backend.name,
+                        failure.describe()
+                    )));
+                }
+            }
+            outcomes[index] = Some(outcome);
+        }
         self.respond(outcomes)
     }
 
     /// One backend: waits for the backends it reads, calls it within its time, and publishes
-    /// its raw response for those that read it.
+    /// the fields later backends read.
     async fn run(
         &self,
         backend: &Compiled,
         call: &Call<'_>,
         needs: Vec<(Arc<str>, Watched)>,
-        published: Published,
+        published: Option<Published>,
     ) -> Outcome {
         let started = Instant::now();
         let work = async {
-            let mut values = Vec::with_capacity(needs.len());
+            let mut responses = Vec::with_capacity(needs.len());
             for (other, mut receiver) in needs {
-                let value = match receiver.wait_for(Option::is_some).await {
-                    Ok(value) => value.clone().flatten(),
+                let shared = match receiver.wait_for(Option::is_some).await {
+                    Ok(shared) => shared.clone(),
                     Err(_) => None,
                 };
-                match value {
-                    Some(value) => values.push((other, Some(value))),
-                    None => return Err(Failure::Dependency(other)),
+                match shared {
+                    Some(Ok(extract)) => responses.push((other, extract)),
+                    Some(Err(timed_out)) => return Err(Failure::Dependency(other, timed_out)),
+                    None => return Err(Failure::Dependency(other, false)),
                 }
             }
-            let responses: Vec<(&str, Option<Arc<Value>>)> = values
-                .iter()
-                .map(|(name, value)| (&**name, value.clone()))
-                .collect();
             let limit = backend.timeout.map_or(call.deadline, |timeout| {
-                call.deadline.min(tokio::time::Instant::now() + timeout)
+                call.deadline.min(deadline_after(timeout))
             });
             match tokio::time::timeout_at(limit, self.fetch_hedged(backend, call, &responses)).await
             {
@@ -777,30 +838,42 @@ impl Endpoint {
             Ok(result) => result,
             Err(_) => Err(Failure::TimedOut),
         };
-        let outcome = result.and_then(|fetched| self.parse(backend, fetched, &published));
-        if outcome.is_err() {
-            published.send_replace(Some(None));
+        let outcome = result.and_then(|fetched| self.parse(backend, fetched, published.as_ref()));
+        if let (Err(failure), Some(published)) = (&outcome, &published) {
+            published.send_replace(Some(Err(failure.timed_out())));
         }
         self.record(backend, started, &outcome);
         outcome
     }
 
-    fn parse(&self, backend: &Compiled, fetched: Fetched, published: &Published) -> Outcome {
+    fn parse(
+        &self,
+        backend: &Compiled,
+        fetched: Fetched,
+        published: Option<&Published>,
+    ) -> Outcome {
         if !fetched.status.is_success() {
             return Err(Failure::Status(fetched));
         }
-        if let Some(content_type) = &fetched.content_type {
-            if !is_json(content_type) {
-                return Err(Failure::NotJson(format!(
-                    "its Content-Type is {:?}",
-                    String::from_utf8_lossy(content_type.as_bytes())
-                )));
+        let value: Value = if fetched.body.is_empty()
+            && (fetched.status == StatusCode::NO_CONTENT || backend.method == Method::HEAD)
+        {
+            // Nothing to merge, and nothing wrong.
+            Value::Object(Map::new())
+        } else {
+            if let Some(content_type) = &fetched.content_type {
+                if !is_json(content_type) {
+                    return Err(Failure::NotJson(format!(
+                        "its Content-Type is {:?}",
+                        String::from_utf8_lossy(content_type.as_bytes())
+                    )));
+                }
             }
-        }
-        let value: Value = serde_json::from_slice(&fetched.body)
-            .map_err(|error| Failure::NotJson(error.to_string()))?;
-        if backend.feeds_others {
-            published.send_replace(Some(Some(Arc::new(value.clone()))));
+            serde_json::from_slice(&fetched.body)
+                .map_err(|error| Failure::NotJson(error.to_string()))?
+        };
+        if let Some(published) = published {
+            published.send_replace(Some(Ok(Arc::new(extract(&value, &backend.feeds)))));
         }
         let object = backend
             .pipeline
@@ -847,7 +920,7 @@ impl Endpoint {
         &self,
         backend: &Compiled,
         call: &Call<'_>,
-        responses: &[(&str, Option<Arc<Value>>)],
+        responses: &[(Arc<str>, Arc<Extract>)],
     ) -> Result<Fetched, Failure> {
         let request = self.request(backend, call, responses)?;
         let Some((copies, delay)) = backend.hedge else {
@@ -881,7 +954,7 @@ impl Endpoint {
         &self,
         backend: &Compiled,
         call: &Call<'_>,
-        responses: &[(&str, Option<Arc<Value>>)],
+        responses: &[(Arc<str>, Arc<Extract>)],
     ) -> Result<Outgoing, Failure> {
         let vars = Vars {
             params: &call.params,
@@ -901,7 +974,8 @@ impl Endpoint {
             }
         }
         let uri: Uri = target.parse().map_err(|_| {
-            Failure::Template(FillError::Invalid(format!("{target:?} is not a valid URL")))
+            tracing::warn!(backend = %backend.name, url = %target, "tollgate: a filled backend URL does not parse");
+            Failure::Template(FillError::Invalid("the filled URL is not valid".to_owned()))
         })?;
         let mut headers = HeaderMap::new();
         for name in &backend.forward_headers {
@@ -969,35 +1043,23 @@ impl Endpoint {
         })
     }
 
-    fn respond(&self, outcomes: Vec<Outcome>) -> Response<Full<Bytes>> {
+    /// The merged answer once every backend is done; required failures returned earlier.
+    fn respond(&self, outcomes: Vec<Option<Outcome>>) -> Response<Full<Bytes>> {
         let mut status = StatusCode::OK;
-        if let Some(index) = self.status_from {
-            match &outcomes[index] {
-                Ok(part) => status = part.status,
-                Err(Failure::Status(fetched)) => return passthrough(fetched),
-                Err(_) => {}
-            }
-        }
         let mut parts = Vec::with_capacity(outcomes.len());
         let mut errors = Map::new();
-        for (backend, outcome) in self.backends.iter().zip(outcomes) {
+        for (index, (backend, outcome)) in self.backends.iter().zip(outcomes).enumerate() {
             match outcome {
-                Ok(part) => parts.push((&*backend.name, part.object)),
-                Err(failure) if backend.required => {
-                    let rejection = if matches!(failure, Failure::TimedOut) {
-                        Rejection::gateway_timeout()
-                    } else {
-                        Rejection::bad_gateway()
-                    };
-                    return refuse(rejection.with_detail(format!(
-                        "required backend {:?} {}",
-                        &*backend.name,
-                        failure.describe()
-                    )));
+                Some(Ok(part)) => {
+                    if self.status_from == Some(index) {
+                        status = part.status;
+                    }
+                    parts.push((&*backend.name, part.object));
                 }
-                Err(failure) => {
+                Some(Err(failure)) => {
                     errors.insert(backend.name.to_string(), failure.json());
                 }
+                None => {}
             }
         }
         let completed = errors.is_empty();
@@ -1077,6 +1139,9 @@ fn is_json(content_type: &HeaderValue) -> bool {
 fn passthrough(fetched: &Fetched) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(fetched.body.clone()));
     *response.status_mut() = fetched.status;
+    response
+        .headers_mut()
+        .insert(X_TOLLGATE_COMPLETED, HeaderValue::from_static("false"));
     if let Some(content_type) = &fetched.content_type {
         response
             .headers_mut()

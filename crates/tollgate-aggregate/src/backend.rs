@@ -235,7 +235,7 @@ impl Backend {
         self
     }
 
-    /// Renames top-level fields, `(from, to)`.
+    /// Renames top-level fields, `(from, to)`, all at once: `[("a", "b"), ("b", "a")]` swaps.
     pub fn mapping<I, F, T>(mut self, renames: I) -> Self
     where
         I: IntoIterator<Item = (F, T)>,

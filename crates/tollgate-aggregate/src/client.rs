@@ -52,6 +52,7 @@ where
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpConnector, UpstreamBody>,
+    http2: bool,
 }
 
 impl fmt::Debug for HttpClient {
@@ -76,6 +77,11 @@ impl HttpClient {
             max_idle_per_host: usize::MAX,
             http2_only: false,
         }
+    }
+
+    /// Whether it speaks h2c.
+    pub(crate) fn is_http2(&self) -> bool {
+        self.http2
     }
 
     /// Sends `request`, whose URI must be absolute (`http://host:port/path`).
@@ -147,7 +153,10 @@ impl HttpClientBuilder {
             .pool_max_idle_per_host(self.max_idle_per_host)
             .http2_only(self.http2_only)
             .build(connector);
-        HttpClient { inner }
+        HttpClient {
+            inner,
+            http2: self.http2_only,
+        }
     }
 }
 

@@ -104,6 +104,9 @@ pub struct AggregateConfig {
     /// The most calls at once (default: unlimited).
     #[serde(default)]
     pub concurrency_limit: Option<usize>,
+    /// The client HTTP backends are called with (default: its own, with the defaults).
+    #[serde(default)]
+    pub client: Option<ClientConfig>,
 }
 
 /// One backend in configuration: `url` for HTTP, or `service` naming an in-process service.
@@ -168,6 +171,38 @@ pub struct BackendConfig {
     pub max_body: Option<usize>,
 }
 
+/// An [`HttpClient`] in configuration: `{ "connect_timeout": "2s", "http2": true }`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// How long a TCP connect may take (default `5s`).
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
+    /// How long an idle pooled connection is kept (default `90s`).
+    #[serde(default)]
+    pub idle_timeout: Option<HumanDuration>,
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    #[serde(default)]
+    pub http2: bool,
+}
+
+impl ClientConfig {
+    /// Builds the client.
+    pub fn build(&self) -> HttpClient {
+        let mut builder = HttpClient::builder();
+        if let Some(timeout) = self.connect_timeout {
+            builder = builder.connect_timeout(timeout.0);
+        }
+        if let Some(timeout) = self.idle_timeout {
+            builder = builder.idle_timeout(timeout.0);
+        }
+        if self.http2 {
+            builder = builder.http2_prior_knowledge();
+        }
+        builder.build()
+    }
+}
+
 /// Hedging in configuration: `{ "copies": 2, "delay": "50ms" }`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,7 +240,7 @@ impl AggregateConfig {
     }
 
     /// The aggregate's builder, to add what configuration cannot say, sending HTTP backends
-    /// through `client` when given.
+    /// through `client` when given (a shared pool) instead of the configured `client`.
     ///
     /// # Errors
     ///
@@ -250,7 +285,7 @@ impl AggregateConfig {
         if let Some(limit) = self.concurrency_limit {
             builder = builder.concurrency_limit(limit);
         }
-        if let Some(client) = client {
+        if let Some(client) = client.or_else(|| self.client.as_ref().map(ClientConfig::build)) {
             builder = builder.client(client);
         }
         for entry in &self.backends {
@@ -354,7 +389,8 @@ impl BackendConfig {
 ///     "strip_prefix": "/api",
 ///     "timeout": "5s",
 ///     "claim_headers": { "sub": "x-user-id" },
-///     "trusted_proxies": ["10.0.0.0/8"]
+///     "trusted_proxies": ["10.0.0.0/8"],
+///     "client": { "connect_timeout": "2s", "http2": false }
 /// })).unwrap();
 /// let upstream = config.build(None).unwrap();
 /// # let _ = upstream;
@@ -386,9 +422,18 @@ pub struct UpstreamConfig {
     /// How long the upstream may take to send its response head (default `30s`).
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// A bound on the whole exchange, bodies included (default none).
+    #[serde(default)]
+    pub total_timeout: Option<HumanDuration>,
     /// Whether the client's `Host` is sent instead of the upstream's.
     #[serde(default)]
     pub preserve_host: bool,
+    /// `http` (default) or `https`: how clients reach this gateway.
+    #[serde(default)]
+    pub forwarded_proto: Option<String>,
+    /// The client the upstream is called with (default: its own, with the defaults).
+    #[serde(default)]
+    pub client: Option<ClientConfig>,
 }
 
 /// A prefix replacement in configuration.
@@ -412,7 +457,8 @@ pub struct RewriteConfig {
 }
 
 impl UpstreamConfig {
-    /// Builds the upstream, sending through `client` when given.
+    /// Builds the upstream, sending through `client` when given (a shared pool) instead of the
+    /// configured `client`.
     ///
     /// # Errors
     ///
@@ -449,7 +495,13 @@ impl UpstreamConfig {
         if let Some(timeout) = self.timeout {
             builder = builder.timeout(timeout.0);
         }
-        if let Some(client) = client {
+        if let Some(timeout) = self.total_timeout {
+            builder = builder.total_timeout(timeout.0);
+        }
+        if let Some(proto) = &self.forwarded_proto {
+            builder = builder.forwarded_proto(proto.clone());
+        }
+        if let Some(client) = client.or_else(|| self.client.as_ref().map(ClientConfig::build)) {
             builder = builder.client(client);
         }
         Ok(builder.build()?)

@@ -96,12 +96,13 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
     }
 }
 
-/// The `Host` the client asked for: the header, or the URI's authority (HTTP/2).
+/// The host the client asked for: the request target's authority when it has one (HTTP/2,
+/// or an absolute-form HTTP/1.1 target, which RFC 9112 §3.2.2 puts before `Host`), else the
+/// `Host` header.
 pub(crate) fn requested_host(headers: &HeaderMap, uri: &http::Uri) -> Option<HeaderValue> {
-    headers.get(HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-    })
+    uri.authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        .or_else(|| headers.get(HOST).cloned())
 }
 
 #[cfg(test)]

@@ -33,9 +33,8 @@
 //!     )
 //!     .errors_field("errors")
 //!     .build()?;
-//! let legacy = HttpUpstream::builder("http://127.0.0.1:8090")
-//!     .strip_prefix("/legacy")
-//!     .build()?;
+//! // /legacy/orders/7 → http://127.0.0.1:8090/orders/7 (the nest strips /legacy).
+//! let legacy = HttpUpstream::builder("http://127.0.0.1:8090").build()?;
 //!
 //! let app: Router = Router::new()
 //!     .route_service("/api/users/{id}/dashboard", dashboard)
@@ -48,6 +47,7 @@
 
 mod aggregate;
 mod backend;
+mod body;
 mod claims;
 mod client;
 mod config;
@@ -62,10 +62,11 @@ pub use aggregate::{
     Aggregate, AggregateBuilder, AggregateError, AggregateFuture, X_TOLLGATE_COMPLETED,
 };
 pub use backend::{Backend, DEFAULT_MAX_BODY};
+pub use body::{Download, TotalTimeout};
 pub use client::{BoxError, HttpClient, HttpClientBuilder};
 pub use config::{
-    AggregateConfig, BackendConfig, ConfigError, HedgeConfig, MockConfig, PrefixConfig,
-    RewriteConfig, UpstreamConfig,
+    AggregateConfig, BackendConfig, ClientConfig, ConfigError, HedgeConfig, MockConfig,
+    PrefixConfig, RewriteConfig, UpstreamConfig,
 };
 pub use merge::{Collision, Merge, MergeConflict};
 pub use mock::Mock;

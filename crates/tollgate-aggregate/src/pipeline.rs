@@ -96,10 +96,15 @@ impl Pipeline {
         }
 
         if let Value::Object(object) = &mut value {
-            for (from, to) in &self.mapping {
-                if let Some(renamed) = object.remove(from) {
-                    object.insert(to.clone(), renamed);
-                }
+            // All at once, not one after another: `a→b, b→a` swaps, and no rename consumes
+            // another's result.
+            let moved: Vec<(&String, Value)> = self
+                .mapping
+                .iter()
+                .filter_map(|(from, to)| Some((to, object.remove(from)?)))
+                .collect();
+            for (to, renamed) in moved {
+                object.insert(to.clone(), renamed);
             }
         }
 
@@ -461,17 +466,17 @@ mod tests {
     }
 
     #[test]
-    fn mapping_renames_top_level_keys_in_list_order() {
+    fn mapping_renames_top_level_keys_all_at_once() {
         let pipeline = Pipeline {
             mapping: vec![
                 ("a".to_owned(), "b".to_owned()),
-                ("b".to_owned(), "c".to_owned()),
+                ("b".to_owned(), "a".to_owned()),
                 ("missing".to_owned(), "d".to_owned()),
             ],
             ..Pipeline::default()
         };
-        let out = pipeline.apply(json!({"a": 1, "nested": {"a": 2}}));
-        assert_eq!(out, Ok(object(json!({"c": 1, "nested": {"a": 2}}))));
+        let out = pipeline.apply(json!({"a": 1, "b": 2, "nested": {"a": 3}}));
+        assert_eq!(out, Ok(object(json!({"b": 1, "a": 2, "nested": {"a": 3}}))));
     }
 
     #[test]

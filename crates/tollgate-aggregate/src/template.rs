@@ -117,6 +117,18 @@ impl Template {
         })
     }
 
+    /// The template with every placeholder written as `x`: what a URL template looks like
+    /// filled, to check its literal parts when the endpoint is built.
+    pub(crate) fn sample(&self) -> String {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Literal(text) => text.as_str(),
+                Piece::Slot(_) => "x",
+            })
+            .collect()
+    }
+
     /// The template as a whole when it is exactly one placeholder (`"{profile.id}"`), so a
     /// body field keeps the value's JSON type.
     fn single(&self) -> Option<&Slot> {
@@ -131,7 +143,23 @@ impl Template {
     /// A value that is `.` or `..` fails: as a path segment it would climb the upstream's
     /// path (`/users/{id}/orders` with `..` is `/orders`).
     pub(crate) fn fill_url(&self, vars: &Vars<'_>) -> Result<String, FillError> {
-        self.fill(vars, |out, text| {
+        self.fill(vars, |out, slot, text| {
+            let catch_all =
+                matches!(slot, Slot::Param(name) if vars.param(name).is_some_and(|p| p.catch_all));
+            if catch_all {
+                // `{*path}` keeps its segments: `css/site.css` stays a path, each segment
+                // encoded and checked on its own.
+                for (index, segment) in text.split('/').enumerate() {
+                    if is_dot_segment(segment) {
+                        return false;
+                    }
+                    if index > 0 {
+                        out.push('/');
+                    }
+                    out.extend(utf8_percent_encode(segment, COMPONENT));
+                }
+                return true;
+            }
             if is_dot_segment(text) {
                 return false;
             }
@@ -142,7 +170,7 @@ impl Template {
 
     /// Fills the template as plain text (inside a JSON string).
     fn fill_text(&self, vars: &Vars<'_>) -> Result<String, FillError> {
-        self.fill(vars, |out, text| {
+        self.fill(vars, |out, _, text| {
             out.push_str(text);
             true
         })
@@ -151,7 +179,7 @@ impl Template {
     fn fill(
         &self,
         vars: &Vars<'_>,
-        mut write: impl FnMut(&mut String, &str) -> bool,
+        mut write: impl FnMut(&mut String, &Slot, &str) -> bool,
     ) -> Result<String, FillError> {
         let mut out = String::new();
         for piece in &self.pieces {
@@ -159,9 +187,9 @@ impl Template {
                 Piece::Literal(text) => out.push_str(text),
                 Piece::Slot(slot) => {
                     let written = match vars.lookup(slot)? {
-                        Value::String(text) => write(&mut out, &text),
+                        Value::String(text) => write(&mut out, slot, &text),
                         value @ (Value::Number(_) | Value::Bool(_)) => {
-                            write(&mut out, &value.to_string())
+                            write(&mut out, slot, &value.to_string())
                         }
                         _ => return Err(FillError::NotAScalar(slot.spelled())),
                     };
@@ -249,46 +277,92 @@ fn fill_value(value: &Value, vars: &Vars<'_>) -> Result<Value, FillError> {
     })
 }
 
+/// A path parameter of the matched route, percent-decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Param {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    /// A `{*rest}` parameter: its `/`s separate segments and stay unencoded in a URL.
+    pub(crate) catch_all: bool,
+}
+
+/// The parameters of `route` (as written) that `matched` found, decoded; `Err` names one
+/// whose bytes are not UTF-8.
+pub(crate) fn route_params(
+    route: &str,
+    matched: &matchit::Params<'_, '_>,
+) -> Result<Vec<Param>, String> {
+    matched
+        .iter()
+        .map(|(name, raw)| {
+            let value = percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| name.to_owned())?
+                .into_owned();
+            Ok(Param {
+                catch_all: route.contains(&format!("{{*{name}}}")),
+                name: name.to_owned(),
+                value,
+            })
+        })
+        .collect()
+}
+
+/// The fields of one backend's response that later backends' templates use, copied out so
+/// the response itself can go on through its pipeline without being cloned whole.
+pub(crate) type Extract = Vec<(Vec<String>, Value)>;
+
+/// Copies the values at `paths` out of `value`; absent paths are left out.
+pub(crate) fn extract(value: &Value, paths: &[Vec<String>]) -> Extract {
+    paths
+        .iter()
+        .filter_map(|path| Some((path.clone(), field(value, path)?.clone())))
+        .collect()
+}
+
 /// What placeholders are filled from, for one request.
 pub(crate) struct Vars<'a> {
     /// The route's path parameters, decoded.
-    pub(crate) params: &'a [(String, String)],
+    pub(crate) params: &'a [Param],
     /// The request's query parameters, decoded, in order.
     pub(crate) query: &'a [(String, String)],
-    /// Earlier backends' parsed responses, by name.
-    pub(crate) responses: &'a [(&'a str, Option<Arc<Value>>)],
+    /// Earlier backends' fields that this template reads, by backend name.
+    pub(crate) responses: &'a [(Arc<str>, Arc<Extract>)],
 }
 
 impl Vars<'_> {
     fn lookup(&self, slot: &Slot) -> Result<Value, FillError> {
         // Strings are cloned out: templates are short and filled once per call.
         match slot {
-            Slot::Param(name) => {
-                pair(self.params, name).ok_or_else(|| FillError::Missing(slot.spelled()))
-            }
-            Slot::Query(name) => {
-                pair(self.query, name).ok_or_else(|| FillError::Missing(slot.spelled()))
-            }
+            Slot::Param(name) => self
+                .param(name)
+                .map(|param| Value::String(param.value.clone()))
+                .ok_or_else(|| FillError::Missing(slot.spelled())),
+            Slot::Query(name) => self
+                .query
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| Value::String(value.clone()))
+                .ok_or_else(|| FillError::Missing(slot.spelled())),
             Slot::Field { backend, path } => {
-                let response = self
+                let extract = self
                     .responses
                     .iter()
-                    .find(|(name, _)| name == backend)
-                    .and_then(|(_, response)| response.as_deref())
+                    .find(|(name, _)| **name == **backend)
+                    .map(|(_, extract)| extract)
                     .ok_or_else(|| FillError::NoResponse(backend.clone()))?;
-                field(response, path)
-                    .cloned()
+                extract
+                    .iter()
+                    .find(|(at, _)| at == path)
+                    .map(|(_, value)| value.clone())
                     .ok_or_else(|| FillError::Missing(slot.spelled()))
             }
         }
     }
-}
 
-fn pair(pairs: &[(String, String)], name: &str) -> Option<Value> {
-    pairs
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| Value::String(value.clone()))
+    fn param(&self, name: &str) -> Option<&Param> {
+        self.params.iter().find(|param| param.name == name)
+    }
 }
 
 /// The value at `path`, through objects by key and arrays by index (`items.0.id`).
@@ -320,19 +394,54 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn vars<'a>(responses: &'a [(&'a str, Option<Arc<Value>>)]) -> Vars<'a> {
-        static PARAMS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    fn vars<'a>(responses: &'a [(Arc<str>, Arc<Extract>)]) -> Vars<'a> {
+        static PARAMS: std::sync::OnceLock<Vec<Param>> = std::sync::OnceLock::new();
         static QUERY: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
         Vars {
-            params: PARAMS.get_or_init(|| vec![("id".into(), "a/b c".into())]),
+            params: PARAMS.get_or_init(|| {
+                vec![
+                    Param {
+                        name: "id".into(),
+                        value: "a/b c".into(),
+                        catch_all: false,
+                    },
+                    Param {
+                        name: "rest".into(),
+                        value: "css/site.css".into(),
+                        catch_all: true,
+                    },
+                ]
+            }),
             query: QUERY.get_or_init(|| vec![("limit".into(), "5".into())]),
             responses,
         }
     }
 
+    /// One backend's response, with every field the test templates read extracted.
+    fn response(name: &str, value: Value, paths: &[&str]) -> (Arc<str>, Arc<Extract>) {
+        let paths: Vec<Vec<String>> = paths
+            .iter()
+            .map(|path| path.split('.').map(str::to_owned).collect())
+            .collect();
+        (name.into(), Arc::new(extract(&value, &paths)))
+    }
+
+    #[test]
+    fn a_catch_all_keeps_its_slashes_and_checks_each_segment() {
+        let template = Template::parse("/static/{rest}").unwrap();
+        assert_eq!(
+            template.fill_url(&vars(&[])).unwrap(),
+            "/static/css/site.css"
+        );
+    }
+
     #[test]
     fn urls_are_filled_and_values_percent_encoded() {
-        let responses = [("profile", Some(Arc::new(json!({"account": {"id": 42}}))))];
+        let responses = [response(
+            "profile",
+            json!({"account": {"id": 42}}),
+            &["account.id"],
+        )];
         let template =
             Template::parse("http://h/users/{id}/orders/{profile.account.id}?limit={query.limit}")
                 .unwrap();
@@ -344,11 +453,10 @@ mod tests {
 
     #[test]
     fn a_body_placeholder_keeps_its_json_type() {
-        let responses = [(
+        let responses = [response(
             "profile",
-            Some(Arc::new(
-                json!({"id": 42, "vip": true, "tags": ["a"], "name": "Ann"}),
-            )),
+            json!({"id": 42, "vip": true, "tags": ["a"], "name": "Ann"}),
+            &["id", "vip", "tags", "name", "tags.0"],
         )];
         let body = BodyTemplate::parse(json!({
             "user": "{profile.id}", "vip": "{profile.vip}", "tags": "{profile.tags}",
@@ -364,7 +472,7 @@ mod tests {
 
     #[test]
     fn a_missing_value_names_the_placeholder() {
-        let responses = [("profile", Some(Arc::new(json!({}))))];
+        let responses = [response("profile", json!({}), &["id"])];
         let template = Template::parse("/x/{profile.id}").unwrap();
         assert_eq!(
             template.fill_url(&vars(&responses)),
@@ -379,7 +487,11 @@ mod tests {
 
     #[test]
     fn dot_segment_values_cannot_go_in_a_url() {
-        let responses = [("profile", Some(Arc::new(json!({"a": "..", "b": "%2e"}))))];
+        let responses = [response(
+            "profile",
+            json!({"a": "..", "b": "%2e"}),
+            &["a", "b"],
+        )];
         for text in ["/x/{profile.a}/y", "/x/{profile.b}"] {
             let template = Template::parse(text).unwrap();
             assert!(matches!(
@@ -391,7 +503,7 @@ mod tests {
 
     #[test]
     fn objects_cannot_go_in_a_url() {
-        let responses = [("profile", Some(Arc::new(json!({"a": {"b": 1}}))))];
+        let responses = [response("profile", json!({"a": {"b": 1}}), &["a"])];
         let template = Template::parse("/x/{profile.a}").unwrap();
         assert!(matches!(
             template.fill_url(&vars(&responses)),

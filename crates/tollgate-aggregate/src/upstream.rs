@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use http_body::Body;
@@ -21,14 +21,16 @@ use tollgate_core::{
 };
 use tower::Service;
 
+use crate::body::{Download, Upload};
 use crate::claims::ClaimHeaders;
 use crate::client::{upstream_body, BoxError, HttpClient, SendError, SendErrorKind};
 use crate::forwarded::{requested_host, set_forwarding, Hop};
-use crate::template::{Slot, Template};
+use crate::template::{route_params, Slot, Template, Vars};
 
-/// The response body of an [`HttpUpstream`]: the upstream's body as it streams in, or a
-/// problem+json document when the call failed.
-pub type UpstreamResponseBody = ResponseBody<Incoming>;
+/// The response body of an [`HttpUpstream`]: the upstream's body as it streams in (cut off at
+/// the [total timeout](HttpUpstreamBuilder::total_timeout)), or a problem+json document when
+/// the call failed.
+pub type UpstreamResponseBody = ResponseBody<Download<Incoming>>;
 
 /// The future an [`HttpUpstream`] returns.
 pub type UpstreamFuture =
@@ -58,12 +60,13 @@ pub type UpstreamFuture =
 ///     .replace_prefix("/api", "/v1")
 ///     .claim_header("sub", "x-user-id")
 ///     .build()?;
-/// let app: Router = Router::new().nest_service("/api/users", users);
+/// let app: Router = Router::new().route_service("/api/users/{*rest}", users);
 /// # Ok(()) }
 /// ```
 ///
-/// Under axum's `nest_service` the path this service sees has the nest prefix removed; rewrite
-/// rules apply to that path.
+/// Rewrite rules apply to the path this service sees: under axum's `nest_service` that path
+/// has the nest prefix removed already (`nest_service("/api", upstream)` sends `/api/users/7`
+/// upstream as `/users/7` with no rule at all).
 #[derive(Clone)]
 pub struct HttpUpstream {
     inner: Arc<Inner>,
@@ -80,7 +83,9 @@ struct Inner {
     claims: ClaimHeaders,
     trusted: TrustedProxies,
     timeout: Duration,
+    total_timeout: Option<Duration>,
     preserve_host: bool,
+    proto: &'static str,
 }
 
 enum Rewrite {
@@ -92,6 +97,7 @@ enum Rewrite {
     },
     Template {
         route: matchit::Router<()>,
+        route_text: String,
         target: Template,
     },
 }
@@ -120,7 +126,9 @@ impl HttpUpstream {
             claims: Vec::new(),
             trusted: TrustedProxies::none(),
             timeout: Duration::from_secs(30),
+            total_timeout: None,
             preserve_host: false,
+            proto: "http".to_owned(),
         }
     }
 }
@@ -142,7 +150,9 @@ pub struct HttpUpstreamBuilder {
     claims: Vec<(String, String)>,
     trusted: TrustedProxies,
     timeout: Duration,
+    total_timeout: Option<Duration>,
     preserve_host: bool,
+    proto: String,
 }
 
 impl fmt::Debug for HttpUpstreamBuilder {
@@ -207,16 +217,35 @@ impl HttpUpstreamBuilder {
         self
     }
 
-    /// How long the upstream may take to send its response head (default 30 s), after which
-    /// the client gets 504. The body then streams for as long as it takes.
+    /// How long the upstream may take to send its response head once the request body has
+    /// been sent (default 30 s), after which the client gets 504. A slow client's upload does
+    /// not count against it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Sends the client's `Host` upstream instead of the upstream's own.
+    /// A bound on the whole exchange, upload and download included (default none). Before the
+    /// response head it means 504; after it the response body is cut off, which the client
+    /// sees as an incomplete response.
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = Some(timeout);
+        self
+    }
+
+    /// Sends the client's `Host` upstream instead of the upstream's own. Over an
+    /// [h2c](crate::HttpClientBuilder::http2_prior_knowledge) client the request's
+    /// `:authority` is the upstream's, so no `Host` is sent and this has no effect.
     pub fn preserve_host(mut self, preserve: bool) -> Self {
         self.preserve_host = preserve;
+        self
+    }
+
+    /// The scheme clients reach this gateway with, for `X-Forwarded-Proto` and `Forwarded:
+    /// proto=` (default `http`; say `https` when TLS terminates in this process). It is never
+    /// read from the request, which the client writes.
+    pub fn forwarded_proto(mut self, proto: impl Into<String>) -> Self {
+        self.proto = proto.into();
         self
     }
 
@@ -250,6 +279,11 @@ impl HttpUpstreamBuilder {
         for (claim, header) in self.claims {
             claims.push(claim, header_name(&header)?);
         }
+        let proto = match self.proto.as_str() {
+            "http" => "http",
+            "https" => "https",
+            _ => return Err(UpstreamError::InvalidProto(self.proto)),
+        };
         Ok(HttpUpstream {
             inner: Arc::new(Inner {
                 client: self.client.unwrap_or_default(),
@@ -262,7 +296,9 @@ impl HttpUpstreamBuilder {
                 claims,
                 trusted: self.trusted,
                 timeout: self.timeout,
+                total_timeout: self.total_timeout,
                 preserve_host: self.preserve_host,
+                proto,
             }),
         })
     }
@@ -290,6 +326,9 @@ pub enum UpstreamError {
     /// A header name is not valid.
     #[error("invalid header name {0:?}")]
     InvalidHeader(String),
+    /// The forwarded proto is neither `http` nor `https`.
+    #[error("invalid forwarded proto {0:?}: expected \"http\" or \"https\"")]
+    InvalidProto(String),
 }
 
 fn parse_base(url: &str) -> Result<(Scheme, Authority, String), UpstreamError> {
@@ -352,6 +391,7 @@ fn template_rewrite(route: String, target: String) -> Result<Rewrite, UpstreamEr
     }
     Ok(Rewrite::Template {
         route: router,
+        route_text: route,
         target: target_template,
     })
 }
@@ -363,8 +403,9 @@ fn strip<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
 }
 
 impl Inner {
-    /// The upstream URI for `uri`, or `None` when a route template does not match.
-    fn target(&self, uri: &Uri) -> Option<Uri> {
+    /// The upstream URI for `uri`, or the refusal when a route template does not match it or
+    /// its parameters cannot be used.
+    fn target(&self, uri: &Uri) -> Result<Uri, Box<Rejection>> {
         let path = uri.path();
         let mut target = String::with_capacity(self.base_path.len() + path.len() + 32);
         target.push_str(&self.base_path);
@@ -380,45 +421,66 @@ impl Inner {
             },
             Rewrite::Template {
                 route,
+                route_text,
                 target: template,
             } => {
-                let matched = route.at(path).ok()?;
-                let params: Vec<(String, String)> = matched
-                    .params
-                    .iter()
-                    .map(|(name, value)| (name.to_owned(), percent_decode(value)))
-                    .collect();
-                let vars = crate::template::Vars {
+                let matched = route
+                    .at(path)
+                    .map_err(|_| Box::new(Rejection::not_found()))?;
+                let params = route_params(route_text, &matched.params).map_err(|name| {
+                    Box::new(Rejection::bad_request(format!(
+                        "the path parameter {name:?} is not UTF-8"
+                    )))
+                })?;
+                let vars = Vars {
                     params: &params,
                     query: &[],
                     responses: &[],
                 };
-                target.push_str(&template.fill_url(&vars).ok()?);
+                let filled = template
+                    .fill_url(&vars)
+                    .map_err(|error| Box::new(Rejection::bad_request(error.to_string())))?;
+                target.push_str(&filled);
             }
         }
         if !target.starts_with('/') {
             target.insert(0, '/');
         }
         if let Some(query) = uri.query() {
-            target.push('?');
+            target.push(if target.contains('?') { '&' } else { '?' });
             target.push_str(query);
         }
-        let path_and_query = PathAndQuery::try_from(target).ok()?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        PathAndQuery::try_from(target)
             .ok()
+            .and_then(|path_and_query| {
+                Uri::builder()
+                    .scheme(self.scheme.clone())
+                    .authority(self.authority.clone())
+                    .path_and_query(path_and_query)
+                    .build()
+                    .ok()
+            })
+            .ok_or_else(|| Box::new(Rejection::bad_request("the path cannot be forwarded")))
     }
 
     fn headers(&self, incoming: &mut HeaderMap, hop: &Hop<'_>, principal: Option<&Principal>) {
+        // `TE: trailers` is the one TE value that crosses a proxy: gRPC needs it end to end.
+        let trailers = incoming.get_all(TE).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
         remove_hop_by_hop(incoming);
+        if trailers {
+            incoming.insert(TE, HeaderValue::from_static("trailers"));
+        }
         // The server in front already answered `100-continue` when the body was first read.
         incoming.remove(EXPECT);
         if let Some(allowed) = &self.forward {
-            let mut kept = HeaderMap::with_capacity(allowed.len() + 2);
-            for name in allowed.iter().chain([&CONTENT_TYPE, &CONTENT_LENGTH]) {
+            let mut kept = HeaderMap::with_capacity(allowed.len() + 4);
+            let body = [&CONTENT_TYPE, &CONTENT_LENGTH, &CONTENT_ENCODING, &TE];
+            for name in allowed.iter().chain(body) {
                 for value in incoming.get_all(name) {
                     kept.append(name.clone(), value.clone());
                 }
@@ -427,17 +489,16 @@ impl Inner {
         }
         self.claims.apply(incoming, principal);
         set_forwarding(incoming, hop, &self.trusted);
-        if !self.preserve_host || !incoming.contains_key(HOST) {
-            incoming.insert(HOST, self.host.clone());
+        if self.client.is_http2() {
+            // The URI's authority travels as `:authority`; a `Host` beside it must not differ.
+            incoming.remove(HOST);
+        } else {
+            match (&hop.host, self.preserve_host) {
+                (Some(host), true) => incoming.insert(HOST, host.clone()),
+                _ => incoming.insert(HOST, self.host.clone()),
+            };
         }
     }
-}
-
-/// Path parameters arrive percent-encoded; the template encodes them again when it fills.
-pub(crate) fn percent_decode(value: &str) -> String {
-    percent_encoding::percent_decode_str(value)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 impl<B> Service<Request<B>> for HttpUpstream
@@ -464,10 +525,9 @@ where
             )
             .into_response())));
         }
-        let Some(uri) = inner.target(&parts.uri) else {
-            return Box::pin(std::future::ready(Ok(
-                Rejection::not_found().into_response()
-            )));
+        let uri = match inner.target(&parts.uri) {
+            Ok(uri) => uri,
+            Err(rejection) => return Box::pin(std::future::ready(Ok(rejection.into_response()))),
         };
         let peer = RequestHead {
             method: &parts.method,
@@ -479,39 +539,68 @@ where
         .map(|addr| addr.ip());
         let hop = Hop {
             peer,
-            proto: parts.uri.scheme_str().unwrap_or("http"),
+            proto: inner.proto,
             host: requested_host(&parts.headers, &parts.uri),
         };
         let principal = parts.extensions.get::<Principal>().cloned();
         inner.headers(&mut parts.headers, &hop, principal.as_ref());
 
-        let mut outgoing = Request::new(upstream_body(body));
+        let (upload, uploaded) = Upload::new(body);
+        let mut outgoing = Request::new(upstream_body(upload));
         *outgoing.method_mut() = parts.method;
         *outgoing.uri_mut() = uri;
         *outgoing.version_mut() = Version::HTTP_11;
         *outgoing.headers_mut() = parts.headers;
 
         Box::pin(async move {
-            let response =
-                match tokio::time::timeout(inner.timeout, inner.client.send(outgoing)).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(error)) => return Ok(failed(&inner, &error).into_response()),
-                    Err(_) => {
-                        tracing::warn!(
-                            upstream = %inner.authority,
-                            timeout_ms = inner.timeout.as_millis() as u64,
-                            "tollgate: upstream did not answer in time"
-                        );
-                        return Ok(Rejection::gateway_timeout()
-                            .with_detail("the upstream did not answer in time")
-                            .into_response());
-                    }
+            let total = inner.total_timeout.map(deadline_after);
+            let exchange = async {
+                let send = inner.client.send(outgoing);
+                tokio::pin!(send);
+                // The head timer starts once the upload is done (or the upstream answers
+                // first, as it may to refuse an upload early).
+                let head_timer = async {
+                    let _ = uploaded.await;
+                    tokio::time::sleep(inner.timeout).await;
                 };
+                tokio::select! {
+                    result = &mut send => Some(result),
+                    () = head_timer => None,
+                }
+            };
+            let outcome = match total {
+                Some(at) => tokio::time::timeout_at(at, exchange).await.unwrap_or(None),
+                None => exchange.await,
+            };
+            let response = match outcome {
+                Some(Ok(response)) => response,
+                Some(Err(error)) => return Ok(failed(&inner, &error).into_response()),
+                None => {
+                    tracing::warn!(
+                        upstream = %inner.authority,
+                        timeout_ms = inner.timeout.as_millis() as u64,
+                        "tollgate: upstream did not answer in time"
+                    );
+                    return Ok(Rejection::gateway_timeout()
+                        .with_detail("the upstream did not answer in time")
+                        .into_response());
+                }
+            };
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, ResponseBody::inner(body)))
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::inner(Download::new(body, total)),
+            ))
         })
     }
+}
+
+/// `timeout` from now, saturating far in the future rather than overflowing.
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
 }
 
 /// The refusal for a call that got no response, logged with its cause.
@@ -542,6 +631,7 @@ mod tests {
         upstream
             .inner
             .target(&uri.parse().unwrap())
+            .ok()
             .map(|uri| uri.to_string())
     }
 
@@ -579,6 +669,31 @@ mod tests {
     }
 
     #[test]
+    fn catch_alls_keep_slashes_and_a_target_query_is_extended() {
+        let base = || HttpUpstream::builder("http://h");
+        assert_eq!(
+            target(
+                base().route("/files/{*path}", "/static/{path}"),
+                "/files/css/site.css"
+            )
+            .as_deref(),
+            Some("http://h/static/css/site.css")
+        );
+        assert_eq!(
+            target(
+                base().route("/pets/{id}", "/animals?id={id}"),
+                "/pets/7?fields=name"
+            )
+            .as_deref(),
+            Some("http://h/animals?id=7&fields=name")
+        );
+        assert_eq!(
+            target(base().route("/files/{*path}", "/s/{path}"), "/files/%FF"),
+            None
+        );
+    }
+
+    #[test]
     fn a_stripped_root_becomes_slash() {
         let upstream = HttpUpstream::builder("http://h").strip_prefix("/api");
         assert_eq!(target(upstream, "/api").as_deref(), Some("http://h/"));
@@ -596,6 +711,7 @@ mod tests {
             HttpUpstream::builder("http://h").route("/pets/{id", "/x"),
             HttpUpstream::builder("http://h").forward_headers(["bad header"]),
             HttpUpstream::builder("http://h").claim_header("sub", "x y"),
+            HttpUpstream::builder("http://h").forwarded_proto("ftp"),
         ];
         for builder in cases {
             let shown = format!("{builder:?}");
