@@ -18,7 +18,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Map, Value};
 use tokio::sync::{watch, Semaphore};
-use tollgate_core::{Principal, Rejection};
+use tollgate_core::{has_dot_segment, Principal, Rejection};
 use tower::Service;
 
 use crate::backend::{Backend, BackendBody, LocalCall, Location};
@@ -718,6 +718,13 @@ impl Endpoint {
             },
             None => None,
         };
+        if has_dot_segment(parts.uri.path()) {
+            // A `..` path parameter would climb a backend's path: the client's mistake, not
+            // a backend's failure.
+            return refuse(Rejection::bad_request(
+                "the path must not hold `.` or `..` segments",
+            ));
+        }
         let params = match &self.route {
             Some((route, text)) => match route.at(parts.uri.path()) {
                 Ok(matched) => match route_params(text, &matched.params) {
@@ -1028,11 +1035,17 @@ impl Endpoint {
             CompiledTarget::Local { call, .. } => call(request).await.map_err(Failure::Service)?,
         };
         let (parts, body) = response.into_parts();
+        // After HEAD, 204 or 304 a Content-Length describes a body that is never sent.
+        let bodiless = backend.method == Method::HEAD
+            || matches!(
+                parts.status,
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+            );
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > backend.max_body as u64) {
+        if !bodiless && declared.is_some_and(|length| length > backend.max_body as u64) {
             return Err(Failure::TooLarge);
         }
         let body = read_capped(body, backend.max_body).await?;

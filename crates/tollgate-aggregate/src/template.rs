@@ -140,10 +140,15 @@ impl Template {
 
     /// Fills the template for a URL: each value percent-encoded as one component.
     ///
-    /// A value that is `.` or `..` fails: as a path segment it would climb the upstream's
-    /// path (`/users/{id}/orders` with `..` is `/orders`).
+    /// In the path, a value that is `.` or `..` fails: as a segment it would climb the
+    /// upstream's path (`/users/{id}/orders` with `..` is `/orders`). In the query it is only
+    /// a value.
     pub(crate) fn fill_url(&self, vars: &Vars<'_>) -> Result<String, FillError> {
         self.fill(vars, |out, slot, text| {
+            if out.contains('?') {
+                out.extend(utf8_percent_encode(text, COMPONENT));
+                return true;
+            }
             let catch_all =
                 matches!(slot, Slot::Param(name) if vars.param(name).is_some_and(|p| p.catch_all));
             if catch_all {
@@ -499,6 +504,13 @@ mod tests {
                 Err(FillError::DotSegment(_))
             ));
         }
+    }
+
+    #[test]
+    fn dot_values_are_plain_values_in_the_query() {
+        let responses = [response("profile", json!({"a": ".."}), &["a"])];
+        let template = Template::parse("/x?q={profile.a}").unwrap();
+        assert_eq!(template.fill_url(&vars(&responses)).unwrap(), "/x?q=..");
     }
 
     #[test]
