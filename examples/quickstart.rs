@@ -29,14 +29,22 @@
 //! stage response names its deployment in `X-Deployment`, and the handler answers its stage,
 //! deployment and `orders_table` stage variable as JSON.
 //!
+//! `GET /api/dashboard` is one call for two in-process backends, answered as one JSON object:
+//! a profile (a `Mock` integration, unwrapped from its `data` envelope) and the recent orders
+//! (an axum `Router`, its bare array put under `orders`). The orders are optional, with a
+//! 300 ms timeout, and every third call they take 1 s: that answer comes after 300 ms with the
+//! profile alone, `X-Tollgate-Completed: false` and an `errors` object saying why.
+//!
 //! Set `TOLLGATE_ADDR` to listen elsewhere.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::HeaderName;
+use axum::http::{HeaderName, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
+use tollgate::aggregate::{Aggregate, AggregateError, Backend, Mock};
 use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
 use tollgate::auth::AuthLayer;
 use tollgate::cache::{CacheLayer, CachePolicy};
@@ -120,6 +128,45 @@ fn stages() -> Result<StageRouter<Router, InnerBody>, StageError> {
         .override_header(Some(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)))
         .build()?
         .keep_inner_body())
+}
+
+/// Calls of the orders backend so far, so every third can be slow.
+static ORDERS_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// The dashboard's orders backend: a bare array, and every third call takes 1 s.
+async fn recent_orders() -> Json<serde_json::Value> {
+    if ORDERS_CALLS.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Json(serde_json::json!([
+        { "id": 1, "total": "12.50", "status": "shipped" },
+        { "id": 2, "total": "7.00", "status": "processing" },
+    ]))
+}
+
+/// `GET /api/dashboard`: the profile (required) and the orders (optional, 300 ms at most),
+/// called at once and merged into one object.
+fn dashboard() -> Result<Aggregate, AggregateError> {
+    let profile = Mock::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "data": { "id": "demo-user", "name": "Ada Lovelace", "plan": "pro" },
+            "meta": { "source": "profile-service" },
+        }),
+    );
+    let orders = Router::new().route("/orders", get(recent_orders));
+    Aggregate::builder()
+        .name("dashboard")
+        .backend(Backend::service("profile", profile).target("data"))
+        .backend(
+            Backend::service("orders", orders)
+                .path("/orders")
+                .collection("orders")
+                .optional()
+                .timeout(Duration::from_millis(300)),
+        )
+        .errors_field("errors")
+        .build()
 }
 
 /// A fresh HMAC secret and a token signed with it, valid for an hour.
@@ -213,6 +260,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(throttle)
         .merge(api)
         .merge(slow)
+        .route_service("/api/dashboard", dashboard()?)
         // Whatever no route above matches goes to the stages: /v1/... and /v2/... (and a
         // problem+json 404 for paths no stage serves).
         .fallback_service(stages()?);
@@ -264,6 +312,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("      a client stays on its side, so every try from this machine gives the same");
     println!("  curl -i -H 'x-canary: always' http://{addr}/v2/orders");
     println!("      forces the canary: x-deployment: v2-canary, orders_table orders_v2_next ('never': v2)");
+    println!("  curl -i http://{addr}/api/dashboard");
+    println!(
+        "      200, the profile and the orders merged into one JSON, x-tollgate-completed: true;"
+    );
+    println!(
+        "      every third call the orders take 1 s, past their 300 ms timeout: after 300 ms the"
+    );
+    println!("      profile alone, x-tollgate-completed: false, \"errors\":{{\"orders\":{{\"error\":\"timeout\"}}}}");
     println!();
     println!("Press Ctrl-C to stop.");
 

@@ -46,7 +46,8 @@ pub type AggregateFuture =
 /// Backends without dependencies run concurrently; one that uses an earlier backend's fields
 /// waits for that one only. Each response passes through its backend's pipeline, then the
 /// objects are merged in declaration order (never in order of arrival), so the answer is the
-/// same however the backends are timed.
+/// same however the backends are timed. Keys come out sorted, as `serde_json`'s map keeps
+/// them, unless the application enables `serde_json`'s `preserve_order` feature.
 ///
 /// | outcome | response |
 /// |---|---|
