@@ -10,6 +10,8 @@ mod client;
 #[path = "../../../tests/support/server.rs"]
 mod server;
 
+mod unreachable;
+
 use std::convert::Infallible;
 use std::future::pending;
 use std::net::SocketAddr;
@@ -40,6 +42,7 @@ use tollgate_aggregate::{
     X_TOLLGATE_COMPLETED,
 };
 use tollgate_core::Principal;
+use unreachable::{nothing_accepting, nothing_listening};
 
 /// How long one client call may take before the test fails instead of hanging.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
@@ -71,40 +74,6 @@ async fn serve_gateway_with_principals(aggregate: Aggregate) -> SocketAddr {
         .map_request(authorize as fn(Request<Incoming>) -> Request<Incoming>)
         .service(aggregate);
     serve_hyper(service).await
-}
-
-/// A base URL nothing listens on: a port bound, read and released.
-fn nothing_listening() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
-/// A base URL where connections are never accepted: a listener whose accept queue is full,
-/// so further connection attempts get no answer (Linux drops their SYNs), and the listener
-/// and the connections that fill it, which must be kept alive.
-async fn nothing_accepting() -> (String, tokio::net::TcpListener, Vec<std::net::TcpStream>) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    // Connect until an attempt hangs: the queue is full from then on.
-    loop {
-        let attempt = tokio::task::spawn_blocking(move || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-        })
-        .await
-        .unwrap();
-        match attempt {
-            Ok(stream) => queued.push(stream),
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => break,
-            Err(error) => panic!("connecting to fill the queue: {error}"),
-        }
-        assert!(queued.len() < 64, "the accept queue never fills");
-    }
-    (format!("http://{addr}"), listener, queued)
 }
 
 async fn get(addr: SocketAddr, path: &'static str) -> Reply {
