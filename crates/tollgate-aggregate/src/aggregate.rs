@@ -244,8 +244,11 @@ impl AggregateBuilder {
         self
     }
 
-    /// Answers with this backend's status unchanged: its 2xx status becomes the aggregate's,
-    /// and when it answers 4xx or 5xx the client gets that status and that backend's body.
+    /// Answers with this backend's status unchanged: its 2xx status becomes the aggregate's
+    /// (but 204, 205 and 304, which cannot carry the merged body, stay 200), and when it
+    /// answers 4xx or 5xx the client gets that status, that backend's body, and the headers
+    /// the status needs (`Location`, `WWW-Authenticate`, `Retry-After`, `Allow`,
+    /// `Content-Language`) — even when another required backend failed first.
     pub fn status_from(mut self, backend: impl Into<String>) -> Self {
         self.status_from = Some(backend.into());
         self
@@ -593,8 +596,8 @@ impl<B> Service<Request<B>> for Aggregate {
 /// Why one backend gave nothing to merge.
 #[derive(Debug)]
 enum Failure {
-    /// It answered a status outside 2xx.
-    Status(Fetched),
+    /// It answered a status outside 2xx (boxed: it carries the answer).
+    Status(Box<Fetched>),
     TimedOut,
     Unreachable,
     Broken,
@@ -618,6 +621,7 @@ impl Failure {
             Failure::TooLarge => "too-large",
             Failure::NotJson(_) => "invalid-json",
             Failure::Pipeline(_) => "pipeline",
+            Failure::Template(FillError::Request(_)) => "request",
             Failure::Template(_) => "template",
             Failure::Dependency(..) => "dependency",
             Failure::Service(_) => "service",
@@ -677,8 +681,20 @@ impl From<SendError> for Failure {
 struct Fetched {
     status: StatusCode,
     content_type: Option<HeaderValue>,
+    /// The headers a passed-through status needs to mean anything (`Location` for a
+    /// redirect, `WWW-Authenticate` for a 401, ...).
+    kept: HeaderMap,
     body: Bytes,
 }
+
+/// What [`Fetched::kept`] keeps of a backend's headers.
+const STATUS_HEADERS: [HeaderName; 5] = [
+    http::header::LOCATION,
+    http::header::WWW_AUTHENTICATE,
+    http::header::RETRY_AFTER,
+    http::header::ALLOW,
+    http::header::CONTENT_LANGUAGE,
+];
 
 /// A backend's contribution.
 struct Part {
@@ -783,6 +799,9 @@ impl Endpoint {
         drop(channels);
 
         let mut outcomes: Vec<Option<Outcome>> = self.backends.iter().map(|_| None).collect();
+        // A required failure that arrived while the `status_from` backend, whose own error
+        // status takes precedence, was still running.
+        let mut held: Option<Response<Full<Bytes>>> = None;
         while let Some((index, outcome)) = runs.next().await {
             let backend = &self.backends[index];
             if let Err(failure) = &outcome {
@@ -792,20 +811,26 @@ impl Endpoint {
                     }
                 }
                 if backend.required {
-                    // Nothing can save the call: the rest are cancelled by dropping them.
-                    let rejection = if failure.timed_out() {
-                        Rejection::gateway_timeout()
-                    } else {
-                        Rejection::bad_gateway()
-                    };
-                    return refuse(rejection.with_detail(format!(
-                        "required backend {:?} {}",
-                        &*backend.name,
-                        failure.describe()
-                    )));
+                    let refusal = required_failure(backend, failure);
+                    match self.status_from {
+                        Some(deciding) if outcomes[deciding].is_none() && deciding != index => {
+                            held.get_or_insert(refusal);
+                        }
+                        // Nothing can save the call: the rest are cancelled by dropping them.
+                        _ => return refusal,
+                    }
                 }
             }
             outcomes[index] = Some(outcome);
+            let decided = self
+                .status_from
+                .is_some_and(|deciding| outcomes[deciding].is_some());
+            if let Some(refusal) = held.take_if(|_| decided) {
+                return refusal;
+            }
+        }
+        if let Some(refusal) = held {
+            return refusal;
         }
         self.respond(outcomes)
     }
@@ -861,7 +886,7 @@ impl Endpoint {
         published: Option<&Published>,
     ) -> Outcome {
         if !fetched.status.is_success() {
-            return Err(Failure::Status(fetched));
+            return Err(Failure::Status(Box::new(fetched)));
         }
         let value: Value = if fetched.body.is_empty()
             && (fetched.status == StatusCode::NO_CONTENT || backend.method == Method::HEAD)
@@ -1050,9 +1075,18 @@ impl Endpoint {
             return Err(Failure::TooLarge);
         }
         let body = read_capped(body, backend.max_body).await?;
+        let mut kept = HeaderMap::new();
+        if !parts.status.is_success() {
+            for name in STATUS_HEADERS {
+                for value in parts.headers.get_all(&name) {
+                    kept.append(name.clone(), value.clone());
+                }
+            }
+        }
         Ok(Fetched {
             status: parts.status,
             content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+            kept,
             body,
         })
     }
@@ -1065,7 +1099,14 @@ impl Endpoint {
         for (index, (backend, outcome)) in self.backends.iter().zip(outcomes).enumerate() {
             match outcome {
                 Some(Ok(part)) => {
-                    if self.status_from == Some(index) {
+                    // A merged body cannot travel with a status that forbids one.
+                    let bodiless = matches!(
+                        part.status,
+                        StatusCode::NO_CONTENT
+                            | StatusCode::RESET_CONTENT
+                            | StatusCode::NOT_MODIFIED
+                    );
+                    if self.status_from == Some(index) && !bodiless {
                         status = part.status;
                     }
                     parts.push((&*backend.name, part.object));
@@ -1118,6 +1159,24 @@ impl Outgoing {
     }
 }
 
+/// The answer when a required backend fails: 400 when the request itself cannot fill its
+/// templates, 504 when it timed out, 502 otherwise.
+fn required_failure(backend: &Compiled, failure: &Failure) -> Response<Full<Bytes>> {
+    if let Failure::Template(FillError::Request(reason)) = failure {
+        return refuse(Rejection::bad_request(reason.clone()));
+    }
+    let rejection = if failure.timed_out() {
+        Rejection::gateway_timeout()
+    } else {
+        Rejection::bad_gateway()
+    };
+    refuse(rejection.with_detail(format!(
+        "required backend {:?} {}",
+        &*backend.name,
+        failure.describe()
+    )))
+}
+
 /// Reads a body whole, failing as soon as it passes `cap` bytes, so an oversized answer is
 /// never buffered past the cap.
 async fn read_capped(mut body: BackendBody, cap: usize) -> Result<Bytes, Failure> {
@@ -1153,6 +1212,7 @@ fn is_json(content_type: &HeaderValue) -> bool {
 fn passthrough(fetched: &Fetched) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(fetched.body.clone()));
     *response.status_mut() = fetched.status;
+    *response.headers_mut() = fetched.kept.clone();
     response
         .headers_mut()
         .insert(X_TOLLGATE_COMPLETED, HeaderValue::from_static("false"));

@@ -1,5 +1,5 @@
-//! Bodies the upstream wraps: the upload, to learn when it has been sent, and the download, to
-//! hold it to the total timeout.
+//! Bodies the upstream wraps: the upload, to follow its progress, and the download, to hold
+//! it to the total timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,39 +8,31 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::client::BoxError;
 
 pin_project! {
-    /// A request body that reports when it is done: sent whole, failed, or dropped. The
-    /// response timeout starts then, so a slow client's upload does not count against the
-    /// upstream.
+    /// A request body that reports its progress: a tick for each frame passed upstream, and
+    /// the end (sent whole, failed, or dropped) by dropping its sender. The upstream's timeout
+    /// restarts on each tick, so a steady upload never times out, while a stalled one (or an
+    /// upstream that stopped reading) does.
     pub(crate) struct Upload<B> {
         #[pin]
         body: B,
-        done: Option<oneshot::Sender<()>>,
+        progress: Option<watch::Sender<()>>,
     }
 }
 
 impl<B: Body> Upload<B> {
-    pub(crate) fn new(body: B) -> (Self, oneshot::Receiver<()>) {
-        let (done, receiver) = oneshot::channel();
-        let mut upload = Self {
+    pub(crate) fn new(body: B) -> (Self, watch::Receiver<()>) {
+        let (progress, receiver) = watch::channel(());
+        let upload = Self {
+            progress: (!body.is_end_stream()).then_some(progress),
             body,
-            done: Some(done),
         };
-        if upload.body.is_end_stream() {
-            upload.finish();
-        }
         (upload, receiver)
-    }
-
-    fn finish(&mut self) {
-        if let Some(done) = self.done.take() {
-            let _ = done.send(());
-        }
     }
 }
 
@@ -54,15 +46,15 @@ impl<B: Body> Body for Upload<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let polled = this.body.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None | Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
-            Poll::Pending => false,
-        };
-        if ended {
-            if let Some(done) = this.done.take() {
-                let _ = done.send(());
+        match &polled {
+            Poll::Ready(None | Some(Err(_))) => *this.progress = None,
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => *this.progress = None,
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(progress) = this.progress {
+                    progress.send_replace(());
+                }
             }
+            Poll::Pending => {}
         }
         polled
     }

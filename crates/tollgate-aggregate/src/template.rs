@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
-use tollgate_core::is_dot_segment;
 
 /// Everything but RFC 3986's unreserved characters is encoded, so a value stays inside its
 /// path segment or query component: a `/` or `?` in a user id cannot change the URL's shape.
@@ -43,6 +42,11 @@ impl Slot {
                 path: rest,
             },
         })
+    }
+
+    /// Whether its value comes from the request, so a bad one is the client's mistake.
+    pub(crate) fn is_from_request(&self) -> bool {
+        matches!(self, Slot::Param(_) | Slot::Query(_))
     }
 
     /// How the slot is written, for error messages.
@@ -140,36 +144,39 @@ impl Template {
 
     /// Fills the template for a URL: each value percent-encoded as one component.
     ///
-    /// In the path, a value that is `.` or `..` fails: as a segment it would climb the
-    /// upstream's path (`/users/{id}/orders` with `..` is `/orders`). In the query it is only
-    /// a value.
+    /// In the path, a value that is empty, `.` or `..` fails: as a segment it would change the
+    /// upstream's path (`/users/{id}/orders` with `..` is `/orders`, with nothing
+    /// `/users//orders`). In the query it is only a value.
     pub(crate) fn fill_url(&self, vars: &Vars<'_>) -> Result<String, FillError> {
         self.fill(vars, |out, slot, text| {
             if out.contains('?') {
                 out.extend(utf8_percent_encode(text, COMPONENT));
-                return true;
+                return Ok(());
             }
             let catch_all =
                 matches!(slot, Slot::Param(name) if vars.param(name).is_some_and(|p| p.catch_all));
-            if catch_all {
-                // `{*path}` keeps its segments: `css/site.css` stays a path, each segment
-                // encoded and checked on its own.
-                for (index, segment) in text.split('/').enumerate() {
-                    if is_dot_segment(segment) {
-                        return false;
-                    }
-                    if index > 0 {
-                        out.push('/');
-                    }
-                    out.extend(utf8_percent_encode(segment, COMPONENT));
+            // `{*path}` keeps its segments: `css/site.css` stays a path, each segment encoded
+            // and checked on its own.
+            let segments = if catch_all {
+                text.split('/').collect()
+            } else {
+                vec![text]
+            };
+            for (index, segment) in segments.into_iter().enumerate() {
+                // Encoding keeps dots and escapes `%`, so only these are dot segments once
+                // written: `%2e%2e` goes out as the harmless `%252e%252e`.
+                if matches!(segment, "." | "..") {
+                    return Err("is `.` or `..`, which would change the URL's path");
                 }
-                return true;
+                if segment.is_empty() && !catch_all {
+                    return Err("is empty, which would change the URL's path");
+                }
+                if index > 0 {
+                    out.push('/');
+                }
+                out.extend(utf8_percent_encode(segment, COMPONENT));
             }
-            if is_dot_segment(text) {
-                return false;
-            }
-            out.extend(utf8_percent_encode(text, COMPONENT));
-            true
+            Ok(())
         })
     }
 
@@ -177,14 +184,14 @@ impl Template {
     fn fill_text(&self, vars: &Vars<'_>) -> Result<String, FillError> {
         self.fill(vars, |out, _, text| {
             out.push_str(text);
-            true
+            Ok(())
         })
     }
 
     fn fill(
         &self,
         vars: &Vars<'_>,
-        mut write: impl FnMut(&mut String, &Slot, &str) -> bool,
+        mut write: impl FnMut(&mut String, &Slot, &str) -> Result<(), &'static str>,
     ) -> Result<String, FillError> {
         let mut out = String::new();
         for piece in &self.pieces {
@@ -198,8 +205,15 @@ impl Template {
                         }
                         _ => return Err(FillError::NotAScalar(slot.spelled())),
                     };
-                    if !written {
-                        return Err(FillError::DotSegment(slot.spelled()));
+                    if let Err(reason) = written {
+                        return Err(if slot.is_from_request() {
+                            FillError::Request(format!("{} {reason}", slot.spelled()))
+                        } else {
+                            FillError::Unusable {
+                                slot: slot.spelled(),
+                                reason,
+                            }
+                        });
                     }
                 }
             }
@@ -342,13 +356,15 @@ impl Vars<'_> {
             Slot::Param(name) => self
                 .param(name)
                 .map(|param| Value::String(param.value.clone()))
-                .ok_or_else(|| FillError::Missing(slot.spelled())),
+                .ok_or_else(|| FillError::Request(format!("{} is missing", slot.spelled()))),
             Slot::Query(name) => self
                 .query
                 .iter()
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| Value::String(value.clone()))
-                .ok_or_else(|| FillError::Missing(slot.spelled())),
+                .ok_or_else(|| {
+                    FillError::Request(format!("the query parameter {name:?} is missing"))
+                }),
             Slot::Field { backend, path } => {
                 let extract = self
                     .responses
@@ -382,12 +398,16 @@ pub(crate) fn field<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> 
 /// Why a template could not be filled for this request; the backend fails with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum FillError {
-    #[error("{0} has no value in this request")]
+    /// The request lacks a value the template needs, or holds one it cannot use: the
+    /// client's mistake, answered 400.
+    #[error("{0}")]
+    Request(String),
+    #[error("{0} has no value")]
     Missing(String),
     #[error("{0} is an object, array or null, which cannot be put in a URL")]
     NotAScalar(String),
-    #[error("{0} is `.` or `..`, which would change the URL's path")]
-    DotSegment(String),
+    #[error("{slot} {reason}")]
+    Unusable { slot: String, reason: &'static str },
     #[error("backend {0:?} gave no response to take fields from")]
     NoResponse(String),
     #[error("{0}")]
@@ -486,24 +506,32 @@ mod tests {
         let template = Template::parse("/x/{query.page}").unwrap();
         assert_eq!(
             template.fill_url(&vars(&responses)),
-            Err(FillError::Missing("{query.page}".into()))
+            Err(FillError::Request(
+                "the query parameter \"page\" is missing".into()
+            ))
         );
     }
 
     #[test]
-    fn dot_segment_values_cannot_go_in_a_url() {
+    fn dot_segment_and_empty_values_cannot_go_in_a_url_path() {
         let responses = [response(
             "profile",
-            json!({"a": "..", "b": "%2e"}),
-            &["a", "b"],
+            json!({"a": "..", "b": "", "c": "%2e%2e"}),
+            &["a", "b", "c"],
         )];
-        for text in ["/x/{profile.a}/y", "/x/{profile.b}"] {
+        for text in ["/x/{profile.a}/y", "/x/{profile.b}/y"] {
             let template = Template::parse(text).unwrap();
             assert!(matches!(
                 template.fill_url(&vars(&responses)),
-                Err(FillError::DotSegment(_))
+                Err(FillError::Unusable { .. })
             ));
         }
+        // Written encoded, `%2e%2e` is no dot segment.
+        let template = Template::parse("/x/{profile.c}").unwrap();
+        assert_eq!(
+            template.fill_url(&vars(&responses)).unwrap(),
+            "/x/%252e%252e"
+        );
     }
 
     #[test]

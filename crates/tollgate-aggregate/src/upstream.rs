@@ -217,9 +217,10 @@ impl HttpUpstreamBuilder {
         self
     }
 
-    /// How long the upstream may take to send its response head once the request body has
-    /// been sent (default 30 s), after which the client gets 504. A slow client's upload does
-    /// not count against it.
+    /// How long the exchange may go without progress (default 30 s), after which the client
+    /// gets 504: while the request body uploads, each chunk passed upstream restarts it, and
+    /// once the upload is done it bounds the wait for the response head. A slow but steady
+    /// upload never runs out; a stalled one, or an upstream that stops reading, does.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -545,7 +546,7 @@ where
         let principal = parts.extensions.get::<Principal>().cloned();
         inner.headers(&mut parts.headers, &hop, principal.as_ref());
 
-        let (upload, uploaded) = Upload::new(body);
+        let (upload, mut progress) = Upload::new(body);
         let mut outgoing = Request::new(upstream_body(upload));
         *outgoing.method_mut() = parts.method;
         *outgoing.uri_mut() = uri;
@@ -557,15 +558,23 @@ where
             let exchange = async {
                 let send = inner.client.send(outgoing);
                 tokio::pin!(send);
-                // The head timer starts once the upload is done (or the upstream answers
-                // first, as it may to refuse an upload early).
-                let head_timer = async {
-                    let _ = uploaded.await;
-                    tokio::time::sleep(inner.timeout).await;
+                // The timer restarts on each chunk of the upload, then runs once more for the
+                // response head. The upstream may answer first, as it may to refuse an upload.
+                let stalled = async {
+                    loop {
+                        match tokio::time::timeout(inner.timeout, progress.changed()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                tokio::time::sleep(inner.timeout).await;
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
                 };
                 tokio::select! {
                     result = &mut send => Some(result),
-                    () = head_timer => None,
+                    () = stalled => None,
                 }
             };
             let outcome = match total {
