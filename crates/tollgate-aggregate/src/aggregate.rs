@@ -132,6 +132,8 @@ struct Compiled {
     reads: Vec<(usize, Vec<String>)>,
     /// The fields of this backend's response that later backends use.
     feeds: Vec<Vec<String>>,
+    /// Whether its templates read the request's parameters or query.
+    reads_request: bool,
 }
 
 enum CompiledTarget {
@@ -416,9 +418,11 @@ fn compile(
     };
     let mut depends_on = Vec::new();
     let mut reads = Vec::new();
+    let mut reads_request = false;
     for slot in url_slots.chain(body.iter().flat_map(BodyTemplate::slots)) {
         match slot {
             Slot::Param(param) => {
+                reads_request = true;
                 let known = route.is_some_and(|route| {
                     route.contains(&format!("{{{param}}}"))
                         || route.contains(&format!("{{*{param}}}"))
@@ -431,7 +435,7 @@ fn compile(
                     )));
                 }
             }
-            Slot::Query(_) => {}
+            Slot::Query(_) => reads_request = true,
             Slot::Field {
                 backend: other,
                 path,
@@ -502,6 +506,7 @@ fn compile(
         depends_on,
         reads,
         feeds: Vec::new(),
+        reads_request,
     })
 }
 
@@ -772,6 +777,34 @@ impl Endpoint {
             query,
             deadline: deadline_after(self.deadline),
         };
+
+        // A request that cannot fill a required backend's templates is refused before any
+        // backend is called, whatever the order they were declared in.
+        let vars = Vars {
+            params: &call.params,
+            query: &call.query,
+            responses: &[],
+        };
+        for backend in self
+            .backends
+            .iter()
+            .filter(|b| b.required && b.reads_request)
+        {
+            let checked = match &backend.target {
+                CompiledTarget::Http(template) | CompiledTarget::Local { path: template, .. } => {
+                    template.check_request(&vars)
+                }
+            }
+            .and_then(|()| {
+                backend
+                    .body
+                    .as_ref()
+                    .map_or(Ok(()), |body| body.check_request(&vars))
+            });
+            if let Err(FillError::Request(reason)) = checked {
+                return refuse(Rejection::bad_request(reason));
+            }
+        }
 
         // Only backends that others read get a channel.
         let channels: Vec<Option<(Published, Watched)>> = self

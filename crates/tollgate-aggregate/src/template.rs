@@ -142,47 +142,20 @@ impl Template {
         }
     }
 
-    /// Fills the template for a URL: each value percent-encoded as one component.
-    ///
-    /// In the path, a value that is empty, `.` or `..` fails: as a segment it would change the
-    /// upstream's path (`/users/{id}/orders` with `..` is `/orders`, with nothing
-    /// `/users//orders`). In the query it is only a value.
+    /// Fills the template for a URL, each value written by [`url_writer`].
     pub(crate) fn fill_url(&self, vars: &Vars<'_>) -> Result<String, FillError> {
-        self.fill(vars, |out, slot, text| {
-            if out.contains('?') {
-                out.extend(utf8_percent_encode(text, COMPONENT));
-                return Ok(());
-            }
-            let catch_all =
-                matches!(slot, Slot::Param(name) if vars.param(name).is_some_and(|p| p.catch_all));
-            // `{*path}` keeps its segments: `css/site.css` stays a path, each segment encoded
-            // and checked on its own.
-            let segments = if catch_all {
-                text.split('/').collect()
-            } else {
-                vec![text]
-            };
-            for (index, segment) in segments.into_iter().enumerate() {
-                // Encoding keeps dots and escapes `%`, so only these are dot segments once
-                // written: `%2e%2e` goes out as the harmless `%252e%252e`.
-                if matches!(segment, "." | "..") {
-                    return Err("is `.` or `..`, which would change the URL's path");
-                }
-                if segment.is_empty() && !catch_all {
-                    return Err("is empty, which would change the URL's path");
-                }
-                if index > 0 {
-                    out.push('/');
-                }
-                out.extend(utf8_percent_encode(segment, COMPONENT));
-            }
-            Ok(())
-        })
+        self.fill(vars, true, url_writer(vars))
+    }
+
+    /// Fills only what the request supplies (backend fields written as `x`), so that a
+    /// request that cannot fill the URL is refused before any backend is called.
+    pub(crate) fn check_request(&self, vars: &Vars<'_>) -> Result<(), FillError> {
+        self.fill(vars, false, url_writer(vars)).map(drop)
     }
 
     /// Fills the template as plain text (inside a JSON string).
     fn fill_text(&self, vars: &Vars<'_>) -> Result<String, FillError> {
-        self.fill(vars, |out, _, text| {
+        self.fill(vars, true, |out, _, text| {
             out.push_str(text);
             Ok(())
         })
@@ -191,12 +164,14 @@ impl Template {
     fn fill(
         &self,
         vars: &Vars<'_>,
+        fields: bool,
         mut write: impl FnMut(&mut String, &Slot, &str) -> Result<(), &'static str>,
     ) -> Result<String, FillError> {
         let mut out = String::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Literal(text) => out.push_str(text),
+                Piece::Slot(Slot::Field { .. }) if !fields => out.push('x'),
                 Piece::Slot(slot) => {
                     let written = match vars.lookup(slot)? {
                         Value::String(text) => write(&mut out, slot, &text),
@@ -222,6 +197,44 @@ impl Template {
     }
 }
 
+/// Writes a value into a URL: percent-encoded as one component, and in the path never empty,
+/// `.` or `..`, since as a segment it would change the upstream's path (`/users/{id}/orders`
+/// with `..` is `/orders`, with nothing `/users//orders`). In the query it is only a value.
+fn url_writer<'v>(
+    vars: &'v Vars<'_>,
+) -> impl FnMut(&mut String, &Slot, &str) -> Result<(), &'static str> + 'v {
+    move |out, slot, text| {
+        if out.contains('?') {
+            out.extend(utf8_percent_encode(text, COMPONENT));
+            return Ok(());
+        }
+        let catch_all =
+            matches!(slot, Slot::Param(name) if vars.param(name).is_some_and(|p| p.catch_all));
+        // `{*path}` keeps its segments: `css/site.css` stays a path, each segment encoded
+        // and checked on its own.
+        let segments = if catch_all {
+            text.split('/').collect()
+        } else {
+            vec![text]
+        };
+        for (index, segment) in segments.into_iter().enumerate() {
+            // Encoding keeps dots and escapes `%`, so only these are dot segments once
+            // written: `%2e%2e` goes out as the harmless `%252e%252e`.
+            if matches!(segment, "." | "..") {
+                return Err("is `.` or `..`, which would change the URL's path");
+            }
+            if segment.is_empty() && !catch_all {
+                return Err("is empty, which would change the URL's path");
+            }
+            if index > 0 {
+                out.push('/');
+            }
+            out.extend(utf8_percent_encode(segment, COMPONENT));
+        }
+        Ok(())
+    }
+}
+
 /// A JSON body with placeholders in its strings. A string that is one placeholder becomes
 /// the value itself, type and all (`"{profile.id}"` → `42`); placeholders inside longer strings
 /// are written as text.
@@ -240,6 +253,15 @@ impl BodyTemplate {
 
     pub(crate) fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter()
+    }
+
+    /// Looks up only what the request supplies, so that a request that cannot fill the body
+    /// is refused before any backend is called.
+    pub(crate) fn check_request(&self, vars: &Vars<'_>) -> Result<(), FillError> {
+        for slot in self.slots.iter().filter(|slot| slot.is_from_request()) {
+            vars.lookup(slot)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn fill(&self, vars: &Vars<'_>) -> Result<Value, FillError> {
