@@ -756,18 +756,58 @@ async fn x_forwarded_proto_comes_from_configuration_never_from_the_client() {
     );
 }
 
+/// Posts `body` to `path` and returns the reply, failing if none comes within `CALL_LIMIT`.
+async fn post_streamed<B>(addr: SocketAddr, path: &str, body: B) -> Reply
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, B>(HttpConnector::new());
+    let request = Request::post(format!("http://{addr}{path}"))
+        .body(body)
+        .unwrap();
+    let response = timeout(CALL_LIMIT, client.request(request))
+        .await
+        .unwrap_or_else(|_| panic!("POST {path} got no answer within {CALL_LIMIT:?}"))
+        .unwrap();
+    Reply::of(response).await
+}
+
 #[tokio::test]
-async fn a_slow_upload_does_not_count_against_the_response_timeout() {
+async fn an_upstream_slower_than_the_timeout_after_a_whole_upload_answers_504() {
     let gateway = HttpUpstream::builder(serve_upstream(upstream()).await)
         .timeout(Duration::from_millis(100))
         .build()
         .unwrap();
     let addr = serve_gateway(gateway).await;
+    let started = Instant::now();
+    // A body with a Content-Length: once it is sent, the timer bounds the wait for the head.
+    let reply = send(
+        "POST",
+        addr,
+        "/slow",
+        &[("content-type", "text/plain")],
+        "a body sent whole",
+    )
+    .await;
+    let took = started.elapsed();
+    assert_problem(&reply, 504, "gateway-timeout", "did not answer in time");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_steady_upload_slower_than_the_timeout_in_total_restarts_it_with_each_chunk() {
+    let gateway = HttpUpstream::builder(serve_upstream(upstream()).await)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let addr = serve_gateway(gateway).await;
     let (chunks, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
-        for chunk in ["one,", "two,", "three"] {
-            // A client on a slow link: the upload takes three times the response timeout.
-            sleep(Duration::from_millis(100)).await;
+        // A client on a slow link: a chunk every 250 ms, twice the timeout in all.
+        for chunk in ["one,", "two,", "three,", "four"] {
+            sleep(Duration::from_millis(250)).await;
             if chunks
                 .send(Bytes::from_static(chunk.as_bytes()))
                 .await
@@ -777,17 +817,96 @@ async fn a_slow_upload_does_not_count_against_the_response_timeout() {
             }
         }
     });
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build::<_, Trickle>(HttpConnector::new());
-    let request = Request::post(format!("http://{addr}/upload"))
-        .body(Trickle(receiver))
+    let started = Instant::now();
+    let reply = post_streamed(addr, "/upload", Trickle(receiver)).await;
+    let took = started.elapsed();
+    assert_eq!(upstream_saw(&reply)["body"], "one,two,three,four");
+    // Had the timer run from the start without restarting, it would have fired at 500 ms.
+    assert!(took >= Duration::from_millis(1000), "took {took:?}");
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_longer_than_the_timeout_answers_504() {
+    let gateway = HttpUpstream::builder(serve_upstream(upstream()).await)
+        .timeout(Duration::from_millis(200))
+        .build()
         .unwrap();
-    let response = timeout(CALL_LIMIT, client.request(request))
-        .await
-        .expect("an answer in time")
+    let addr = serve_gateway(gateway).await;
+    let (chunks, receiver) = mpsc::channel(1);
+    chunks.send(Bytes::from_static(b"first,")).await.unwrap();
+    let started = Instant::now();
+    // `chunks` stays open and silent: the client has stopped sending without ending the body.
+    let reply = post_streamed(addr, "/upload", Trickle(receiver)).await;
+    let took = started.elapsed();
+    assert_problem(&reply, 504, "gateway-timeout", "did not answer in time");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    drop(chunks);
+}
+
+/// A request body of `remaining` bytes, made in 64 KiB chunks as it is read.
+struct Generated {
+    remaining: usize,
+}
+
+impl http_body::Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        const CHUNK: usize = 64 * 1024;
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let size = self.remaining.min(CHUNK);
+        self.remaining -= size;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; size])))))
+    }
+}
+
+/// An upstream that accepts connections and never reads from them, holding them open; the
+/// count of accepted connections is in `accepted`.
+async fn serve_never_reading(accepted: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_a_large_upload_answers_504_instead_of_hanging() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let gateway = HttpUpstream::builder(serve_never_reading(Arc::clone(&accepted)).await)
+        .timeout(Duration::from_millis(200))
+        .build()
         .unwrap();
-    let reply = Reply::of(response).await;
-    assert_eq!(upstream_saw(&reply)["body"], "one,two,three");
+    let addr = serve_gateway(gateway).await;
+    let started = Instant::now();
+    // 64 MiB: far more than the socket buffers between the gateway and the upstream hold.
+    let reply = post_streamed(
+        addr,
+        "/upload",
+        Generated {
+            remaining: 64 * 1024 * 1024,
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    assert_problem(&reply, 504, "gateway-timeout", "did not answer in time");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the upstream was not reached"
+    );
 }
 
 #[tokio::test]
