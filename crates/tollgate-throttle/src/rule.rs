@@ -124,6 +124,19 @@ impl Rule {
         self
     }
 
+    /// The same rule with its rate and burst divided among `instances` gateways (never below
+    /// one request): the share one instance enforces alone when a shared store is down.
+    pub fn divided(&self, instances: u32) -> Rule {
+        let instances = instances.max(1);
+        let mut rule = self.clone();
+        let per_instance = self.rate.requests() / f64::from(instances);
+        if let Ok(rate) = Rate::new(per_instance.max(1.0), self.rate.period()) {
+            rule.rate = rate;
+        }
+        rule.burst = Some((self.burst_size().get() / instances).max(1));
+        rule
+    }
+
     /// The rule's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -204,5 +217,25 @@ impl Rule {
                 ),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::key::Global;
+
+    #[test]
+    fn a_divided_rule_keeps_each_instances_share_and_never_drops_below_one() {
+        let rule = Rule::new("shared", Rate::per_second(100), Global).burst(10);
+        let share = rule.divided(4);
+        assert_eq!(share.rate().requests(), 25.0);
+        assert_eq!(share.rate().period(), Duration::from_secs(1));
+        assert_eq!(share.burst_size().get(), 2);
+        assert_eq!(share.name(), "shared");
+        let tiny = Rule::new("tiny", Rate::per_second(2), Global).divided(8);
+        assert_eq!(tiny.rate().requests(), 1.0);
+        assert_eq!(tiny.burst_size().get(), 1);
+        assert_eq!(rule.divided(0).rate().requests(), 100.0);
     }
 }
