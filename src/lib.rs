@@ -18,6 +18,7 @@
 //! | `stage` (default) | [`stage`] | stage and version routing: base paths, hosts, version headers and media types, sticky canaries with runtime control, deprecation and sunset |
 //! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
 //! | `aggregate` (default) | [`aggregate`] | fan-out aggregation with JSON pipelines and deterministic merges, a streaming HTTP upstream proxy, mock integrations |
+//! | `redis` | [`redis`] | Redis (or Valkey) stores shared by several gateway instances: the throttle's GCRA in one round trip, failure policies, a circuit breaker (needs Rust 1.88) |
 //! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
 //!
@@ -87,3 +88,8 @@ pub use tollgate_stage as stage;
 #[cfg(feature = "aggregate")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aggregate")))]
 pub use tollgate_aggregate as aggregate;
+
+/// Redis stores shared by several gateway instances.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use tollgate_redis as redis;

@@ -1,0 +1,43 @@
+//! Redis (or Valkey) backends for tollgate, so several gateway instances behave as one.
+//!
+//! Per-instance limits multiply with the number of instances behind a load balancer; state in
+//! one Redis makes them one limit again. This crate implements the layers' store traits on
+//! Redis, through one reconnecting connection ([`Redis`]) with a key prefix, a call timeout and
+//! a circuit breaker:
+//!
+//! - [`RedisThrottleStore`]: the throttle layer's GCRA, with the same rule, the same
+//!   decisions and the same headers as the in-memory store, one round trip per check.
+//!
+//! When Redis is slow or gone, each store follows its [`FailurePolicy`]: report the failure to
+//! the layer (which fails open or closed, as configured), or keep enforcing in memory with
+//! each instance's share of the limits. Once a few calls in a row have failed, the breaker
+//! stops calling Redis for a while, so an outage costs no latency per request; it closes again
+//! by itself when Redis answers.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tollgate_core::key::ClientIp;
+//! use tollgate_core::TrustedProxies;
+//! use tollgate_redis::{RedisConfig, RedisThrottleStore};
+//! use tollgate_throttle::{Rate, Rule, ThrottleLayer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = RedisConfig::new("redis://127.0.0.1:6379").prefix("shop").connect().await?;
+//! let throttle = ThrottleLayer::builder()
+//!     .rule(Rule::new("per-client", Rate::per_second(100), ClientIp::new(TrustedProxies::none())))
+//!     .build_with_store(|rules, clock| RedisThrottleStore::new(redis.clone(), rules, clock))?;
+//! # let _ = throttle; Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![deny(unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod breaker;
+mod connection;
+mod throttle;
+
+pub use breaker::BreakerConfig;
+pub use connection::{Redis, RedisConfig};
+pub use redis::RedisError;
+pub use throttle::{FailurePolicy, RedisCheck, RedisThrottleStore};

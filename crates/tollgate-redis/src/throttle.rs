@@ -1,0 +1,366 @@
+//! `RedisThrottleStore`: the throttle layer's GCRA, kept in Redis so every gateway instance
+//! spends one allowance.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tollgate_core::{Clock, Key, SharedClock};
+use tollgate_throttle::{Check, MemoryStore, Outcome, Rule, StoreError, ThrottleStore};
+
+use crate::breaker::{Breaker, BreakerConfig, Permit};
+use crate::connection::Redis;
+
+/// GCRA as governor runs it, in microseconds: one round trip, the key expiring once idle.
+///
+/// KEYS[1] the key; ARGV: emission interval `t`, tolerance `tau` (= t × (burst − 1)), and the
+/// time now (negative: take the server's clock, so all instances share one).
+/// Returns {1, remaining, 0} when allowed, {0, wait, 0} when limited.
+const GCRA: &str = r#"
+-- Redis 3.2 and 4 need this before TIME and a write; later versions always replicate effects.
+if redis.replicate_commands then redis.replicate_commands() end
+local t = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+if now < 0 then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
+local earliest = tat - tau
+if now < earliest then
+  return {0, earliest - now, 0}
+end
+local next = math.max(tat, now) + t
+local ttl = math.ceil((next - now) / 1000)
+if ttl < 1 then ttl = 1 end
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', ttl)
+local room = math.min(now + tau + t - next, tau + t)
+if room < 0 then room = 0 end
+return {1, math.floor(room / t), 0}
+"#;
+
+/// What the store does when Redis cannot decide (down, slow past the timeout, or the breaker
+/// open).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Report the failure to the throttle layer, whose `on_store_error` decides: its
+    /// `StoreFailure::Allow` (the default) fails open, as Amazon API Gateway and Kong do;
+    /// `StoreFailure::Reject` fails closed with 503 and `Retry-After`.
+    #[default]
+    Report,
+    /// Keep enforcing in memory, each instance with its share of every rule: rate and burst
+    /// divided by `instances`, the number of gateways expected to share the traffic.
+    LocalFallback {
+        /// How many instances share the traffic (1: each enforces the whole rule alone).
+        instances: u32,
+    },
+}
+
+/// Rule state in Redis: the same GCRA as the in-memory [`MemoryStore`], the same decisions and
+/// headers, shared by every gateway instance using the same Redis and prefix.
+///
+/// One round trip per check (a Lua script, loaded on start and run by `EVALSHA`, loaded again
+/// by itself after Redis forgets it), keys under `<prefix>:throttle:<rule>:<key>` (a `:` in a
+/// rule name written `%3A`) that expire once idle. Intervals are rounded up to whole
+/// microseconds, so Redis is never more lenient than the rule. Calls that
+/// fail or pass the connection's timeout count towards a circuit breaker; while it is open
+/// no call is made, so a dead Redis costs nothing per request, and a probe finds out when it
+/// is back.
+///
+/// # Example
+///
+/// ```no_run
+/// use tollgate_core::key::ClientIp;
+/// use tollgate_core::TrustedProxies;
+/// use tollgate_redis::{FailurePolicy, Redis, RedisThrottleStore};
+/// use tollgate_throttle::{Rate, Rule, ThrottleLayer};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = Redis::connect("redis://127.0.0.1:6379").await?;
+/// let throttle = ThrottleLayer::builder()
+///     .rule(Rule::new("per-client", Rate::per_second(100), ClientIp::new(TrustedProxies::none())).burst(10))
+///     .build_with_store(|rules, clock| {
+///         RedisThrottleStore::new(redis.clone(), rules, clock)
+///             .on_failure(FailurePolicy::LocalFallback { instances: 4 })
+///     })?;
+/// # let _ = throttle; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisThrottleStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    redis: Redis,
+    rules: Arc<[RuleSpec]>,
+    script: redis::Script,
+    clock: Option<SharedClock>,
+    policy: FailurePolicy,
+    fallback: Option<Arc<MemoryStore>>,
+    source_rules: Box<[Rule]>,
+    source_clock: SharedClock,
+    breaker: Breaker,
+}
+
+#[derive(Clone)]
+struct RuleSpec {
+    /// `<prefix>:throttle:<rule>:`
+    key_prefix: String,
+    interval: Duration,
+    burst: u32,
+    t_micros: u64,
+    tau_micros: u64,
+}
+
+impl fmt::Debug for RedisThrottleStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisThrottleStore")
+            .field("redis", &self.inner.redis)
+            .field("policy", &self.inner.policy)
+            .field("breaker_open", &self.inner.breaker.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisThrottleStore {
+    /// State for `rules` (as the throttle layer's `build_with_store` passes them) in `redis`.
+    /// Time comes from the Redis server, so instances with skewed clocks still agree.
+    pub fn new(redis: Redis, rules: &[Rule], clock: &SharedClock) -> Self {
+        let specs = rules
+            .iter()
+            .map(|rule| {
+                let interval = rule.rate().interval();
+                let burst = rule.burst_size().get();
+                // Rounded up to whole microseconds (Lua's numbers hold them exactly): Redis is
+                // never more lenient than the rule, and equal to the in-memory store whenever
+                // the interval is a whole number of microseconds (10/s, 3/min; not 3/s).
+                let t_micros = micros_up(interval).max(1);
+                RuleSpec {
+                    key_prefix: format!(
+                        "{}:throttle:{}:",
+                        redis.prefix,
+                        rule.name().replace('%', "%25").replace(':', "%3A")
+                    ),
+                    interval,
+                    burst,
+                    t_micros,
+                    tau_micros: t_micros.saturating_mul(u64::from(burst - 1)),
+                }
+            })
+            .collect();
+        // Loaded on start when a runtime is at hand, so the first checks do not each pay for
+        // it; `invoke_async` loads it again by itself whenever Redis answers NOSCRIPT.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (script, mut connection) = (redis::Script::new(GCRA), redis.manager.clone());
+            runtime.spawn(async move {
+                if let Err(error) = script.prepare_invoke().load_async(&mut connection).await {
+                    tracing::warn!(%error, "tollgate redis: the throttle script could not be loaded on start");
+                }
+            });
+        }
+        Self {
+            inner: Arc::new(Inner {
+                redis,
+                rules: specs,
+                script: redis::Script::new(GCRA),
+                clock: None,
+                policy: FailurePolicy::Report,
+                fallback: None,
+                source_rules: rules.into(),
+                source_clock: clock.clone(),
+                breaker: Breaker::new(BreakerConfig::default(), "throttle"),
+            }),
+        }
+    }
+
+    /// What happens when Redis cannot decide (default [`FailurePolicy::Report`]).
+    #[must_use]
+    pub fn on_failure(self, policy: FailurePolicy) -> Self {
+        self.rebuild(|inner| {
+            inner.fallback = match policy {
+                FailurePolicy::Report => None,
+                FailurePolicy::LocalFallback { instances } => {
+                    let shares: Vec<Rule> = inner
+                        .source_rules
+                        .iter()
+                        .map(|rule| rule.divided(instances))
+                        .collect();
+                    Some(Arc::new(MemoryStore::new(
+                        &shares,
+                        tollgate_throttle::DEFAULT_CAPACITY,
+                        inner.source_clock.clone(),
+                    )))
+                }
+            };
+            inner.policy = policy;
+        })
+    }
+
+    /// When the circuit breaker opens and for how long (default: 3 failures in a row, 1 s).
+    #[must_use]
+    pub fn breaker(self, config: BreakerConfig) -> Self {
+        self.rebuild(|inner| inner.breaker = Breaker::new(config, "throttle"))
+    }
+
+    /// Takes the time from the layer's clock rather than the Redis server's: for tests with
+    /// a manual clock. Instances must then keep their clocks in step. Redis still expires idle
+    /// keys by its own clock, so a manual clock must not run slower than real time between
+    /// checks of one key, or keys vanish before their allowance is whole.
+    #[must_use]
+    pub fn with_local_clock(self) -> Self {
+        self.rebuild(|inner| inner.clock = Some(inner.source_clock.clone()))
+    }
+
+    /// Loads the script now, so the first requests do not pay for it.
+    ///
+    /// # Errors
+    ///
+    /// Redis cannot be reached.
+    pub async fn preload(&self) -> Result<(), redis::RedisError> {
+        let mut connection = self.inner.redis.manager.clone();
+        self.inner
+            .script
+            .prepare_invoke()
+            .load_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Changes a setting; the store is built before it is shared, so nothing is copied.
+    fn rebuild(mut self, change: impl FnOnce(&mut Inner)) -> Self {
+        change(Arc::make_mut(&mut self.inner));
+        self
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn micros_up(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
+/// A decision of Redis's, read back as the in-memory store reports it.
+fn outcome(spec: &RuleSpec, (allowed, value, _): (i64, i64, i64)) -> Outcome {
+    let value = u64::try_from(value).unwrap_or(0);
+    if allowed == 1 {
+        let remaining = u32::try_from(value).unwrap_or(u32::MAX).min(spec.burst);
+        Outcome::Allowed {
+            remaining,
+            reset: spec
+                .interval
+                .saturating_mul(spec.burst.saturating_sub(remaining)),
+        }
+    } else {
+        let retry_after = Duration::from_micros(value);
+        Outcome::Limited {
+            retry_after,
+            reset: retry_after.saturating_add(spec.interval.saturating_mul(spec.burst - 1)),
+        }
+    }
+}
+
+impl Inner {
+    /// The answer when Redis was not asked or did not answer.
+    fn fallback(&self, rule: &Rule, key: &Key, why: &str) -> Result<Outcome, StoreError> {
+        metrics::counter!("tollgate_redis_fallbacks_total", "store" => "throttle").increment(1);
+        match &self.fallback {
+            Some(memory) => match memory.check(rule, key) {
+                Check::Ready(result) => result,
+                // The in-memory store never waits: `NeverPending` cannot be made.
+                Check::Pending(_) => Err(StoreError("the local fallback cannot wait".into())),
+            },
+            None => Err(StoreError(why.to_owned().into())),
+        }
+    }
+}
+
+/// A call to Redis in flight: if its future is dropped before an answer (the client went
+/// away), the breaker still hears of it, so a dropped probe cannot leave it half-open forever.
+struct Attempt {
+    inner: Arc<Inner>,
+    permit: Permit,
+    settled: bool,
+}
+
+impl Attempt {
+    /// The breaker has heard how the call ended.
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.inner.breaker.abandoned(self.permit);
+        }
+    }
+}
+
+/// The future of one check against Redis.
+pub type RedisCheck = Pin<Box<dyn Future<Output = Result<Outcome, StoreError>> + Send>>;
+
+impl ThrottleStore for RedisThrottleStore {
+    type Future = RedisCheck;
+
+    fn check(&self, rule: &Rule, key: &Key) -> Check<RedisCheck> {
+        let inner = &self.inner;
+        let Some(spec) = inner.rules.get(rule.index()) else {
+            return Check::Ready(Err(StoreError(
+                format!("rule {:?} is not part of this store", rule.name()).into(),
+            )));
+        };
+        let permit = inner.breaker.permit();
+        if permit == Permit::Refused {
+            return Check::Ready(inner.fallback(
+                rule,
+                key,
+                "Redis is failing; the breaker is open",
+            ));
+        }
+        // Made before the future, so that a future dropped even before its first poll still
+        // settles a probe.
+        let mut attempt = Attempt {
+            inner: Arc::clone(inner),
+            permit,
+            settled: false,
+        };
+        let redis_key = format!("{}{key}", spec.key_prefix);
+        let now: i64 = match &inner.clock {
+            Some(clock) => clock
+                .system_time()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| i64::try_from(micros(since)).unwrap_or(i64::MAX)),
+            None => -1,
+        };
+        let (t, tau) = (spec.t_micros, spec.tau_micros);
+        let (rule, key) = (rule.clone(), key.detached());
+        Check::Pending(Box::pin(async move {
+            let inner = Arc::clone(&attempt.inner);
+            let mut connection = inner.redis.manager.clone();
+            let mut invocation = inner.script.key(redis_key);
+            invocation.arg(t).arg(tau).arg(now);
+            let call = invocation.invoke_async::<(i64, i64, i64)>(&mut connection);
+            let failure = match tokio::time::timeout(inner.redis.timeout, call).await {
+                Ok(Ok(reply)) => {
+                    attempt.settle();
+                    inner.breaker.success(permit);
+                    let spec = &inner.rules[rule.index()];
+                    return Ok(outcome(spec, reply));
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {:?}", inner.redis.timeout),
+            };
+            attempt.settle();
+            inner.breaker.failure(permit);
+            tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
+            inner.fallback(&rule, &key, &failure)
+        }))
+    }
+}
