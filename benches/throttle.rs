@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::future::ready;
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -34,7 +34,6 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use http::{Request, Response, StatusCode};
 use tollgate::key::PeerIp;
 use tollgate::throttle::{AllowedFields, Rate, Rule, ThrottleLayer};
-use tollgate::PeerAddr;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::GovernorLayer;
@@ -42,7 +41,7 @@ use tower_governor::GovernorLayer;
 /// Allowed per client: one request per nanosecond with a burst of 1000, so nothing the
 /// benchmark sends is ever refused.
 mod support;
-use support::{bare, configure, hello, serve};
+use support::{bare, configure, hello, peers, serve, with_peer_addr};
 
 const BURST: u32 = 1_000;
 
@@ -69,19 +68,6 @@ fn tollgate_layer(capacity: usize, fields: AllowedFields) -> ThrottleLayer {
         .allowed_fields(fields)
         .build()
         .expect("the benchmark's throttle layer is valid")
-}
-
-/// Client `n`'s address: 10.0.0.0 onwards, so a million clients stay distinct.
-fn peers(count: u32) -> Vec<SocketAddr> {
-    (0..count)
-        .map(|n| SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + n), 40_000)))
-        .collect()
-}
-
-fn with_peer_addr(peer: SocketAddr) -> Request<()> {
-    let mut request = Request::new(());
-    request.extensions_mut().insert(PeerAddr(peer));
-    request
 }
 
 /// `tower_governor`'s `PeerIpKeyExtractor` reads axum's `ConnectInfo`; tollgate reads

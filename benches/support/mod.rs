@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::{ready, Future};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -58,4 +59,18 @@ pub fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
         .sample_size(50)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
+}
+
+/// Client `n`'s address: 10.0.0.0 onwards, so a million clients stay distinct.
+pub fn peers(count: u32) -> Vec<SocketAddr> {
+    (0..count)
+        .map(|n| SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + n), 40_000)))
+        .collect()
+}
+
+/// A request from `peer`, as a hyper server that records the peer passes it on.
+pub fn with_peer_addr(peer: SocketAddr) -> Request<()> {
+    let mut request = Request::new(());
+    request.extensions_mut().insert(tollgate::PeerAddr(peer));
+    request
 }
