@@ -104,16 +104,22 @@ impl Breaker {
             .consecutive
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        let reopen = permit == Permit::Probe;
-        if reopen
-            || (failures >= self.config.failures && self.open_until.load(Ordering::Acquire) == 0)
-        {
-            let open_for = u64::try_from(self.config.open_for.as_micros()).unwrap_or(u64::MAX);
-            self.open_until.store(
-                self.now().saturating_add(open_for).max(1),
-                Ordering::Release,
-            );
+        let open_for = u64::try_from(self.config.open_for.as_micros()).unwrap_or(u64::MAX);
+        let until = self.now().saturating_add(open_for).max(1);
+        let opened = if permit == Permit::Probe {
+            // Only the probe's own failure reopens a breaker that is already open.
+            self.open_until.store(until, Ordering::Release);
             self.probing.store(false, Ordering::Release);
+            true
+        } else {
+            // Of concurrent failures, only the one that opens the breaker logs and counts.
+            failures >= self.config.failures
+                && self
+                    .open_until
+                    .compare_exchange(0, until, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        };
+        if opened {
             tracing::warn!(
                 store = self.store,
                 failures,

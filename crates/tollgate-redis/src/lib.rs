@@ -2,8 +2,8 @@
 //!
 //! Per-instance limits multiply with the number of instances behind a load balancer; state in
 //! one Redis makes them one limit again. This crate implements the layers' store traits on
-//! Redis, through one reconnecting connection ([`Redis`]) with a key prefix, a call timeout and
-//! a circuit breaker:
+//! Redis, through one reconnecting connection ([`Redis`]) with a key prefix and a call timeout;
+//! each store has its own circuit breaker:
 //!
 //! - [`RedisThrottleStore`]: the throttle layer's GCRA, with the same rule, the same
 //!   decisions and the same headers as the in-memory store, one round trip per check.
@@ -12,7 +12,11 @@
 //! the layer (which fails open or closed, as configured), or keep enforcing in memory with
 //! each instance's share of the limits. Once a few calls in a row have failed, the breaker
 //! stops calling Redis for a while, so an outage costs no latency per request; it closes again
-//! by itself when Redis answers.
+//! by itself when Redis answers. Transitions are logged and counted in
+//! `tollgate_redis_breaker_transitions_total{store, to}`; checks Redis did not decide in
+//! `tollgate_redis_fallbacks_total{store}`.
+//!
+//! Plain `redis://` only for now: TLS (`rediss://`) is not built in.
 //!
 //! # Example
 //!

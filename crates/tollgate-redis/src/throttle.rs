@@ -34,8 +34,9 @@ if now < earliest then
   return {0, earliest - now, 0}
 end
 local next = math.max(tat, now) + t
-local ttl = math.ceil((next - now) / 1000)
-if ttl < 1 then ttl = 1 end
+-- A second of slack: a key that outlives its allowance being whole decides exactly as a
+-- missing one (max(tat, now)), while one that expires early would admit extra requests.
+local ttl = math.ceil((next - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', ttl)
 local room = math.min(now + tau + t - next, tau + t)
 if room < 0 then room = 0 end
@@ -64,11 +65,18 @@ pub enum FailurePolicy {
 ///
 /// One round trip per check (a Lua script, loaded on start and run by `EVALSHA`, loaded again
 /// by itself after Redis forgets it), keys under `<prefix>:throttle:<rule>:<key>` (a `:` in a
-/// rule name written `%3A`) that expire once idle. Intervals are rounded up to whole
-/// microseconds, so Redis is never more lenient than the rule. Calls that
+/// rule name written `%3A`; client values such as header values kept only as a keyed hash)
+/// that expire about a second after their allowance is whole again. Intervals are rounded up
+/// to whole microseconds, so Redis is never more lenient than the rule. Calls that
 /// fail or pass the connection's timeout count towards a circuit breaker; while it is open
 /// no call is made, so a dead Redis costs nothing per request, and a probe finds out when it
 /// is back.
+///
+/// Unlike the in-memory store, Redis holds as many keys as clients send: give it a
+/// `maxmemory` with `maxmemory-policy volatile-ttl` (every key here has a TTL, and the ones
+/// nearest to whole go first). Rule names must be unique across every layer that shares a
+/// prefix, since a rule's state is found by its name. Each rule of a request is its own round
+/// trip.
 ///
 /// # Example
 ///
@@ -241,6 +249,33 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// The Redis key for `key` under a rule: addresses and the global key as they are, every
+/// other value (a header, a cookie, a subject, which may be a credential or an email) as a
+/// keyed SHA-256, so nothing a client sent is stored in Redis in the clear.
+fn key_name(rule_prefix: &str, key: &Key, secret: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+
+    let shown = key.to_string();
+    if key.as_ip().is_some() || !shown.contains(':') {
+        return format!("{rule_prefix}{shown}");
+    }
+    let (kind, value) = shown.split_once(':').unwrap_or(("key", &shown));
+    let digest = Sha256::new()
+        .chain_update(secret)
+        .chain_update([0])
+        .chain_update(value.as_bytes())
+        .finalize();
+    let mut name = String::with_capacity(rule_prefix.len() + kind.len() + 33);
+    name.push_str(rule_prefix);
+    name.push_str(kind);
+    name.push(':');
+    for byte in &digest[..16] {
+        let _ = write!(name, "{byte:02x}");
+    }
+    name
+}
+
 fn micros_up(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
 }
@@ -331,7 +366,7 @@ impl ThrottleStore for RedisThrottleStore {
             permit,
             settled: false,
         };
-        let redis_key = format!("{}{key}", spec.key_prefix);
+        let redis_key = key_name(&spec.key_prefix, key, &inner.redis.key_secret);
         let now: i64 = match &inner.clock {
             Some(clock) => clock
                 .system_time()
