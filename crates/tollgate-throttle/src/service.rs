@@ -197,7 +197,11 @@ impl<St: ThrottleStore> Shared<St> {
                 Some(rejection)
             }
             Err(error) => {
-                tracing::warn!(rule = %rule.name, %error, policy = ?self.on_store_error, "tollgate throttle: store failed");
+                if store_warning_due() {
+                    tracing::warn!(rule = %rule.name, %error, policy = ?self.on_store_error, "tollgate throttle: store failed");
+                } else {
+                    tracing::debug!(rule = %rule.name, %error, policy = ?self.on_store_error, "tollgate throttle: store failed");
+                }
                 match self.on_store_error {
                     StoreFailure::Allow => None,
                     StoreFailure::Reject => Some(Rejection::unavailable(Duration::from_secs(1))),
@@ -205,4 +209,15 @@ impl<St: ThrottleStore> Shared<St> {
             }
         }
     }
+}
+
+/// Whether a store failure should be a warning: at most one a second. During an outage every
+/// request fails alike, and a shared store logs its own transitions, so one line a second says
+/// it all where thousands would drown the log.
+fn store_warning_due() -> bool {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    LAST.swap(second, std::sync::atomic::Ordering::Relaxed) != second
 }
