@@ -64,7 +64,9 @@ use http_body_util::Empty;
 use tokio::runtime::Runtime;
 use tollgate::key::PeerIp;
 use tollgate::redis::{RedisConfig, RedisThrottleStore};
-use tollgate::throttle::{Check, MemoryStore, Outcome, Rate, Rule, ThrottleLayer, ThrottleStore};
+use tollgate::throttle::{
+    Check, MemoryStore, Outcome, Rate, Rule, StoreFailure, ThrottleLayer, ThrottleStore,
+};
 use tollgate::{Key, SharedClock};
 use tower::{Layer, Service, ServiceExt};
 
@@ -499,7 +501,9 @@ fn throttle(c: &mut Criterion) {
             RedisThrottleStore::new(redis.clone(), rules, clock)
         };
         let store = make(memory_layer.rules(), &SharedClock::default());
+        // Refusing on store errors: a fail-open 200 must not pass for a decided check.
         let redis_layer = builder()
+            .on_store_error(StoreFailure::Reject)
             .build_with_store(make)
             .expect("the benchmark's throttle layer is valid");
         let redis_store = StoreCase {

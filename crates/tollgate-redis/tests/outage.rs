@@ -110,8 +110,10 @@ async fn kill_under_load(
 ) -> (Vec<Sent>, Instant) {
     let load = Load::start(instances, loaded);
     tokio::time::sleep(UP).await;
-    let killed = Instant::now();
+    // Taken once the process is gone: requests sent before may still have been decided by
+    // Redis, and only later ones are held to what a dead Redis must give.
     server.kill();
+    let killed = Instant::now();
     tokio::time::sleep(DOWN).await;
     let sent = load.stop().await;
     assert!(
@@ -141,7 +143,9 @@ fn assert_no_wait_on_dead_redis(sent: &[Sent], killed: Instant) {
         .filter(|s| s.at >= killed + BREAKER_OPENS_WITHIN && s.reply.latency >= FAST)
         .map(|s| (s.at - killed, s.reply.latency))
         .collect();
-    let probes = DOWN.as_secs() + 1;
+    // One probe per second open, and a few requests a loaded 2-core machine may stall: a
+    // breaker that let requests wait on Redis would show hundreds.
+    let probes = DOWN.as_secs() + 1 + 3;
     assert!(
         slow_after_open.len() as u64 <= probes,
         "once the breaker was open, more requests than its probes waited {FAST:?} or more \

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use support::RedisServer;
 use tollgate_core::key::Global;
-use tollgate_redis::{Redis, RedisThrottleStore};
+use tollgate_redis::{RedisConfig, RedisThrottleStore};
 use tollgate_throttle::{Rate, Rule, ThrottleLayer};
 
 const INSTANCES: usize = 4;
@@ -36,7 +36,13 @@ async fn four_instances_on_one_redis_admit_one_shared_limit() {
     let mut instances = Vec::new();
     for _ in 0..INSTANCES {
         // Each instance its own connection, as separate processes would have.
-        let redis = Redis::connect(&server.url()).await.unwrap();
+        // A generous call timeout: this test is about the shared limit, and a call slowed by
+        // the loaded machine must not fail open and count as admitted.
+        let redis = RedisConfig::new(server.url())
+            .timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .unwrap();
         let throttle = ThrottleLayer::builder()
             .rule(Rule::new("shared", Rate::per_second(100), Global).burst(10))
             .build_with_store(|rules, clock| RedisThrottleStore::new(redis.clone(), rules, clock))

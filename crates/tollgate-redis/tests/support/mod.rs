@@ -2,10 +2,12 @@
 //! stopped when dropped. Never a system service.
 //!
 //! Without `redis-server` on the machine the Redis tests skip with a printed reason, unless
-//! `TOLLGATE_REQUIRE_REDIS=1` (which `scripts/test` sets) makes that a failure.
+//! `TOLLGATE_REQUIRE_REDIS=1` (which `scripts/test` sets) makes that a failure. A server that
+//! is installed but does not come up is always a failure.
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,27 +18,36 @@ pub struct RedisServer {
     port: u16,
 }
 
+/// Why a server did not start.
+enum Start {
+    /// The binary is not installed.
+    Missing(String),
+    /// It is installed but did not come up.
+    Failed(String),
+}
+
 impl RedisServer {
     /// Starts a server, or returns `None` (having said why) when `redis-server` is missing and
     /// not required.
     pub fn start() -> Option<Self> {
         let port = free_port();
         let mut server = Self { child: None, port };
+        let required = std::env::var_os("TOLLGATE_REQUIRE_REDIS").is_some_and(|v| v == "1");
         match server.spawn() {
             Ok(()) => Some(server),
-            Err(reason) if std::env::var_os("TOLLGATE_REQUIRE_REDIS").is_some_and(|v| v == "1") => {
-                panic!("redis-server is required (TOLLGATE_REQUIRE_REDIS=1) but {reason}")
-            }
-            Err(reason) => {
+            Err(Start::Missing(reason)) if !required => {
                 eprintln!(
                     "skipping a Redis test: {reason}; run scripts/test to install redis-server"
                 );
                 None
             }
+            Err(Start::Missing(reason) | Start::Failed(reason)) => {
+                panic!("redis-server is required but {reason}")
+            }
         }
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), Start> {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -53,17 +64,31 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|error| format!("redis-server could not be started: {error}"))?;
-        self.child = Some(child);
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => {
+                    Start::Missing("redis-server is not installed".to_owned())
+                }
+                _ => Start::Failed(format!("redis-server could not be started: {error}")),
+            })?;
+        let child = self.child.insert(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            // A server that exited (its port taken meanwhile) must not be mistaken for
+            // whatever else answers on that port.
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Start::Failed(format!(
+                    "redis-server exited at once: {status}"
+                )));
+            }
+            if pong(addr) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err("redis-server did not accept connections within 10 s".to_owned())
+        Err(Start::Failed(
+            "redis-server did not answer PING within 10 s".to_owned(),
+        ))
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -82,7 +107,9 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn().expect("redis-server restarts");
+        if let Err(Start::Missing(reason) | Start::Failed(reason)) = self.spawn() {
+            panic!("redis-server did not restart: {reason}");
+        }
     }
 }
 
@@ -90,6 +117,18 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether a Redis answers PING at `addr`.
+fn pong(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }
 
 fn free_port() -> u16 {
