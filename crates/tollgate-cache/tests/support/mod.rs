@@ -10,6 +10,10 @@ pub use client::{Client, Reply};
 mod server;
 #[allow(unused_imports)] // each test binary uses its own part of this module
 pub use server::{serve_axum as serve, serve_hyper};
+#[path = "../../../../tests/support/principal.rs"]
+mod principal;
+
+pub use principal::verified;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,10 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::{from_fn, Next};
 use axum::response::Response;
 use axum::routing::{get, MethodRouter};
-use axum::Router;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -94,29 +96,6 @@ pub fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Body>) -> 
         response = response.header(*name, *value);
     }
     response.body(body.into()).unwrap()
-}
-
-/// A stand-in authorizer in front of the cache: `x-user` becomes a verified [`Principal`]
-/// with that subject and the space-separated scopes of `x-scopes`.
-pub fn verified(app: Router) -> Router {
-    app.layer(from_fn(|mut request: Request, next: Next| async move {
-        if let Some(principal) = principal_of(request.headers()) {
-            request.extensions_mut().insert(principal);
-        }
-        next.run(request).await
-    }))
-}
-
-fn principal_of(headers: &http::HeaderMap) -> Option<Principal> {
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let subject = header("x-user")?;
-    let scopes = header("x-scopes").unwrap_or_default();
-    Some(
-        Principal::builder()
-            .subject(subject)
-            .scopes(scopes.split_whitespace())
-            .build(),
-    )
 }
 
 /// The subject of the request's verified principal, or `anonymous`.

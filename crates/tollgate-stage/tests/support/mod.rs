@@ -10,18 +10,21 @@ pub use client::{Client, Reply};
 mod server;
 #[allow(unused_imports)] // each test binary uses its own part of this module
 pub use server::{serve_axum as serve, serve_hyper};
+#[path = "../../../../tests/support/principal.rs"]
+mod principal;
+
+pub use principal::verified;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
-use axum::middleware::{from_fn, Next};
 use axum::Router;
 use http::header::CONTENT_TYPE;
 use http::Uri;
 use serde_json::{json, Map, Value};
-use tollgate_core::{ManualClock, PeerAddr, Principal, Stage};
+use tollgate_core::{ManualClock, PeerAddr, Stage};
 
 /// The wall time the manual clocks start at: Fri, 15 Jan 2027 08:00:00 GMT.
 pub const T0: u64 = 1_800_000_000;
@@ -54,29 +57,6 @@ pub fn echo(service: &'static str) -> Router {
 pub fn seen(reply: &Reply) -> Value {
     assert_eq!(reply.status, 200, "{reply:?}");
     reply.json()
-}
-
-/// A stand-in authorizer in front of the stage router: `x-user` becomes a verified
-/// [`Principal`] with that subject and the space-separated scopes of `x-scopes`.
-pub fn verified(app: Router) -> Router {
-    app.layer(from_fn(|mut request: Request, next: Next| async move {
-        if let Some(principal) = principal_of(request.headers()) {
-            request.extensions_mut().insert(principal);
-        }
-        next.run(request).await
-    }))
-}
-
-fn principal_of(headers: &http::HeaderMap) -> Option<Principal> {
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let subject = header("x-user")?;
-    let scopes = header("x-scopes").unwrap_or_default();
-    Some(
-        Principal::builder()
-            .subject(subject)
-            .scopes(scopes.split_whitespace())
-            .build(),
-    )
 }
 
 /// A GET request for in-process calls (`ServiceExt::oneshot`), from `peer` when given.
