@@ -9,9 +9,8 @@
 #[path = "../../../tests/support/server.rs"]
 mod server;
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+mod generated;
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,8 +18,8 @@ use axum::extract::Request as AxumRequest;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
+use generated::Generated;
 use http::{Request, StatusCode};
-use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -39,45 +38,9 @@ const TRANSFER_LIMIT: Duration = Duration::from_secs(120);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-/// `BODY_SIZE` bytes made on the fly, `CHUNK_SIZE` at a time, without a `Content-Length`.
-struct Generated {
-    chunk: Bytes,
-    remaining: u64,
-}
-
-impl Generated {
-    fn new() -> Self {
-        Self {
-            chunk: Bytes::from(vec![b'x'; CHUNK_SIZE]),
-            remaining: BODY_SIZE,
-        }
-    }
-}
-
-impl http_body::Body for Generated {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.remaining == 0 {
-            return Poll::Ready(None);
-        }
-        let size = self.remaining.min(CHUNK_SIZE as u64);
-        self.remaining -= size;
-        let data = self.chunk.slice(..size as usize);
-        Poll::Ready(Some(Ok(Frame::data(data))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.remaining == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
+/// The 100 MiB body of each test, made as it is read.
+fn generated() -> Generated {
+    Generated::new(BODY_SIZE, CHUNK_SIZE)
 }
 
 /// Reads a body to its end, keeping only its length.
@@ -99,7 +62,7 @@ where
 /// it read on `POST /upload`.
 fn upstream() -> Router {
     Router::new()
-        .route("/download", get(|| async { Body::new(Generated::new()) }))
+        .route("/download", get(|| async { Body::new(generated()) }))
         .route(
             "/upload",
             post(|request: AxumRequest| async move {
@@ -183,7 +146,7 @@ async fn a_100_mib_upload_streams_through_the_proxy_in_bounded_memory() {
     let addr = serve_proxy().await;
     let client = Client::builder(TokioExecutor::new()).build::<_, Generated>(HttpConnector::new());
     let request = Request::post(format!("http://{addr}/upload"))
-        .body(Generated::new())
+        .body(generated())
         .unwrap();
 
     let started = Instant::now();

@@ -11,6 +11,8 @@ mod server;
 
 mod unreachable;
 
+mod generated;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +27,7 @@ use axum::routing::any;
 use axum::{Json, Router};
 use bytes::Bytes;
 use client::{Client, Reply};
+use generated::Generated;
 use http::{Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
@@ -843,29 +846,6 @@ async fn an_upload_that_stalls_longer_than_the_timeout_answers_504() {
     drop(chunks);
 }
 
-/// A request body of `remaining` bytes, made in 64 KiB chunks as it is read.
-struct Generated {
-    remaining: usize,
-}
-
-impl http_body::Body for Generated {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        const CHUNK: usize = 64 * 1024;
-        if self.remaining == 0 {
-            return Poll::Ready(None);
-        }
-        let size = self.remaining.min(CHUNK);
-        self.remaining -= size;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; size])))))
-    }
-}
-
 /// An upstream that accepts connections and never reads from them, holding them open; the
 /// count of accepted connections is in `accepted`.
 async fn serve_never_reading(accepted: Arc<AtomicUsize>) -> String {
@@ -891,14 +871,7 @@ async fn an_upstream_that_stops_reading_a_large_upload_answers_504_instead_of_ha
     let addr = serve_gateway(gateway).await;
     let started = Instant::now();
     // 64 MiB: far more than the socket buffers between the gateway and the upstream hold.
-    let reply = post_streamed(
-        addr,
-        "/upload",
-        Generated {
-            remaining: 64 * 1024 * 1024,
-        },
-    )
-    .await;
+    let reply = post_streamed(addr, "/upload", Generated::new(64 << 20, 64 * 1024)).await;
     let took = started.elapsed();
     assert_problem(&reply, 504, "gateway-timeout", "did not answer in time");
     assert!(took < Duration::from_secs(5), "took {took:?}");
