@@ -288,37 +288,31 @@ impl AggregateConfig {
         if let Some(client) = client.or_else(|| self.client.as_ref().map(ClientConfig::build)) {
             builder = builder.client(client);
         }
+        let mut local = |service_name: &str, name: String| {
+            service(service_name).map(|found| Backend::service(name, found))
+        };
         for entry in &self.backends {
-            builder = builder.backend(entry.backend(&mut service)?);
+            builder = builder.backend(entry.backend(&mut local)?);
         }
         Ok(builder)
     }
 }
 
 impl BackendConfig {
-    fn backend<F, S, B>(&self, service: &mut F) -> Result<Backend, ConfigError>
-    where
-        F: FnMut(&str) -> Option<S>,
-        S: tower::Service<
-                http::Request<http_body_util::Full<bytes::Bytes>>,
-                Response = http::Response<B>,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<crate::BoxError>,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<crate::BoxError>,
-    {
+    /// The backend; `local(service, name)` makes the in-process backend `name` from the
+    /// application's service of that name.
+    fn backend(
+        &self,
+        local: &mut dyn FnMut(&str, String) -> Option<Backend>,
+    ) -> Result<Backend, ConfigError> {
         let mut backend = match (&self.url, &self.service) {
             (Some(url), None) => Backend::http(self.name.clone(), url.clone()),
             (None, Some(name)) => {
-                let local = service(name).ok_or_else(|| ConfigError::UnknownService {
-                    backend: self.name.clone(),
-                    service: name.clone(),
-                })?;
-                let backend = Backend::service(self.name.clone(), local);
+                let backend =
+                    local(name, self.name.clone()).ok_or_else(|| ConfigError::UnknownService {
+                        backend: self.name.clone(),
+                        service: name.clone(),
+                    })?;
                 match &self.path {
                     Some(path) => backend.path(path.clone()),
                     None => backend,
@@ -419,7 +413,8 @@ pub struct UpstreamConfig {
     /// Proxies whose forwarding headers are believed and extended.
     #[serde(default)]
     pub trusted_proxies: TrustedProxies,
-    /// How long the upstream may take to send its response head (default `30s`).
+    /// How long the exchange may go without progress (default `30s`): each uploaded chunk
+    /// restarts it, then it bounds the wait for the response head.
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
     /// A bound on the whole exchange, bodies included (default none).
