@@ -1737,11 +1737,17 @@ async fn while_the_upstream_fails_concurrent_stale_requests_send_it_one_request(
                         "v0",
                     ),
                     // The outage: the first request to see it holds until every stale request
-                    // has reached the cache, then fails.
-                    _ => {
+                    // has reached the cache and joined its flight, then fails. Arrivals are
+                    // counted just before the cache, so the last one gets a moment to join:
+                    // one that looked only after the failure would rightly try again.
+                    1 => {
                         wait_for_arrivals(&arrived, CLIENTS).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         respond(503, &[], "down")
                     }
+                    // A request that did go upstream again is refused at once, so the count
+                    // below says so rather than the test hanging.
+                    _ => respond(503, &[], "down"),
                 }
             }
         })
