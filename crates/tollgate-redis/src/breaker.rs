@@ -2,7 +2,9 @@
 //! a while, so a dead Redis costs no time per request; then one probe at a time finds out
 //! whether it is back.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// When the breaker opens and for how long.
@@ -141,6 +143,60 @@ impl Breaker {
     /// Whether calls are currently kept from Redis.
     pub(crate) fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
+    }
+}
+
+/// A call the breaker let through: it hears how the call ended even if the call's future is
+/// dropped before an answer (the client went away), so a dropped probe cannot leave the
+/// breaker half-open for ever. Made before the call's future, so that a future dropped even
+/// before its first poll still settles.
+pub(crate) struct Guard {
+    breaker: Arc<Breaker>,
+    permit: Permit,
+    settled: bool,
+}
+
+impl Breaker {
+    /// A guard for one call, or `None` while the breaker keeps calls from Redis.
+    pub(crate) fn guard(self: &Arc<Self>) -> Option<Guard> {
+        match self.permit() {
+            Permit::Refused => None,
+            permit => Some(Guard {
+                breaker: Arc::clone(self),
+                permit,
+                settled: false,
+            }),
+        }
+    }
+}
+
+impl Guard {
+    /// Runs `call` within `timeout`, telling the breaker how it went; a failure is described
+    /// for logs and errors.
+    pub(crate) async fn run<T>(
+        mut self,
+        timeout: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        self.settled = true;
+        match result {
+            Ok(_) => self.breaker.success(self.permit),
+            Err(_) => self.breaker.failure(self.permit),
+        }
+        result
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.breaker.abandoned(self.permit);
+        }
     }
 }
 

@@ -76,8 +76,9 @@ impl RedisConfig {
     /// The URL is invalid or Redis cannot be reached now.
     pub async fn connect(self) -> Result<Redis, redis::RedisError> {
         let client = redis::Client::open(self.url.as_str())?;
-        let manager = ConnectionManager::new_with_config(client, self.manager_config()).await?;
-        Ok(self.with(manager))
+        let manager =
+            ConnectionManager::new_with_config(client.clone(), self.manager_config()).await?;
+        Ok(self.with(client, manager))
     }
 
     /// Returns at once and connects on first use, so a gateway can start while Redis is
@@ -88,8 +89,8 @@ impl RedisConfig {
     /// The URL is invalid.
     pub fn connect_lazy(self) -> Result<Redis, redis::RedisError> {
         let client = redis::Client::open(self.url.as_str())?;
-        let manager = ConnectionManager::new_lazy_with_config(client, self.manager_config())?;
-        Ok(self.with(manager))
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())?;
+        Ok(self.with(client, manager))
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
@@ -100,8 +101,9 @@ impl RedisConfig {
             .set_max_delay(Duration::from_millis(500))
     }
 
-    fn with(self, manager: ConnectionManager) -> Redis {
+    fn with(self, client: redis::Client, manager: ConnectionManager) -> Redis {
         Redis {
+            client,
             manager,
             prefix: self.prefix.into(),
             timeout: self.timeout,
@@ -114,6 +116,8 @@ impl RedisConfig {
 /// multiplexed connection.
 #[derive(Clone)]
 pub struct Redis {
+    /// For connections of their own (pub/sub).
+    pub(crate) client: redis::Client,
     pub(crate) manager: ConnectionManager,
     pub(crate) prefix: Arc<str>,
     pub(crate) timeout: Duration,

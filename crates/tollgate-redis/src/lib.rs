@@ -38,7 +38,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
+mod cache;
 mod connection;
+mod keys;
+mod quota;
 mod throttle;
 
 pub use breaker::BreakerConfig;

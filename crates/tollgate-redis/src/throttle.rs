@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tollgate_core::{Clock, Key, SharedClock};
 use tollgate_throttle::{Check, MemoryStore, Outcome, Rule, StoreError, ThrottleStore};
 
-use crate::breaker::{Breaker, BreakerConfig, Permit};
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::connection::Redis;
 
 /// GCRA as governor runs it, in microseconds: one round trip, the key expiring once idle.
@@ -111,7 +111,7 @@ struct Inner {
     fallback: Option<Arc<MemoryStore>>,
     source_rules: Box<[Rule]>,
     source_clock: SharedClock,
-    breaker: Breaker,
+    breaker: Arc<Breaker>,
 }
 
 #[derive(Clone)]
@@ -180,7 +180,7 @@ impl RedisThrottleStore {
                 fallback: None,
                 source_rules: rules.into(),
                 source_clock: clock.clone(),
-                breaker: Breaker::new(BreakerConfig::default(), "throttle"),
+                breaker: Arc::new(Breaker::new(BreakerConfig::default(), "throttle")),
             }),
         }
     }
@@ -211,7 +211,7 @@ impl RedisThrottleStore {
     /// When the circuit breaker opens and for how long (default: 3 failures in a row, 1 s).
     #[must_use]
     pub fn breaker(self, config: BreakerConfig) -> Self {
-        self.rebuild(|inner| inner.breaker = Breaker::new(config, "throttle"))
+        self.rebuild(|inner| inner.breaker = Arc::new(Breaker::new(config, "throttle")))
     }
 
     /// Takes the time from the layer's clock rather than the Redis server's: for tests with
@@ -315,29 +315,6 @@ impl Inner {
     }
 }
 
-/// A call to Redis in flight: if its future is dropped before an answer (the client went
-/// away), the breaker still hears of it, so a dropped probe cannot leave it half-open forever.
-struct Attempt {
-    inner: Arc<Inner>,
-    permit: Permit,
-    settled: bool,
-}
-
-impl Attempt {
-    /// The breaker has heard how the call ended.
-    fn settle(&mut self) {
-        self.settled = true;
-    }
-}
-
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.inner.breaker.abandoned(self.permit);
-        }
-    }
-}
-
 /// The future of one check against Redis.
 pub type RedisCheck = Pin<Box<dyn Future<Output = Result<Outcome, StoreError>> + Send>>;
 
@@ -351,20 +328,12 @@ impl ThrottleStore for RedisThrottleStore {
                 format!("rule {:?} is not part of this store", rule.name()).into(),
             )));
         };
-        let permit = inner.breaker.permit();
-        if permit == Permit::Refused {
+        let Some(guard) = inner.breaker.guard() else {
             return Check::Ready(inner.fallback(
                 rule,
                 key,
                 "Redis is failing; the breaker is open",
             ));
-        }
-        // Made before the future, so that a future dropped even before its first poll still
-        // settles a probe.
-        let mut attempt = Attempt {
-            inner: Arc::clone(inner),
-            permit,
-            settled: false,
         };
         let redis_key = key_name(&spec.key_prefix, key, &inner.redis.key_secret);
         let now: i64 = match &inner.clock {
@@ -376,26 +345,19 @@ impl ThrottleStore for RedisThrottleStore {
         };
         let (t, tau) = (spec.t_micros, spec.tau_micros);
         let (rule, key) = (rule.clone(), key.detached());
+        let inner = Arc::clone(inner);
         Check::Pending(Box::pin(async move {
-            let inner = Arc::clone(&attempt.inner);
             let mut connection = inner.redis.manager.clone();
             let mut invocation = inner.script.key(redis_key);
             invocation.arg(t).arg(tau).arg(now);
             let call = invocation.invoke_async::<(i64, i64, i64)>(&mut connection);
-            let failure = match tokio::time::timeout(inner.redis.timeout, call).await {
-                Ok(Ok(reply)) => {
-                    attempt.settle();
-                    inner.breaker.success(permit);
-                    let spec = &inner.rules[rule.index()];
-                    return Ok(outcome(spec, reply));
+            match guard.run(inner.redis.timeout, call).await {
+                Ok(reply) => Ok(outcome(&inner.rules[rule.index()], reply)),
+                Err(failure) => {
+                    tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
+                    inner.fallback(&rule, &key, &failure)
                 }
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("no answer within {:?}", inner.redis.timeout),
-            };
-            attempt.settle();
-            inner.breaker.failure(permit);
-            tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
-            inner.fallback(&rule, &key, &failure)
+            }
         }))
     }
 }

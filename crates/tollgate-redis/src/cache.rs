@@ -1,0 +1,1 @@
+//! The response cache's second level in Redis, shared by every instance.

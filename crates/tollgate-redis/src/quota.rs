@@ -1,0 +1,1 @@
+//! Quota counters and daily usage in Redis.
