@@ -47,4 +47,6 @@ mod throttle;
 pub use breaker::BreakerConfig;
 pub use connection::{Redis, RedisConfig};
 pub use redis::RedisError;
+pub use keys::{RedisGet, RedisKeyStore};
+pub use quota::{RedisQuotaStore, RedisTake};
 pub use throttle::{FailurePolicy, RedisCheck, RedisThrottleStore};

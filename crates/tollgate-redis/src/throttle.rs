@@ -160,16 +160,7 @@ impl RedisThrottleStore {
                 }
             })
             .collect();
-        // Loaded on start when a runtime is at hand, so the first checks do not each pay for
-        // it; `invoke_async` loads it again by itself whenever Redis answers NOSCRIPT.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (script, mut connection) = (redis::Script::new(GCRA), redis.manager.clone());
-            runtime.spawn(async move {
-                if let Err(error) = script.prepare_invoke().load_async(&mut connection).await {
-                    tracing::warn!(%error, "tollgate redis: the throttle script could not be loaded on start");
-                }
-            });
-        }
+        load_on_start(&redis, &redis::Script::new(GCRA), "throttle");
         Self {
             inner: Arc::new(Inner {
                 redis,
@@ -242,6 +233,19 @@ impl RedisThrottleStore {
     fn rebuild(mut self, change: impl FnOnce(&mut Inner)) -> Self {
         change(Arc::make_mut(&mut self.inner));
         self
+    }
+}
+
+/// Loads `script` when a runtime is at hand, so the first calls do not each pay for it;
+/// `invoke_async` loads it again by itself whenever Redis answers NOSCRIPT.
+pub(crate) fn load_on_start(redis: &Redis, script: &redis::Script, store: &'static str) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let (script, mut connection) = (script.clone(), redis.manager.clone());
+        runtime.spawn(async move {
+            if let Err(error) = script.prepare_invoke().load_async(&mut connection).await {
+                tracing::warn!(%error, store, "tollgate redis: a script could not be loaded on start");
+            }
+        });
     }
 }
 
