@@ -8,39 +8,52 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use tollgate_core::{Clock, Key, SharedClock};
-use tollgate_throttle::{Check, MemoryStore, Outcome, Rule, StoreError, ThrottleStore};
+use tollgate_throttle::{Check, CheckAll, MemoryStore, Outcome, Rule, StoreError, ThrottleStore};
 
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::connection::Redis;
 
-/// GCRA as governor runs it, in microseconds: one round trip, the key expiring once idle.
+/// GCRA as governor runs it, in microseconds, for one or several rules of a request in one
+/// round trip, each key expiring once idle.
 ///
-/// KEYS[1] the key; ARGV: emission interval `t`, tolerance `tau` (= t × (burst − 1)), and the
-/// time now (negative: take the server's clock, so all instances share one).
-/// Returns {1, remaining, 0} when allowed, {0, wait, 0} when limited.
+/// KEYS: one per rule. ARGV[1]: the time now (negative: take the server's clock, so all
+/// instances share one); then for each rule its emission interval `t`, its tolerance `tau`
+/// (= t × (burst − 1)) and whether it is in shadow mode ("1"). Rules are decided in order, up
+/// to and including the first that limits and is not in shadow mode. Returns two numbers per
+/// rule decided: 1 and the remaining burst when allowed, 0 and the wait when limited.
 const GCRA: &str = r#"
 -- Redis 3.2 and 4 need this before TIME and a write; later versions always replicate effects.
 if redis.replicate_commands then redis.replicate_commands() end
-local t = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
+local now = tonumber(ARGV[1])
 if now < 0 then
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 end
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
-local earliest = tat - tau
-if now < earliest then
-  return {0, earliest - now, 0}
+local out = {}
+for i = 1, #KEYS do
+  local t = tonumber(ARGV[3 * i - 1])
+  local tau = tonumber(ARGV[3 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now) or now
+  local earliest = tat - tau
+  if now < earliest then
+    out[#out + 1] = 0
+    out[#out + 1] = earliest - now
+    if ARGV[3 * i + 1] ~= '1' then
+      return out
+    end
+  else
+    local next = math.max(tat, now) + t
+    -- A second of slack: a key that outlives its allowance being whole decides exactly as a
+    -- missing one (max(tat, now)), while one that expires early would admit extra requests.
+    local ttl = math.ceil((next - now) / 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.0f', next), 'PX', ttl)
+    local room = math.min(now + tau + t - next, tau + t)
+    if room < 0 then room = 0 end
+    out[#out + 1] = 1
+    out[#out + 1] = math.floor(room / t)
+  end
 end
-local next = math.max(tat, now) + t
--- A second of slack: a key that outlives its allowance being whole decides exactly as a
--- missing one (max(tat, now)), while one that expires early would admit extra requests.
-local ttl = math.ceil((next - now) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', ttl)
-local room = math.min(now + tau + t - next, tau + t)
-if room < 0 then room = 0 end
-return {1, math.floor(room / t), 0}
+return out
 "#;
 
 /// What the store does when Redis cannot decide (down, slow past the timeout, or the breaker
@@ -285,7 +298,7 @@ fn micros_up(duration: Duration) -> u64 {
 }
 
 /// A decision of Redis's, read back as the in-memory store reports it.
-fn outcome(spec: &RuleSpec, (allowed, value, _): (i64, i64, i64)) -> Outcome {
+fn outcome(spec: &RuleSpec, allowed: i64, value: i64) -> Outcome {
     let value = u64::try_from(value).unwrap_or(0);
     if allowed == 1 {
         let remaining = u32::try_from(value).unwrap_or(u32::MAX).min(spec.burst);
@@ -304,64 +317,130 @@ fn outcome(spec: &RuleSpec, (allowed, value, _): (i64, i64, i64)) -> Outcome {
     }
 }
 
+/// Decisions made at once (a fallback or an error) or on their way from Redis.
+enum Decided {
+    Now(Result<Vec<Outcome>, StoreError>),
+    Later(RedisCheckAll),
+}
+
+/// The rules of one call and their keys, owned, for its future and a fallback.
+type Checks = Vec<(Rule, Key)>;
+
 impl Inner {
-    /// The answer when Redis was not asked or did not answer.
-    fn fallback(&self, rule: &Rule, key: &Key, why: &str) -> Result<Outcome, StoreError> {
+    /// The answers when Redis was not asked or did not answer: the in-memory store's, rule by
+    /// rule as the layer would ask them, or the failure.
+    fn fallback(&self, checks: &Checks, why: &str) -> Result<Vec<Outcome>, StoreError> {
         metrics::counter!("tollgate_redis_fallbacks_total", "store" => "throttle").increment(1);
-        match &self.fallback {
-            Some(memory) => match memory.check(rule, key) {
-                Check::Ready(result) => result,
+        let Some(memory) = &self.fallback else {
+            return Err(StoreError(why.to_owned().into()));
+        };
+        let mut outcomes = Vec::with_capacity(checks.len());
+        for (rule, key) in checks {
+            let outcome = match memory.check(rule, key) {
+                Check::Ready(result) => result?,
                 // The in-memory store never waits: `NeverPending` cannot be made.
-                Check::Pending(_) => Err(StoreError("the local fallback cannot wait".into())),
-            },
-            None => Err(StoreError(why.to_owned().into())),
+                Check::Pending(_) => {
+                    return Err(StoreError("the local fallback cannot wait".into()))
+                }
+            };
+            outcomes.push(outcome);
+            if matches!(outcome, Outcome::Limited { .. }) && !rule.is_shadow() {
+                break;
+            }
         }
+        Ok(outcomes)
+    }
+
+    /// The time the script takes as now: the layer's clock when asked to, else the server's.
+    fn now(&self) -> i64 {
+        match &self.clock {
+            Some(clock) => clock
+                .system_time()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| i64::try_from(micros(since)).unwrap_or(i64::MAX)),
+            None => -1,
+        }
+    }
+
+    /// The decisions of `checks` in one round trip (or the fallback's, or the failure).
+    fn decide(self: &Arc<Self>, checks: &[(&Rule, &Key)]) -> Decided {
+        let mut keys = Vec::with_capacity(checks.len());
+        let mut args = Vec::with_capacity(1 + 3 * checks.len());
+        args.push(self.now());
+        for (rule, key) in checks {
+            let Some(spec) = self.rules.get(rule.index()) else {
+                return Decided::Now(Err(StoreError(
+                    format!("rule {:?} is not part of this store", rule.name()).into(),
+                )));
+            };
+            keys.push(key_name(&spec.key_prefix, key, &self.redis.key_secret));
+            args.push(i64::try_from(spec.t_micros).unwrap_or(i64::MAX));
+            args.push(i64::try_from(spec.tau_micros).unwrap_or(i64::MAX));
+            args.push(i64::from(rule.is_shadow()));
+        }
+        let owned: Checks = checks
+            .iter()
+            .map(|(rule, key)| ((*rule).clone(), key.detached()))
+            .collect();
+        let Some(guard) = self.breaker.guard() else {
+            return Decided::Now(self.fallback(&owned, "Redis is failing; the breaker is open"));
+        };
+        let inner = Arc::clone(self);
+        Decided::Later(Box::pin(async move {
+            let mut connection = inner.redis.manager.clone();
+            let mut invocation = inner.script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
+            match guard.run(inner.redis.timeout, call).await {
+                Ok(reply) => Ok(reply
+                    .chunks_exact(2)
+                    .zip(&owned)
+                    .map(|(pair, (rule, _))| outcome(&inner.rules[rule.index()], pair[0], pair[1]))
+                    .collect()),
+                Err(failure) => {
+                    tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
+                    inner.fallback(&owned, &failure)
+                }
+            }
+        }))
     }
 }
 
 /// The future of one check against Redis.
 pub type RedisCheck = Pin<Box<dyn Future<Output = Result<Outcome, StoreError>> + Send>>;
 
+/// The future of several rules' checks against Redis, in one round trip.
+type RedisCheckAll = Pin<Box<dyn Future<Output = Result<Vec<Outcome>, StoreError>> + Send>>;
+
+/// The one outcome of a call made for one rule.
+fn only(outcomes: Result<Vec<Outcome>, StoreError>) -> Result<Outcome, StoreError> {
+    outcomes?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError("Redis answered no decision".into()))
+}
+
 impl ThrottleStore for RedisThrottleStore {
     type Future = RedisCheck;
 
+    const BATCHES: bool = true;
+
     fn check(&self, rule: &Rule, key: &Key) -> Check<RedisCheck> {
-        let inner = &self.inner;
-        let Some(spec) = inner.rules.get(rule.index()) else {
-            return Check::Ready(Err(StoreError(
-                format!("rule {:?} is not part of this store", rule.name()).into(),
-            )));
-        };
-        let Some(guard) = inner.breaker.guard() else {
-            return Check::Ready(inner.fallback(
-                rule,
-                key,
-                "Redis is failing; the breaker is open",
-            ));
-        };
-        let redis_key = key_name(&spec.key_prefix, key, &inner.redis.key_secret);
-        let now: i64 = match &inner.clock {
-            Some(clock) => clock
-                .system_time()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| i64::try_from(micros(since)).unwrap_or(i64::MAX)),
-            None => -1,
-        };
-        let (t, tau) = (spec.t_micros, spec.tau_micros);
-        let (rule, key) = (rule.clone(), key.detached());
-        let inner = Arc::clone(inner);
-        Check::Pending(Box::pin(async move {
-            let mut connection = inner.redis.manager.clone();
-            let mut invocation = inner.script.key(redis_key);
-            invocation.arg(t).arg(tau).arg(now);
-            let call = invocation.invoke_async::<(i64, i64, i64)>(&mut connection);
-            match guard.run(inner.redis.timeout, call).await {
-                Ok(reply) => Ok(outcome(&inner.rules[rule.index()], reply)),
-                Err(failure) => {
-                    tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
-                    inner.fallback(&rule, &key, &failure)
-                }
-            }
-        }))
+        match self.inner.decide(&[(rule, key)]) {
+            Decided::Now(outcomes) => Check::Ready(only(outcomes)),
+            Decided::Later(future) => Check::Pending(Box::pin(async move { only(future.await) })),
+        }
+    }
+
+    fn check_all(&self, checks: &[(&Rule, &Key)]) -> Option<CheckAll> {
+        Some(match self.inner.decide(checks) {
+            Decided::Now(outcomes) => Box::pin(std::future::ready(outcomes)),
+            Decided::Later(future) => future,
+        })
     }
 }

@@ -528,3 +528,92 @@ async fn a_probe_abandoned_before_redis_answers_does_not_keep_the_breaker_open()
         "Redis is back but the store still does not ask it"
     );
 }
+
+/// What a client sees of a response: its status and rate-limit fields.
+fn seen<B>(response: &http::Response<B>) -> Vec<String> {
+    let mut seen = vec![response.status().to_string()];
+    for name in ["ratelimit-policy", "ratelimit", "retry-after"] {
+        let values: Vec<_> = response
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .collect();
+        seen.push(format!("{name}: {values:?}"));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn several_rules_of_a_request_are_one_evalsha_and_decide_as_in_memory() {
+    use tower::{Layer, ServiceExt};
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let clock = ManualClock::new();
+    // Narrow to wide: per client, a shadow rule that only logs, then one budget for everyone.
+    let rules = || {
+        vec![
+            Rule::new(
+                "per-client",
+                Rate::per_second(4),
+                tollgate_core::key::HeaderKey::new("x-client"),
+            )
+            .burst(3),
+            Rule::new("watch", Rate::per_second(2), Global).shadow(true),
+            Rule::new("everyone", Rate::per_second(10), Global).burst(6),
+        ]
+    };
+    let mut memory = ThrottleLayer::builder().clock(clock.clone());
+    let mut shared = ThrottleLayer::builder().clock(clock.clone());
+    for (a, b) in rules().into_iter().zip(rules()) {
+        memory = memory.rule(a);
+        shared = shared.rule(b);
+    }
+    let memory = memory.build().unwrap();
+    let shared = shared
+        .build_with_store(|rules, clock| {
+            RedisThrottleStore::new(redis.clone(), rules, clock).with_local_clock()
+        })
+        .unwrap();
+    let app = tower::service_fn(|_: http::Request<axum::body::Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from("ok")))
+    });
+    let (memory, shared) = (memory.layer(app), shared.layer(app));
+
+    let mut admin = admin(&server).await;
+    // Loaded before counting, so the count below is the checks' alone.
+    let _ = shared
+        .clone()
+        .oneshot(http::Request::new(axum::body::Body::empty()))
+        .await;
+    reset_command_stats(&mut admin).await;
+
+    let mut rng = Xorshift(0x5eed_0f_a11);
+    let (mut refused, requests) = (0, 400);
+    for n in 0..requests {
+        clock.advance(Duration::from_micros(gap(&mut rng) / 10));
+        let request = || {
+            http::Request::builder()
+                .header("x-client", format!("c{}", rng.0 % 3))
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let expected = memory.clone().oneshot(request()).await.unwrap();
+        let got = shared.clone().oneshot(request()).await.unwrap();
+        assert_eq!(seen(&got), seen(&expected), "request {n}");
+        refused += usize::from(expected.status() != http::StatusCode::OK);
+    }
+    assert!(
+        refused > 20 && refused < requests - 20,
+        "both kinds of answer were tested: {refused} refused"
+    );
+    let stats = command_stats(&mut admin).await;
+    assert_eq!(
+        stats.get("evalsha"),
+        Some(&(requests as u64, 0)),
+        "{stats:?}"
+    );
+}

@@ -13,7 +13,7 @@ use tower::Service;
 
 use crate::headers::Report;
 use crate::service::{Shared, Step};
-use crate::store::ThrottleStore;
+use crate::store::{CheckAll, ThrottleStore};
 
 pin_project! {
     /// The response future of [`Throttle`](crate::Throttle): a refusal, the inner service's
@@ -49,6 +49,10 @@ pin_project! {
             // in-memory path keeps a small future.
             paused: Option<Box<Paused<S, ReqBody, St>>>,
         },
+        WaitingAll {
+            check: CheckAll,
+            paused: Option<Box<Paused<S, ReqBody, St>>>,
+        },
     }
 }
 
@@ -59,7 +63,52 @@ struct Paused<S, ReqBody, St> {
     shared: Arc<Shared<St>>,
     rule: usize,
     client: Option<IpAddr>,
+    /// The rules decided together, while waiting for all of them.
+    together: Box<[(usize, Option<IpAddr>)]>,
     report: Report,
+}
+
+impl<S, ReqBody, St> Paused<S, ReqBody, St>
+where
+    S: Service<Request<ReqBody>>,
+    St: ThrottleStore,
+{
+    /// Where the request goes after a step.
+    fn resume(mut self: Box<Self>, step: Step<St::Future>) -> State<S, ReqBody, St> {
+        match step {
+            Step::Reject(rejection) => State::Rejected {
+                rejection: Some(rejection),
+            },
+            Step::Pass(headers) => {
+                let Paused {
+                    mut inner, request, ..
+                } = *self;
+                State::Inner {
+                    future: inner.call(request),
+                    headers,
+                }
+            }
+            Step::Wait {
+                check,
+                rule,
+                client,
+            } => {
+                self.rule = rule;
+                self.client = client;
+                State::Waiting {
+                    check,
+                    paused: Some(self),
+                }
+            }
+            Step::WaitAll { check, rules } => {
+                self.together = rules;
+                State::WaitingAll {
+                    check,
+                    paused: Some(self),
+                }
+            }
+        }
+    }
 }
 
 impl<S, ReqBody, St, M> ResponseFuture<S, ReqBody, St, M>
@@ -102,7 +151,32 @@ where
                     shared,
                     rule,
                     client,
+                    together: Box::default(),
                     report,
+                })),
+            },
+            mode: PhantomData,
+        }
+    }
+
+    pub(crate) fn waiting_all(
+        check: CheckAll,
+        rules: Box<[(usize, Option<IpAddr>)]>,
+        inner: S,
+        request: Request<ReqBody>,
+        shared: Arc<Shared<St>>,
+    ) -> Self {
+        Self {
+            state: State::WaitingAll {
+                check,
+                paused: Some(Box::new(Paused {
+                    inner,
+                    request,
+                    shared,
+                    rule: 0,
+                    client: None,
+                    together: rules,
+                    report: Report::default(),
                 })),
             },
             mode: PhantomData,
@@ -155,32 +229,21 @@ where
                         },
                         None => Step::Pass(None),
                     };
-                    match step {
-                        Step::Reject(rejection) => State::Rejected {
-                            rejection: Some(rejection),
-                        },
-                        Step::Pass(headers) => {
-                            let Paused {
-                                mut inner, request, ..
-                            } = *paused;
-                            State::Inner {
-                                future: inner.call(request),
-                                headers,
-                            }
-                        }
-                        Step::Wait {
-                            check,
-                            rule,
-                            client,
-                        } => {
-                            paused.rule = rule;
-                            paused.client = client;
-                            State::Waiting {
-                                check,
-                                paused: Some(paused),
-                            }
-                        }
-                    }
+                    paused.resume(step)
+                }
+                StateProj::WaitingAll { check, paused } => {
+                    let result = ready!(check.as_mut().poll(cx));
+                    let mut paused = paused
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let Paused {
+                        shared,
+                        together,
+                        report,
+                        ..
+                    } = &mut *paused;
+                    let step = shared.decide_all(together, result, report);
+                    paused.resume(step)
                 }
             };
             state.set(next);

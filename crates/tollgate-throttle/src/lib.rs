@@ -76,4 +76,4 @@ pub use layer::{
 pub use rate::{Rate, RateError};
 pub use rule::{MissingKey, Rule};
 pub use service::Throttle;
-pub use store::{Check, MemoryStore, NeverPending, Outcome, StoreError, ThrottleStore};
+pub use store::{Check, CheckAll, MemoryStore, NeverPending, Outcome, StoreError, ThrottleStore};

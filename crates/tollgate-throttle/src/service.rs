@@ -11,7 +11,7 @@ use tower::Service;
 
 use crate::future::ResponseFuture;
 use crate::headers::Report;
-use crate::store::{Check, Outcome, StoreError};
+use crate::store::{Check, CheckAll, Outcome, StoreError};
 use crate::{AllowedFields, MissingKey, Rule, StoreFailure};
 
 use crate::store::{MemoryStore, ThrottleStore};
@@ -84,6 +84,11 @@ where
                     report,
                 )
             }
+            Step::WaitAll { check, rules } => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting_all(check, rules, inner, request, self.shared.clone())
+            }
         }
     }
 }
@@ -111,6 +116,12 @@ pub(crate) enum Step<F> {
         rule: usize,
         client: Option<IpAddr>,
     },
+    /// Every applicable rule is being decided by one future (a store that batches); each
+    /// rule's index and client address, in order.
+    WaitAll {
+        check: CheckAll,
+        rules: Box<[(usize, Option<IpAddr>)]>,
+    },
 }
 
 impl<St: ThrottleStore> Shared<St> {
@@ -123,6 +134,11 @@ impl<St: ThrottleStore> Shared<St> {
         from: usize,
         report: &mut Report,
     ) -> Step<St::Future> {
+        if St::BATCHES && from == 0 {
+            if let Some(step) = self.evaluate_together(request) {
+                return step;
+            }
+        }
         for rule in self.rules.get(from..).unwrap_or_default() {
             if !rule.applies_to(request) {
                 continue;
@@ -152,6 +168,12 @@ impl<St: ThrottleStore> Shared<St> {
                 }
             }
         }
+        self.pass(report)
+    }
+
+    /// Every applicable rule allowed the request: its fields, if any.
+    #[inline]
+    fn pass(&self, report: &mut Report) -> Step<St::Future> {
         Step::Pass(if report.is_empty() {
             None
         } else {
@@ -159,6 +181,72 @@ impl<St: ThrottleStore> Shared<St> {
                 .then_some((&self.all_policies, self.enforced));
             std::mem::take(report).finish(&self.rules, policy)
         })
+    }
+
+    /// The applicable rules of a request offered to the store at once; `None` when fewer than
+    /// two apply or the store declines, and the rules are then checked one by one.
+    fn evaluate_together(&self, request: &RequestHead<'_>) -> Option<Step<St::Future>> {
+        let mut keyed = Vec::with_capacity(self.rules.len());
+        for rule in &*self.rules {
+            if !rule.applies_to(request) {
+                continue;
+            }
+            match rule.extractor.extract(request) {
+                Ok(key) => keyed.push((rule, key)),
+                Err(error) => {
+                    tracing::debug!(rule = %rule.name, %error, "tollgate throttle: no key for request");
+                    match rule.on_missing_key {
+                        // Refused before any allowance is taken.
+                        MissingKey::Reject => {
+                            return Some(Step::Reject(Box::new(error.rejection())))
+                        }
+                        MissingKey::Skip => continue,
+                    }
+                }
+            }
+        }
+        if keyed.len() < 2 {
+            return None;
+        }
+        let checks: Vec<(&Rule, &tollgate_core::Key)> =
+            keyed.iter().map(|(rule, key)| (*rule, key)).collect();
+        let check = self.store.check_all(&checks)?;
+        let rules = keyed
+            .iter()
+            .map(|(rule, key)| (rule.index, key.as_ip()))
+            .collect();
+        Some(Step::WaitAll { check, rules })
+    }
+
+    /// Applies the outcomes of rules decided together.
+    pub(crate) fn decide_all(
+        &self,
+        rules: &[(usize, Option<IpAddr>)],
+        result: Result<Vec<Outcome>, StoreError>,
+        report: &mut Report,
+    ) -> Step<St::Future> {
+        let rule_at = |index: usize| self.rules.get(index);
+        match result {
+            Ok(outcomes) => {
+                for (&(index, client), outcome) in rules.iter().zip(outcomes) {
+                    let Some(rule) = rule_at(index) else { continue };
+                    if let Some(rejection) = self.decide(rule, client, Ok(outcome), report) {
+                        return Step::Reject(Box::new(rejection));
+                    }
+                }
+            }
+            Err(error) => {
+                // The store failed once for all of them: its policy applies once.
+                if let Some(&(index, client)) = rules.first() {
+                    if let Some(rule) = rule_at(index) {
+                        if let Some(rejection) = self.decide(rule, client, Err(error), report) {
+                            return Step::Reject(Box::new(rejection));
+                        }
+                    }
+                }
+            }
+        }
+        self.pass(report)
     }
 
     /// Applies one rule's outcome; returns the refusal if the request must stop here.

@@ -57,7 +57,25 @@ pub trait ThrottleStore: Send + Sync + 'static {
 
     /// Takes one request's allowance for `key` under `rule`, if it conforms.
     fn check(&self, rule: &Rule, key: &Key) -> Check<Self::Future>;
+
+    /// Whether the layer should offer [`check_all`](Self::check_all) the rules of a request
+    /// that several rules apply to: `true` for a store where each check is a round trip.
+    const BATCHES: bool = false;
+
+    /// Decides several rules of one request together, in their order, as [`check`](Self::check)
+    /// one after the other would: each rule's allowance is taken in turn, up to and including
+    /// the first rule that limits and is not in shadow mode, and no rule after it is touched.
+    /// The outcomes are those of the rules decided, in order.
+    ///
+    /// `None` (the default) when the store cannot: the layer then checks rule by rule.
+    fn check_all(&self, checks: &[(&Rule, &Key)]) -> Option<CheckAll> {
+        let _ = checks;
+        None
+    }
 }
+
+/// The decisions of [`ThrottleStore::check_all`]: one round trip for the rules of a request.
+pub type CheckAll = Pin<Box<dyn Future<Output = Result<Vec<Outcome>, StoreError>> + Send>>;
 
 /// The future type of a store that never waits; it cannot be constructed.
 #[derive(Debug)]
