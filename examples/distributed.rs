@@ -1,0 +1,197 @@
+//! Two gateway instances sharing one Redis: limits, quotas and API keys are the same wherever a
+//! request lands.
+//!
+//! ```sh
+//! redis-server --port 6379 --save '' &       # or any Redis 7 / Valkey you have
+//! cargo run --example distributed --features full
+//! ```
+//!
+//! Instance `a` listens on 127.0.0.1:3001 and instance `b` on 127.0.0.1:3002, as two
+//! processes behind a load balancer would. They share nothing in memory: each has its own
+//! Redis connection and its own layers, and all their state is in Redis under the prefix
+//! `tollgate-distributed`.
+//!
+//! `GET /api/widgets` needs an API key on plan `demo`: 5 requests/s with a burst of 5, and
+//! 10 a day. A demo key is made through instance `a` at start-up and printed; it works on `b`
+//! at once. Spend 6 of its 10 on `a` and `b` answers `"quota";r=3` on the next; revoke it
+//! through `a`'s admin routes and `b` refuses it with 401 on the next request.
+//!
+//! `GET /hello` is throttled per client IP at 10/s with a burst of 10 across both instances:
+//! 10 quick requests to `a` leave nothing for `b`.
+//!
+//! The admin routes (`/admin/keys`, from `tollgate::usage::admin`) need the bearer token
+//! printed at start-up (or `TOLLGATE_ADMIN_TOKEN`); a real gateway mounts them behind its own
+//! authorizer.
+//!
+//! Set `TOLLGATE_REDIS_URL` to use another Redis (default `redis://127.0.0.1:6379`).
+
+use std::net::SocketAddr;
+
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tollgate::key::ClientIp;
+use tollgate::redis::{Redis, RedisConfig, RedisKeyStore, RedisQuotaStore, RedisThrottleStore};
+use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+use tollgate::usage::{Day, NewKey, QuotaPeriod, UsagePlan, UsagePlans};
+use tollgate::{Principal, TrustedProxies};
+
+/// Every key this example writes in Redis starts with it, so it cannot disturb anything else.
+const PREFIX: &str = "tollgate-distributed";
+
+/// One gateway instance: its own connection, stores and layers, as a separate process has.
+async fn instance(
+    name: &'static str,
+    url: &str,
+    admin_token: &str,
+) -> Result<
+    (
+        Router,
+        UsagePlans<RedisKeyStore, RedisQuotaStore, RedisThrottleStore>,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let redis: Redis = RedisConfig::new(url).prefix(PREFIX).connect().await?;
+    let plans = UsagePlans::builder()
+        .plan(
+            UsagePlan::new("demo")
+                .throttle(Rate::per_second(5), 5)
+                .quota(10, QuotaPeriod::Day),
+        )
+        .build_with(
+            RedisKeyStore::new(redis.clone()),
+            RedisQuotaStore::new(redis.clone()),
+            |rules, clock| RedisThrottleStore::new(redis.clone(), rules, clock),
+        )?;
+    let per_client = ThrottleLayer::builder()
+        .rule(
+            Rule::new(
+                "hello-per-client",
+                Rate::per_second(10),
+                ClientIp::new(TrustedProxies::none()),
+            )
+            .burst(10),
+        )
+        .build_with_store(|rules, clock| RedisThrottleStore::new(redis.clone(), rules, clock))?;
+
+    let widgets = Router::new()
+        .route(
+            "/api/widgets",
+            get(move |principal: Principal| async move {
+                Json(serde_json::json!({
+                    "instance": name,
+                    "api_key_id": principal.api_key_id(),
+                    "widgets": ["sprocket", "flange", "grommet"],
+                }))
+            }),
+        )
+        .layer(plans.layer());
+    let hello = Router::new()
+        .route(
+            "/hello",
+            get(move || async move { format!("hello from {name}\n") }),
+        )
+        .layer(per_client);
+    let token = format!("Bearer {admin_token}");
+    let admin = tollgate::usage::admin::router(plans.clone()).layer(middleware::from_fn(
+        move |request: Request, next: Next| {
+            let allowed = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .is_some_and(|value| value.as_bytes() == token.as_bytes());
+            async move {
+                if allowed {
+                    next.run(request).await
+                } else {
+                    (StatusCode::UNAUTHORIZED, "the admin token is required\n").into_response()
+                }
+            }
+        },
+    ));
+    let app = widgets.merge(hello).nest("/admin", admin);
+    Ok((app, plans))
+}
+
+async fn serve(app: Router, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(error) = axum::serve(listener, app).await {
+            eprintln!("the server stopped: {error}");
+        }
+    });
+    Ok(())
+}
+
+/// A token for the admin routes: `TOLLGATE_ADMIN_TOKEN`, or 128 random bits (the standard
+/// library's hasher keys come from the operating system's randomness).
+fn admin_token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    std::env::var("TOLLGATE_ADMIN_TOKEN").unwrap_or_else(|_| {
+        let random = RandomState::new();
+        format!("{:016x}{:016x}", random.hash_one(1u8), random.hash_one(2u8))
+    })
+}
+
+fn response_line(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url =
+        std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if let Err(error) = RedisConfig::new(url.as_str()).connect().await {
+        eprintln!("cannot reach Redis at {url}: {error}");
+        eprintln!("start one with `redis-server --port 6379 --save ''`, or set TOLLGATE_REDIS_URL");
+        std::process::exit(1);
+    }
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("127.0.0.1:3001".parse()?, "127.0.0.1:3002".parse()?);
+
+    let token = admin_token();
+    let (a, plans) = instance("a", &url, &token).await?;
+    let (b, _) = instance("b", &url, &token).await?;
+    let (key, secret) = plans
+        .create_key(NewKey::new("demo").name("Demo customer"))
+        .await?;
+    serve(a, a_addr).await?;
+    serve(b, b_addr).await?;
+    let secret = secret.expose();
+    let id = key.id();
+    let today = Day::of(std::time::SystemTime::now());
+
+    println!("tollgate distributed: instance a on http://{a_addr}, instance b on http://{b_addr}, one Redis at {url}");
+    println!();
+    println!("A demo key on plan demo (5/s, burst 5, 10 a day), made through a: {secret}");
+    println!();
+    println!("Try:");
+    println!("  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}}\\n' -H 'x-api-key: {secret}' http://{a_addr}/api/widgets; sleep 0.3; done");
+    println!("      six {} from a", response_line(StatusCode::OK));
+    println!("  curl -i -H 'x-api-key: {secret}' http://{b_addr}/api/widgets");
+    println!("      200 from b, with RateLimit: ..., \"quota\";r=3: b sees the 6 that a counted");
+    println!(
+        "  three more anywhere, then 429 quota-exceeded on both, with Retry-After to UTC midnight"
+    );
+    println!("  curl -s 'http://{b_addr}/admin/keys/{id}/usage?from={today}&to={today}' -H 'authorization: Bearer {token}'");
+    println!("      today's usage, counted by both instances");
+    println!(
+        "  curl -i -X DELETE http://{a_addr}/admin/keys/{id} -H 'authorization: Bearer {token}'"
+    );
+    println!("      204: revoked through a ...");
+    println!("  curl -i -H 'x-api-key: {secret}' http://{b_addr}/api/widgets");
+    println!("      ... and b refuses it on the next request: 401 invalid-api-key");
+    println!("  for i in $(seq 1 10); do curl -s -o /dev/null http://{a_addr}/hello; done; curl -i http://{b_addr}/hello");
+    println!("      429 from b: the 10 requests to a spent the burst both instances share");
+    println!();
+    println!("Press Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
