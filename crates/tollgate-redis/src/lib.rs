@@ -6,7 +6,12 @@
 //! each store has its own circuit breaker:
 //!
 //! - [`RedisThrottleStore`]: the throttle layer's GCRA, with the same rule, the same
-//!   decisions and the same headers as the in-memory store, one round trip per check.
+//!   decisions and the same headers as the in-memory store, one round trip per request
+//!   whatever the number of rules. It also serves the usage layer's plan throttles.
+//! - [`RedisQuotaStore`]: the usage layer's quotas, counted exactly across instances, and the
+//!   daily usage of each API key, kept for a retention window.
+//! - [`RedisKeyStore`]: the usage layer's API keys (hashes, never secrets): a key created,
+//!   disabled, rotated or revoked through one instance is seen by all on their next request.
 //!
 //! When Redis is slow or gone, each store follows its [`FailurePolicy`]: report the failure to
 //! the layer (which fails open or closed, as configured), or keep enforcing in memory with

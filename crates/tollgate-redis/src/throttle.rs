@@ -76,8 +76,10 @@ pub enum FailurePolicy {
 /// Rule state in Redis: the same GCRA as the in-memory [`MemoryStore`], the same decisions and
 /// headers, shared by every gateway instance using the same Redis and prefix.
 ///
-/// One round trip per check (a Lua script, loaded on start and run by `EVALSHA`, loaded again
-/// by itself after Redis forgets it), keys under `<prefix>:throttle:<rule>:<key>` (a `:` in a
+/// One round trip per request, however many of the layer's rules apply to it (a Lua script,
+/// loaded on start and run by `EVALSHA`, loaded again by itself after Redis forgets it, that
+/// decides the rules in order and stops at the first that limits, as the in-memory store
+/// does rule by rule), keys under `<prefix>:throttle:<rule>:<key>` (a `:` in a
 /// rule name written `%3A`; client values such as header values kept only as a keyed hash)
 /// that expire about a second after their allowance is whole again. Intervals are rounded up
 /// to whole microseconds, so Redis is never more lenient than the rule. Calls that
@@ -88,8 +90,7 @@ pub enum FailurePolicy {
 /// Unlike the in-memory store, Redis holds as many keys as clients send: give it a
 /// `maxmemory` with `maxmemory-policy volatile-ttl` (every key here has a TTL, and the ones
 /// nearest to whole go first). Rule names must be unique across every layer that shares a
-/// prefix, since a rule's state is found by its name. Each rule of a request is its own round
-/// trip.
+/// prefix, since a rule's state is found by its name.
 ///
 /// # Example
 ///
