@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tollgate_usage::{ApiKey, Found, KeyRecord, KeyStore, StoreError};
@@ -53,9 +54,14 @@ return removed
 /// Keys whose last parse is kept by default, so a lookup of an unchanged key parses nothing.
 const PARSED_KEYS: usize = 10_000;
 
-/// How many times an update is tried again when another instance changed the key between the
-/// read and the write.
-const UPDATE_ATTEMPTS: usize = 32;
+/// How long an update keeps trying while other writers change the key between its read and
+/// its write. A deadline rather than a number of tries: of n edits at once, one wins a round,
+/// so a fixed number of tries would fail edits as soon as enough admins (or instances) edit
+/// one key at once.
+const UPDATE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The longest wait before an update tries again.
+const UPDATE_BACKOFF_CAP: Duration = Duration::from_millis(100);
 
 /// API keys in Redis: settings and hashes as JSON [`KeyRecord`]s under `<prefix>:key:<id>`,
 /// and the ids in a sorted set, `<prefix>:keys`, for listing.
@@ -113,11 +119,14 @@ struct Inner {
 /// Records read lately, bounded; a full table starts afresh.
 struct Seen {
     capacity: usize,
-    keys: Mutex<std::collections::HashMap<Arc<str>, (Arc<str>, Arc<ApiKey>)>>,
+    keys: Mutex<std::collections::HashMap<Arc<str>, Parsed>>,
 }
 
+/// A record as read, and the key parsed from it.
+type Parsed = (Arc<str>, Arc<ApiKey>);
+
 impl Seen {
-    fn get(&self, id: &str) -> Option<(Arc<str>, Arc<ApiKey>)> {
+    fn get(&self, id: &str) -> Option<Parsed> {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         keys.get(id).cloned()
     }
@@ -236,6 +245,21 @@ fn decode(record: &str) -> Result<ApiKey, StoreError> {
     ApiKey::try_from(record).map_err(|error| StoreError(Box::new(error)))
 }
 
+/// A random wait of up to 1 ms doubled with each `attempt` lost, at most
+/// [`UPDATE_BACKOFF_CAP`].
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+
+    let ceiling = Duration::from_millis(1 << attempt.min(16)).min(UPDATE_BACKOFF_CAP);
+    // A fresh `RandomState` is a fresh random key: enough randomness for a jitter.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    let micros = u64::try_from(ceiling.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_micros(hasher.finish() % micros + 1)
+}
+
 fn failed(error: redis::RedisError) -> StoreError {
     StoreError(Box::new(error))
 }
@@ -313,7 +337,16 @@ impl KeyStore for RedisKeyStore {
         let (id, name) = (id.to_owned(), inner.key_name(id));
         async move {
             let mut connection = inner.connection();
-            for _ in 0..UPDATE_ATTEMPTS {
+            let deadline = tokio::time::Instant::now() + UPDATE_PATIENCE;
+            for attempt in 0.. {
+                if attempt > 0 {
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    // Writers that lost a race wait a random while before reading again, so
+                    // that they do not all read the same record and lose once more.
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
                 let Some(read) = redis::cmd("GET")
                     .arg(&name)
                     .query_async::<Option<String>>(&mut connection)

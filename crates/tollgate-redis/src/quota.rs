@@ -52,7 +52,11 @@ if redis.call('HINCRBY', key, 'd' .. ARGV[3], 1) == 1 then
     end
   end
 end
-redis.call('PEXPIRE', key, ARGV[5])
+-- Only ever extended: a request without a quota must not cut short the life a longer period
+-- gave the hash.
+if redis.call('PTTL', key) < tonumber(ARGV[5]) then
+  redis.call('PEXPIRE', key, ARGV[5])
+end
 return {1, used}
 "#;
 
@@ -139,7 +143,12 @@ impl RedisQuotaStore {
     /// Days of usage history kept per key (at least one; default 90).
     #[must_use]
     pub fn retention_days(self, days: u32) -> Self {
-        self.rebuild(|inner| inner.retention_days = days.max(1))
+        self.rebuild(|inner| {
+            inner.retention_days = days.max(1);
+            if inner.fallback.is_some() {
+                inner.fallback = Some(Arc::new(MemoryQuotaStore::new(inner.retention_days)));
+            }
+        })
     }
 
     /// What happens when Redis cannot count (default [`FailurePolicy::Report`]).

@@ -591,7 +591,7 @@ async fn several_rules_of_a_request_are_one_evalsha_and_decide_as_in_memory() {
         .await;
     reset_command_stats(&mut admin).await;
 
-    let mut rng = Xorshift(0x5eed_0f_a11);
+    let mut rng = Xorshift(0x5eed_f00d);
     let (mut refused, requests) = (0, 400);
     for n in 0..requests {
         clock.advance(Duration::from_micros(gap(&mut rng) / 10));
