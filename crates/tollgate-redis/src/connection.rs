@@ -89,7 +89,8 @@ impl RedisConfig {
     /// The URL is invalid.
     pub fn connect_lazy(self) -> Result<Redis, redis::RedisError> {
         let client = redis::Client::open(self.url.as_str())?;
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())?;
         Ok(self.with(client, manager))
     }
 
