@@ -1,14 +1,19 @@
-//! Throttle checks against Redis beside the same checks in memory, measured in the same run,
-//! and the commands each Redis check costs, counted by Redis itself.
+//! Throttle checks, quota takes and whole usage-plan requests against Redis beside the same
+//! calls in memory, measured in the same run, and the round trips each Redis call costs,
+//! counted by Redis itself.
+//!
+//! Every case is measured the same way. One iteration is a batch of 256 calls spread over
+//! 1 000 clients (client 0 onwards, taken in turn from one batch to the next), made by 32 (or
+//! 64) tasks of 8 (or 4) calls in turn on a multi-threaded tokio runtime with one worker per
+//! core; each answer is checked, and any other answer stops the bench. Criterion's throughput
+//! line is calls per second. The timing loop runs on a runtime worker, as in
+//! `aggregate/proxy`, after one pass over every client, so that each key is stored and the
+//! connection is warm when timing starts.
 //!
 //! Group `redis/throttle`: one rule, `per-client`, of 1 000 000 requests per second with a
-//! burst of 1000 per client IP, so nothing the bench sends is ever refused (the interval is
-//! 1 µs, which the Redis store counts exactly). One iteration is a batch of 256 checks
-//! spread over 1 000 clients (10.0.0.0 onwards, taken in turn from one batch to the next),
-//! made by 32 (or 64) tasks of 8 (or 4) checks in turn on a multi-threaded tokio runtime with
-//! one worker per core; each outcome is checked to be `Allowed`. Criterion's throughput line
-//! is checks per second. The timing loop runs on a runtime worker, as in
-//! `aggregate/proxy`.
+//! burst of 1000 per client IP (client n is 10.0.0.0 + n), so nothing the bench sends is ever
+//! refused (the interval is 1 µs, which the Redis store counts exactly). A call is a check,
+//! whose outcome must be `Allowed` (a response: 200).
 //!
 //! - `bare`: the bare service, one request per check: what the batch itself costs (tasks,
 //!   requests), with no throttle.
@@ -17,27 +22,64 @@
 //! - `memory_layer`: the whole `ThrottleLayer` with its in-memory store over the bare service,
 //!   each request carrying its client's `PeerAddr` (the default `RateLimit` fields on every
 //!   response).
+//! - `memory_layer_two_rules`: the same with a second rule after `per-client`, `global`, of
+//!   the same rate for all requests together (`Global`), with a burst of 100 000 000: the
+//!   in-memory layer serves more than 1 000 000 requests per second on two cores, which would
+//!   spend a burst of 1000 within the run; this one lasts over a minute of it.
 //! - `redis_store_32_in_flight` and `redis_store_64_in_flight`: `RedisThrottleStore`'s
 //!   `ThrottleStore::check`, awaited.
 //! - `redis_layer_32_in_flight`: the whole `ThrottleLayer` built with `RedisThrottleStore` over
 //!   the bare service, requests as in `memory_layer`.
+//! - `redis_layer_two_rules_32_in_flight`: the two rules of `memory_layer_two_rules` built with
+//!   `RedisThrottleStore`, which decides both in one `ThrottleStore::check_all` call.
+//!
+//! Group `redis/quota`: `QuotaStore::take` as the usage layer calls it, awaited: one unit of a
+//! quota of `u32::MAX` per `QuotaPeriod::Day` (never exhausted) in the day's window, taken
+//! when the case is made, from 1 000 keys (client n taking from key `kn`). A call is a take,
+//! which must answer `Taken`.
+//!
+//! - `memory_store`: `MemoryQuotaStore`, keeping 90 days of usage as the usage layer's does.
+//! - `redis_store_32_in_flight`: `RedisQuotaStore`.
+//!
+//! Group `redis/usage`: the whole usage layer (`UsagePlans::layer`) over the bare service with
+//! one plan, `bench`: a throttle of 1 000 000 requests per second with a burst of 1000 per API
+//! key and a quota of `u32::MAX` per `QuotaPeriod::Day`. 1 000 API keys are made with
+//! `UsagePlans::create_key` before timing, one per client: client n sends key n in
+//! `x-api-key`, so that, as in the other groups, no two requests of one key are in flight at
+//! once (two at once on a loaded machine can see the in-memory throttle refuse the one whose
+//! clock reading was delayed past the burst's 1 ms). A call is a request, whose response must
+//! be 200. Both plans refuse with 503 when a store fails (`StoreFailure::Reject`), where by
+//! default they would admit.
+//!
+//! - `memory_layer`: the plans built in memory (`build`).
+//! - `redis_layer_32_in_flight`: the plans built with `RedisKeyStore`, `RedisQuotaStore` and
+//!   `RedisThrottleStore` (`build_with`): each request is one `GET` of its key, then one
+//!   `EVALSHA` for the plan throttle and one for the quota, in turn.
 //!
 //! The Redis stores use the defaults of `RedisConfig` (50 ms per call, the server's clock)
-//! with the key prefix `bench`; both clone one `Redis`, so every check goes over one
-//! multiplexed, reconnecting connection. The script is loaded before each Redis case. A check
-//! that fails (an error, or no answer within the 50 ms) stops the bench: the breaker would
-//! otherwise answer later checks without Redis and inflate the figure.
+//! with the key prefix `bench`; all clone one `Redis`, so every call goes over one
+//! multiplexed, reconnecting connection. The scripts are loaded before each Redis case (the
+//! throttle's by `RedisThrottleStore::preload`; the quota's, which has no `preload`, by one
+//! take of a key of the bench's own, before the statistics are reset). A call that fails (an
+//! error, or no answer within the 50 ms) stops the bench: the breakers would otherwise answer
+//! later calls without Redis and inflate the figure.
 //!
 //! The bench starts its own `redis-server` on a free loopback port with no persistence
 //! (`--save "" --appendonly no`) and stops it at the end. Before each Redis case it resets
 //! Redis's statistics (`CONFIG RESETSTAT`, over a connection of the bench's own); after it, it
-//! reads `INFO commandstats`, `INFO errorstats` and `INFO stats` and prints the checks the case
-//! made (warm-up, the pass over every client before timing, and the measurement) beside the
-//! `EVALSHA` calls Redis served, the commands the script ran inside Redis (`TIME`, `GET`,
-//! `SET`: no round trips), any other command, any error and any new connection: one `EVALSHA`
-//! per check and nothing else is one round trip per check. Without `redis-server` on the
-//! machine the Redis cases are skipped with a line saying so (`apt-get install redis-server`,
-//! or `scripts/test`, which installs it), and the in-memory cases still run.
+//! reads `INFO commandstats`, `INFO errorstats` and `INFO stats` and prints the calls the case
+//! made (the pass over every client before timing, warm-up and measurement) beside the round
+//! trips Redis served for them, in all and by command, and what the case expects of each
+//! call: one `EVALSHA` per check or take, and per usage request one `GET` and two `EVALSHA`.
+//! Apart from those it prints the commands the scripts ran inside Redis, which are no round
+//! trips (the throttle's `TIME`, and one `GET` and one `SET` per rule; the quota's `HMGET`,
+//! `HSET`, `HINCRBY`, `PTTL` and `PEXPIRE` when it extends the key's life, and `HKEYS` and
+//! `HDEL` on a key's first take of a day), any other command, any error and any new
+//! connection. `GET` is also the key store's round trip: since the throttle script writes
+//! every rule it allows with one `SET`, and here it allows all, the `GET`s beyond the `SET`s
+//! are round trips. Without `redis-server` on the machine the Redis cases are skipped with a
+//! line saying so (`apt-get install redis-server`, or `scripts/test`, which installs it), and
+//! the in-memory cases still run.
 //!
 //! Figures for the closing note were taken on a 2-core VM (AMD EPYC, Debian 12, Redis 7.0.15
 //! from Debian), where the bench's runtime and `redis-server` share the two cores.
@@ -52,20 +94,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
 };
-use http::{Request, Response, StatusCode};
+use http::header::HeaderName;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tokio::runtime::Runtime;
-use tollgate::key::PeerIp;
-use tollgate::redis::{RedisConfig, RedisThrottleStore};
+use tollgate::key::{Global, PeerIp};
+use tollgate::redis::{Redis, RedisConfig, RedisKeyStore, RedisQuotaStore, RedisThrottleStore};
 use tollgate::throttle::{
     Check, MemoryStore, Outcome, Rate, Rule, StoreFailure, ThrottleLayer, ThrottleStore,
+};
+use tollgate::usage::{
+    Day, MemoryQuotaStore, NewKey, QuotaPeriod, QuotaStore, Take, UsagePlan, UsagePlans,
+    UsagePlansBuilder, Window, DEFAULT_RETENTION_DAYS,
 };
 use tollgate::{Key, SharedClock};
 use tower::{Layer, Service, ServiceExt};
@@ -73,16 +120,25 @@ use tower::{Layer, Service, ServiceExt};
 mod support;
 use support::{configure, hello, peers, with_peer_addr};
 
-/// Checks per iteration, and the clients they are spread over.
+/// Calls per iteration, and the clients they are spread over.
 const BATCH: usize = 256;
 const CLIENTS: u32 = 1_000;
 
-/// Tasks of the baselines and the first Redis cases, each making `BATCH / IN_FLIGHT` checks in
+/// Tasks of the baselines and the first Redis cases, each making `BATCH / IN_FLIGHT` calls in
 /// turn.
 const IN_FLIGHT: usize = 32;
 
 const RULE: &str = "per-client";
 const BURST: u32 = 1_000;
+/// The global rule's burst: over a minute of what the in-memory layer serves beyond the rate.
+const GLOBAL_BURST: u32 = 100_000_000;
+
+/// The usage plan's id.
+const PLAN: &str = "bench";
+
+const THROTTLE: &str = "redis/throttle";
+const QUOTA: &str = "redis/quota";
+const USAGE: &str = "redis/usage";
 
 /// The benchmark's clients, 10.0.0.0 onwards.
 fn clients() -> Arc<[SocketAddr]> {
@@ -113,14 +169,31 @@ fn builder() -> tollgate::throttle::ThrottleBuilder {
     ThrottleLayer::builder().rule(Rule::new(RULE, Rate::per_second(1_000_000), PeerIp).burst(BURST))
 }
 
-/// The `index`th check of a run: which client, counted across batches so that every client
+/// The one rule and, after it, one budget for every request together.
+fn two_rules() -> tollgate::throttle::ThrottleBuilder {
+    builder().rule(Rule::new("global", Rate::per_second(1_000_000), Global).burst(GLOBAL_BURST))
+}
+
+/// The usage cases' plans, before their stores are chosen.
+fn plans() -> UsagePlansBuilder {
+    UsagePlans::builder()
+        .plan(
+            UsagePlan::new(PLAN)
+                .throttle(Rate::per_second(1_000_000), BURST)
+                .quota(u32::MAX, QuotaPeriod::Day),
+        )
+        // Refusing on store errors: a fail-open 200 must not pass for a decided request.
+        .on_store_error(StoreFailure::Reject)
+}
+
+/// The `index`th call of a run: which client, counted across batches so that every client
 /// comes up in turn.
 fn client(start: usize, index: usize) -> usize {
     (start + index) % CLIENTS as usize
 }
 
-/// What one case does for each check: given the client's position, decide (and panic when the
-/// decision is not the expected one).
+/// What one case does for each call: given the client's position, call (and panic when the
+/// answer is not the expected one).
 trait Case: Clone + Send + Sync + 'static {
     fn run(&mut self, client: usize) -> impl Future<Output = ()> + Send;
 }
@@ -130,7 +203,7 @@ struct StoreCase<St> {
     store: Arc<St>,
     rule: Arc<Rule>,
     keys: Arc<[Key]>,
-    checks: Arc<AtomicU64>,
+    calls: Arc<AtomicU64>,
 }
 
 impl<St> Clone for StoreCase<St> {
@@ -139,7 +212,7 @@ impl<St> Clone for StoreCase<St> {
             store: self.store.clone(),
             rule: self.rule.clone(),
             keys: self.keys.clone(),
-            checks: self.checks.clone(),
+            calls: self.calls.clone(),
         }
     }
 }
@@ -151,7 +224,7 @@ impl<St: ThrottleStore> Case for StoreCase<St> {
             Check::Ready(result) => result,
             Check::Pending(future) => future.await,
         };
-        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(Outcome::Allowed { .. }) => {}
             other => panic!("the check of {key} was not allowed: {other:?}"),
@@ -159,15 +232,64 @@ impl<St: ThrottleStore> Case for StoreCase<St> {
     }
 }
 
-/// A service answering one request per check, each from its client's address.
-#[derive(Clone)]
-struct ServiceCase<S> {
-    service: S,
-    peers: Arc<[SocketAddr]>,
-    checks: Arc<AtomicU64>,
+/// `QuotaStore::take`, as the usage layer calls it, of one unit of a quota never exhausted.
+struct QuotaCase<Q> {
+    store: Arc<Q>,
+    keys: Arc<[Arc<str>]>,
+    window: Window,
+    day: Day,
+    calls: Arc<AtomicU64>,
 }
 
-impl<S, B> Case for ServiceCase<S>
+impl<Q> Clone for QuotaCase<Q> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            keys: self.keys.clone(),
+            window: self.window,
+            day: self.day,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl<Q: QuotaStore> Case for QuotaCase<Q> {
+    async fn run(&mut self, client: usize) {
+        let key = &self.keys[client];
+        let result = self
+            .store
+            .take(key, Some((u32::MAX, &self.window)), self.day)
+            .settle()
+            .await;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(Take::Taken { .. }) => {}
+            other => panic!("the take of {key} took nothing: {other:?}"),
+        }
+    }
+}
+
+fn taking<Q>(store: Q, calls: &Arc<AtomicU64>) -> QuotaCase<Q> {
+    let now = SystemTime::now();
+    QuotaCase {
+        store: Arc::new(store),
+        keys: (0..CLIENTS).map(|n| Arc::from(format!("k{n}"))).collect(),
+        window: QuotaPeriod::Day.window(now),
+        day: Day::of(now),
+        calls: calls.clone(),
+    }
+}
+
+/// A service answering one request per call, each made by `request` from its client's
+/// position.
+#[derive(Clone)]
+struct ServiceCase<S, R> {
+    service: S,
+    request: R,
+    calls: Arc<AtomicU64>,
+}
+
+impl<S, B, R> Case for ServiceCase<S, R>
 where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -175,30 +297,57 @@ where
         + Sync
         + 'static,
     S::Future: Send,
+    R: Fn(usize) -> Request<()> + Clone + Send + Sync + 'static,
 {
     async fn run(&mut self, client: usize) {
-        let request = with_peer_addr(self.peers[client]);
+        let request = (self.request)(client);
         let service = self.service.ready().await.expect("the service is ready");
         let response = service.call(request).await.expect("the service answers");
-        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         assert_eq!(
             response.status(),
             StatusCode::OK,
-            "the request of {} was not allowed",
-            self.peers[client]
+            "the request of client {client} was not admitted: {:?}",
+            response.headers()
         );
     }
 }
 
-fn serving<S>(service: S, peers: &Arc<[SocketAddr]>, checks: &Arc<AtomicU64>) -> ServiceCase<S> {
+/// `service` answering each client from its address.
+fn serving<S>(
+    service: S,
+    peers: &Arc<[SocketAddr]>,
+    calls: &Arc<AtomicU64>,
+) -> ServiceCase<S, impl Fn(usize) -> Request<()> + Clone + Send + Sync + 'static> {
+    let peers = peers.clone();
     ServiceCase {
         service,
-        peers: peers.clone(),
-        checks: checks.clone(),
+        request: move |client: usize| with_peer_addr(peers[client]),
+        calls: calls.clone(),
     }
 }
 
-/// One batch: `BATCH` checks from client `start` on, `in_flight` tasks of checks in turn.
+/// `service` answering each client with its own key of `keys` in `x-api-key`.
+fn serving_keys<S>(
+    service: S,
+    keys: &Arc<[HeaderValue]>,
+    calls: &Arc<AtomicU64>,
+) -> ServiceCase<S, impl Fn(usize) -> Request<()> + Clone + Send + Sync + 'static> {
+    let keys = keys.clone();
+    ServiceCase {
+        service,
+        request: move |client: usize| {
+            let mut request = Request::new(());
+            request
+                .headers_mut()
+                .insert(HeaderName::from_static("x-api-key"), keys[client].clone());
+            request
+        },
+        calls: calls.clone(),
+    }
+}
+
+/// One batch: `BATCH` calls from client `start` on, `in_flight` tasks of calls in turn.
 async fn batch<C: Case>(case: &C, start: usize, in_flight: usize) {
     let per_task = BATCH / in_flight;
     let mut tasks = tokio::task::JoinSet::new();
@@ -211,7 +360,7 @@ async fn batch<C: Case>(case: &C, start: usize, in_flight: usize) {
         });
     }
     while let Some(done) = tasks.join_next().await {
-        done.expect("a checking task finished");
+        done.expect("a calling task finished");
     }
 }
 
@@ -254,6 +403,17 @@ fn bench<C: Case>(
         })
     });
     warm
+}
+
+/// A group of the bench's, its calls counted per unit of time.
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    configure(&mut group);
+    // A Redis batch takes milliseconds: the same iterations in every sample keep the
+    // measurement time as asked.
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group
 }
 
 /// A `redis-server` of the bench's own, stopped on drop.
@@ -372,31 +532,86 @@ impl Admin {
     }
 }
 
-/// Prints what Redis served for `checks` checks: one `EVALSHA` each is one round trip each.
-fn report_round_trips(admin: &mut Admin, name: &str, checks: u64) {
-    let calls = admin.command_calls();
+/// What a Redis case expects Redis to serve: what one of its calls is, and the round trips
+/// each costs, by command (lower case, as `INFO commandstats` names them).
+struct Expected {
+    call: &'static str,
+    round_trips: &'static [(&'static str, u64)],
+}
+
+const ONE_EVALSHA_PER_CHECK: Expected = Expected {
+    call: "check",
+    round_trips: &[("evalsha", 1)],
+};
+
+/// The commands the stores' scripts run inside Redis: the throttle's `TIME`, `GET` and `SET`,
+/// the quota's hash commands and `PTTL`.
+const IN_SCRIPTS: [&str; 10] = [
+    "time", "get", "set", "hmget", "hset", "hincrby", "pttl", "pexpire", "hkeys", "hdel",
+];
+
+/// The bench's own statistics commands.
+const BENCH_OWN: [&str; 2] = ["info", "config|resetstat"];
+
+/// Prints what Redis served for `calls` calls of case `id` beside what `expected` says.
+fn report_round_trips(admin: &mut Admin, id: &str, calls: u64, expected: &Expected) {
+    let served = admin.command_calls();
     let count = |command: &str| {
-        calls
+        served
             .iter()
             .find(|(name, _)| name == command)
             .map_or(0, |(_, calls)| *calls)
     };
-    let evalsha = count("evalsha");
-    // The script's own calls run inside Redis; the bench's own statistics commands are its.
-    let in_script = ["time", "get", "set"];
-    let bench_own = ["info", "config|resetstat"];
-    let inside: Vec<String> = in_script
+    // `GET` is also the key store's round trip; the throttle script writes every rule it
+    // allows (here, all) with one `SET` after its `GET`.
+    let in_scripts = |command: &str| match command {
+        "get" => count("get").min(count("set")),
+        _ if IN_SCRIPTS.contains(&command) => count(command),
+        _ => 0,
+    };
+    let round_trips = |command: &str| count(command) - in_scripts(command);
+    let per_call = |n: u64| {
+        if calls == 0 {
+            0.0
+        } else {
+            n as f64 / calls as f64
+        }
+    };
+    let call = expected.call;
+    let total: u64 = served
         .iter()
-        .map(|command| format!("{} {}", command.to_uppercase(), count(command)))
+        .filter(|(name, _)| !BENCH_OWN.contains(&name.as_str()))
+        .map(|(name, _)| round_trips(name))
+        .sum();
+    let expected_total: u64 = expected.round_trips.iter().map(|(_, n)| n).sum();
+    let by_command: Vec<String> = expected
+        .round_trips
+        .iter()
+        .map(|&(command, per)| {
+            let n = round_trips(command);
+            format!(
+                "{} {n} ({:.4} per {call}, expected {per})",
+                command.to_uppercase(),
+                per_call(n)
+            )
+        })
         .collect();
-    let others: Vec<String> = calls
+    let inside: Vec<String> = IN_SCRIPTS
+        .iter()
+        .filter(|command| in_scripts(command) > 0)
+        .map(|command| format!("{} {}", command.to_uppercase(), in_scripts(command)))
+        .collect();
+    let others: Vec<String> = served
         .iter()
         .filter(|(name, _)| {
-            name != "evalsha"
-                && !in_script.contains(&name.as_str())
-                && !bench_own.contains(&name.as_str())
+            !BENCH_OWN.contains(&name.as_str())
+                && !expected
+                    .round_trips
+                    .iter()
+                    .any(|(command, _)| command == name)
+                && round_trips(name) > 0
         })
-        .map(|(name, calls)| format!("{name} {calls}"))
+        .map(|(name, _)| format!("{name} {}", round_trips(name)))
         .collect();
     let errors: Vec<String> = admin
         .info("errorstats")
@@ -408,41 +623,100 @@ fn report_round_trips(admin: &mut Admin, name: &str, checks: u64) {
         .into_iter()
         .find(|(name, _)| name == "total_connections_received")
         .map_or_else(|| "?".to_owned(), |(_, value)| value);
-    let per_check = if checks == 0 {
-        0.0
-    } else {
-        evalsha as f64 / checks as f64
+    let listed = |items: &[String]| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(", ")
+        }
     };
     println!(
-        "redis/throttle/{name}: {checks} checks, {evalsha} EVALSHA ({per_check:.4} per check); \
-         inside the script: {}; other commands: {}; errors: {}; new connections: {connections}",
-        inside.join(", "),
-        if others.is_empty() {
-            "none".to_owned()
-        } else {
-            others.join(", ")
-        },
-        if errors.is_empty() {
-            "none".to_owned()
-        } else {
-            errors.join(", ")
-        },
+        "{id}: {calls} {call}s, {total} round trips ({:.4} per {call}, expected \
+         {expected_total}): {}; inside the scripts: {}; other commands: {}; errors: {}; \
+         new connections: {connections}",
+        per_call(total),
+        by_command.join(", "),
+        listed(&inside),
+        listed(&others),
+        listed(&errors),
     );
 }
 
-fn throttle(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a multi-thread runtime starts");
+/// What every Redis case shares: the stores' connection, stores to load the scripts with,
+/// the bench's own connection for Redis's statistics, and the count of the case's calls.
+struct RedisBench {
+    redis: Redis,
+    throttle: RedisThrottleStore,
+    quota: RedisQuotaStore,
+    admin: Admin,
+    calls: Arc<AtomicU64>,
+}
+
+impl RedisBench {
+    fn connect(runtime: &Runtime, server: &RedisServer, calls: &Arc<AtomicU64>) -> Self {
+        let redis = runtime
+            .block_on(RedisConfig::new(server.url()).prefix("bench").connect())
+            .expect("the bench connects to its redis-server");
+        let layer = builder()
+            .build()
+            .expect("the benchmark's throttle layer is valid");
+        Self {
+            throttle: RedisThrottleStore::new(
+                redis.clone(),
+                layer.rules(),
+                &SharedClock::default(),
+            ),
+            quota: RedisQuotaStore::new(redis.clone()),
+            redis,
+            admin: Admin::connect(server.addr),
+            calls: calls.clone(),
+        }
+    }
+
+    /// Runs case `name` of group `group` (by `run`, which says whether it ran) with the
+    /// scripts loaded and Redis's statistics reset, then reports what Redis served for it.
+    fn measure(
+        &mut self,
+        runtime: &Runtime,
+        group: &str,
+        name: &str,
+        expected: &Expected,
+        run: impl FnOnce(&str) -> bool,
+    ) {
+        runtime
+            .block_on(self.throttle.preload())
+            .expect("the throttle script loads");
+        let load = self
+            .quota
+            .take(&Arc::from("script-load"), None, Day::of(SystemTime::now()));
+        runtime
+            .block_on(load.settle())
+            .expect("the quota script loads");
+        assert_eq!(self.admin.command(&["CONFIG", "RESETSTAT"]), "OK");
+        self.calls.store(0, Ordering::Relaxed);
+        if run(name) {
+            let calls = self.calls.load(Ordering::Relaxed);
+            report_round_trips(&mut self.admin, &format!("{group}/{name}"), calls, expected);
+        }
+    }
+}
+
+fn throttle(
+    c: &mut Criterion,
+    runtime: &Runtime,
+    redis: Option<&mut RedisBench>,
+    calls: &Arc<AtomicU64>,
+) {
     let peers = clients();
     let keys: Arc<[Key]> = peers.iter().map(|peer| Key::ip(peer.ip())).collect();
 
     let memory_layer = builder()
         .build()
         .expect("the benchmark's throttle layer is valid");
+    let memory_two_rules = two_rules()
+        .build()
+        .expect("the benchmark's two-rule throttle layer is valid");
     let rule = Arc::new(memory_layer.rules()[0].clone());
-    let checks = Arc::new(AtomicU64::new(0));
     let memory_store = StoreCase {
         store: Arc::new(MemoryStore::new(
             memory_layer.rules(),
@@ -451,105 +725,212 @@ fn throttle(c: &mut Criterion) {
         )),
         rule: rule.clone(),
         keys: keys.clone(),
-        checks: checks.clone(),
+        calls: calls.clone(),
     };
 
-    let server = match RedisServer::start() {
-        Ok(server) => Some(server),
-        Err(reason) => {
-            println!(
-                "redis/throttle: the Redis cases are skipped: {reason} \
-                 (apt-get install redis-server, or scripts/test installs it)"
-            );
-            None
-        }
-    };
-
-    let mut group = c.benchmark_group("redis/throttle");
-    configure(&mut group);
-    // A Redis batch takes milliseconds: the same iterations in every sample keep the
-    // measurement time as asked.
-    group.sampling_mode(SamplingMode::Flat);
-    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut group = group(c, THROTTLE);
     bench(
         &mut group,
-        &runtime,
+        runtime,
         "bare",
-        &serving(Bare, &peers, &checks),
+        &serving(Bare, &peers, calls),
         IN_FLIGHT,
     );
     bench(
         &mut group,
-        &runtime,
+        runtime,
         "memory_store",
         &memory_store,
         IN_FLIGHT,
     );
     bench(
         &mut group,
-        &runtime,
+        runtime,
         "memory_layer",
-        &serving(memory_layer.layer(Bare), &peers, &checks),
+        &serving(memory_layer.layer(Bare), &peers, calls),
+        IN_FLIGHT,
+    );
+    bench(
+        &mut group,
+        runtime,
+        "memory_layer_two_rules",
+        &serving(memory_two_rules.layer(Bare), &peers, calls),
         IN_FLIGHT,
     );
 
-    if let Some(server) = &server {
-        let redis = runtime
-            .block_on(RedisConfig::new(server.url()).prefix("bench").connect())
-            .expect("the bench connects to its redis-server");
+    if let Some(redis) = redis {
         let make = |rules: &[Rule], clock: &SharedClock| {
-            RedisThrottleStore::new(redis.clone(), rules, clock)
+            RedisThrottleStore::new(redis.redis.clone(), rules, clock)
         };
-        let store = make(memory_layer.rules(), &SharedClock::default());
+        let redis_store = StoreCase {
+            store: Arc::new(make(memory_layer.rules(), &SharedClock::default())),
+            rule,
+            keys,
+            calls: calls.clone(),
+        };
         // Refusing on store errors: a fail-open 200 must not pass for a decided check.
         let redis_layer = builder()
             .on_store_error(StoreFailure::Reject)
             .build_with_store(make)
             .expect("the benchmark's throttle layer is valid");
-        let redis_store = StoreCase {
-            store: Arc::new(store),
-            rule,
-            keys,
-            checks: checks.clone(),
-        };
-        let mut admin = Admin::connect(server.addr);
-        let mut measure =
-            |group: &mut BenchmarkGroup<'_, WallTime>,
-             name: &str,
-             case: &dyn Fn(&mut BenchmarkGroup<'_, WallTime>, &str) -> bool| {
-                runtime
-                    .block_on(redis_store.store.preload())
-                    .expect("the script loads");
-                assert_eq!(admin.command(&["CONFIG", "RESETSTAT"]), "OK");
-                checks.store(0, Ordering::Relaxed);
-                if case(group, name) {
-                    report_round_trips(&mut admin, name, checks.load(Ordering::Relaxed));
-                }
-            };
+        let redis_two_rules = two_rules()
+            .on_store_error(StoreFailure::Reject)
+            .build_with_store(make)
+            .expect("the benchmark's two-rule throttle layer is valid");
         for in_flight in [IN_FLIGHT, 2 * IN_FLIGHT] {
-            measure(
-                &mut group,
+            redis.measure(
+                runtime,
+                THROTTLE,
                 &format!("redis_store_{in_flight}_in_flight"),
-                &|group, name| bench(group, &runtime, name, &redis_store, in_flight),
+                &ONE_EVALSHA_PER_CHECK,
+                |name| bench(&mut group, runtime, name, &redis_store, in_flight),
             );
         }
-        measure(
-            &mut group,
+        redis.measure(
+            runtime,
+            THROTTLE,
             &format!("redis_layer_{IN_FLIGHT}_in_flight"),
-            &|group, name| {
-                bench(
-                    group,
-                    &runtime,
-                    name,
-                    &serving(redis_layer.layer(Bare), &peers, &checks),
-                    IN_FLIGHT,
-                )
+            &ONE_EVALSHA_PER_CHECK,
+            |name| {
+                let case = serving(redis_layer.layer(Bare), &peers, calls);
+                bench(&mut group, runtime, name, &case, IN_FLIGHT)
+            },
+        );
+        redis.measure(
+            runtime,
+            THROTTLE,
+            &format!("redis_layer_two_rules_{IN_FLIGHT}_in_flight"),
+            // Both rules in one `EVALSHA`, not one each.
+            &ONE_EVALSHA_PER_CHECK,
+            |name| {
+                let case = serving(redis_two_rules.layer(Bare), &peers, calls);
+                bench(&mut group, runtime, name, &case, IN_FLIGHT)
             },
         );
     }
     group.finish();
+}
+
+fn quota(
+    c: &mut Criterion,
+    runtime: &Runtime,
+    redis: Option<&mut RedisBench>,
+    calls: &Arc<AtomicU64>,
+) {
+    let mut group = group(c, QUOTA);
+    let memory_store = taking(MemoryQuotaStore::new(DEFAULT_RETENTION_DAYS), calls);
+    bench(
+        &mut group,
+        runtime,
+        "memory_store",
+        &memory_store,
+        IN_FLIGHT,
+    );
+    if let Some(redis) = redis {
+        let redis_store = taking(RedisQuotaStore::new(redis.redis.clone()), calls);
+        redis.measure(
+            runtime,
+            QUOTA,
+            &format!("redis_store_{IN_FLIGHT}_in_flight"),
+            &Expected {
+                call: "take",
+                round_trips: &[("evalsha", 1)],
+            },
+            |name| bench(&mut group, runtime, name, &redis_store, IN_FLIGHT),
+        );
+    }
+    group.finish();
+}
+
+/// A new key of the plan for each client, as `x-api-key` values.
+fn api_keys<K, Q, T>(runtime: &Runtime, plans: &UsagePlans<K, Q, T>) -> Arc<[HeaderValue]>
+where
+    K: tollgate::usage::KeyStore,
+    Q: QuotaStore,
+    T: ThrottleStore,
+{
+    runtime.block_on(async {
+        let mut keys = Vec::with_capacity(CLIENTS as usize);
+        for _ in 0..CLIENTS {
+            let (_, secret) = plans
+                .create_key(NewKey::new(PLAN))
+                .await
+                .expect("the bench's key is made");
+            keys.push(HeaderValue::from_str(secret.expose()).expect("a key is a header value"));
+        }
+        keys.into()
+    })
+}
+
+fn usage(
+    c: &mut Criterion,
+    runtime: &Runtime,
+    redis: Option<&mut RedisBench>,
+    calls: &Arc<AtomicU64>,
+) {
+    let memory_plans = plans().build().expect("the benchmark's plans are valid");
+    let memory_keys = api_keys(runtime, &memory_plans);
+    let mut group = group(c, USAGE);
+    bench(
+        &mut group,
+        runtime,
+        "memory_layer",
+        &serving_keys(memory_plans.layer().layer(Bare), &memory_keys, calls),
+        IN_FLIGHT,
+    );
+    if let Some(redis) = redis {
+        let shared = &redis.redis;
+        let redis_plans = plans()
+            .build_with(
+                RedisKeyStore::new(shared.clone()),
+                RedisQuotaStore::new(shared.clone()),
+                |rules, clock| RedisThrottleStore::new(shared.clone(), rules, clock),
+            )
+            .expect("the benchmark's plans are valid");
+        let redis_keys = api_keys(runtime, &redis_plans);
+        redis.measure(
+            runtime,
+            USAGE,
+            &format!("redis_layer_{IN_FLIGHT}_in_flight"),
+            // The key, then the plan throttle and the quota.
+            &Expected {
+                call: "request",
+                round_trips: &[("get", 1), ("evalsha", 2)],
+            },
+            |name| {
+                let case = serving_keys(redis_plans.layer().layer(Bare), &redis_keys, calls);
+                bench(&mut group, runtime, name, &case, IN_FLIGHT)
+            },
+        );
+    }
+    group.finish();
+}
+
+fn redis(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a multi-thread runtime starts");
+    let calls = Arc::new(AtomicU64::new(0));
+    let server = match RedisServer::start() {
+        Ok(server) => Some(server),
+        Err(reason) => {
+            println!(
+                "redis: the Redis cases are skipped: {reason} \
+                 (apt-get install redis-server, or scripts/test installs it)"
+            );
+            None
+        }
+    };
+    let mut redis = server
+        .as_ref()
+        .map(|server| RedisBench::connect(&runtime, server, &calls));
+    throttle(c, &runtime, redis.as_mut(), &calls);
+    quota(c, &runtime, redis.as_mut(), &calls);
+    usage(c, &runtime, redis.as_mut(), &calls);
+    drop(redis);
     drop(server);
 }
 
-criterion_group!(benches, throttle);
+criterion_group!(benches, redis);
 criterion_main!(benches);
