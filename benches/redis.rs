@@ -81,6 +81,15 @@
 //! line saying so (`apt-get install redis-server`, or `scripts/test`, which installs it), and
 //! the in-memory cases still run.
 //!
+//! Group `redis/cache`: one lookup of a stored key (a 1 KiB response without `Vary`) through
+//! `CacheStore::get`, as the cache layer makes it, one at a time.
+//!
+//! - `memory_store`: `MemoryStore`, the layer's default store.
+//! - `redis_store_l1_hit`: `RedisCacheStore` with the key in its memory level.
+//! - `redis_store_l2_hit`: `RedisCacheStore` with the key only in Redis: its memory level is
+//!   emptied before each lookup (not timed), so each one is an `HGET` round trip, the decoding
+//!   and the fill of memory, awaited with `block_on` from the bench's thread.
+//!
 //! Figures for the closing note were taken on a 2-core VM (AMD EPYC, Debian 12, Redis 7.0.15
 //! from Debian), where the bench's runtime and `redis-server` share the two cores.
 //!
@@ -99,14 +108,17 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{
-    criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput,
 };
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tokio::runtime::Runtime;
+use tollgate::cache::{CacheKey, CacheStore, CachedResponse, Lookup, Purge};
 use tollgate::key::{Global, PeerIp};
-use tollgate::redis::{Redis, RedisConfig, RedisKeyStore, RedisQuotaStore, RedisThrottleStore};
+use tollgate::redis::{
+    Redis, RedisCacheStore, RedisConfig, RedisKeyStore, RedisQuotaStore, RedisThrottleStore,
+};
 use tollgate::throttle::{
     Check, MemoryStore, Outcome, Rate, Rule, StoreFailure, ThrottleLayer, ThrottleStore,
 };
@@ -906,6 +918,80 @@ fn usage(
     group.finish();
 }
 
+/// A 1 KiB response, fresh for an hour.
+fn cached_response() -> Arc<CachedResponse> {
+    let now = SystemTime::now();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("content-length", HeaderValue::from(1024));
+    Arc::new(CachedResponse {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::from(vec![b'x'; 1024]),
+        vary: Box::from([]),
+        resource: "/products/7".into(),
+        tags: Box::from([Box::from("products")]),
+        stored_at: now,
+        initial_age: Duration::ZERO,
+        fresh_until: now + Duration::from_secs(3600),
+        stale_while_revalidate_until: now,
+        stale_if_error_until: now,
+    })
+}
+
+/// Awaits a lookup and checks that it found the response.
+fn found(runtime: &Runtime, lookup: Lookup) {
+    let variants = match lookup {
+        Lookup::Ready(found) => found,
+        Lookup::Pending(pending) => runtime.block_on(pending),
+    };
+    assert_eq!(variants.map(|v| v.len()), Some(1), "the key is a hit");
+}
+
+fn cache(c: &mut Criterion, runtime: &Runtime, redis: Option<&mut RedisBench>) {
+    let key = CacheKey::from_bytes(b"G\x01/products/7");
+    let memory = tollgate::cache::MemoryStore::new(tollgate::cache::DEFAULT_MAX_BYTES);
+    memory.put(key.clone(), cached_response());
+
+    let mut group = c.benchmark_group("redis/cache");
+    configure(&mut group);
+    group.bench_function("memory_store", |b| {
+        b.iter(|| found(runtime, memory.get(&key)))
+    });
+    let Some(redis) = redis else {
+        group.finish();
+        return;
+    };
+    let store = {
+        let _entered = runtime.enter();
+        RedisCacheStore::new(redis.redis.clone())
+    };
+    store.put(key.clone(), cached_response());
+    // The write to Redis runs in the background: wait until a lookup from Redis finds it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        store.memory().purge(&Purge::All);
+        if let Lookup::Pending(pending) = store.get(&key) {
+            if runtime.block_on(pending).is_some() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the entry did not reach Redis");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    group.bench_function("redis_store_l1_hit", |b| {
+        b.iter(|| found(runtime, store.get(&key)))
+    });
+    group.bench_function("redis_store_l2_hit", |b| {
+        b.iter_batched(
+            || store.memory().purge(&Purge::All),
+            |()| found(runtime, store.get(&key)),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn redis(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -928,6 +1014,7 @@ fn redis(c: &mut Criterion) {
     throttle(c, &runtime, redis.as_mut(), &calls);
     quota(c, &runtime, redis.as_mut(), &calls);
     usage(c, &runtime, redis.as_mut(), &calls);
+    cache(c, &runtime, redis.as_mut());
     drop(redis);
     drop(server);
 }

@@ -110,10 +110,17 @@ impl Purge {
 
     /// Whether the purge drops `response`.
     pub fn drops(&self, response: &CachedResponse) -> bool {
+        self.matches(&response.resource, response.tags.iter().map(|t| &**t))
+    }
+
+    /// Whether the purge drops a response stored for `resource` (as in
+    /// [`CachedResponse::resource`]) that carried `tags`: [`drops`](Self::drops) for a store
+    /// that keeps these apart from the response, so it can match without decoding bodies.
+    pub fn matches<'t>(&self, resource: &str, tags: impl IntoIterator<Item = &'t str>) -> bool {
         match self {
-            Purge::Resource(resource) => *resource_of(&response.resource) == **resource,
-            Purge::Prefix(prefix) => response.resource.starts_with(&**prefix),
-            Purge::Tag(tag) => response.tags.iter().any(|t| t == tag),
+            Purge::Resource(purged) => *resource_of(resource) == **purged,
+            Purge::Prefix(prefix) => resource.starts_with(&**prefix),
+            Purge::Tag(tag) => tags.into_iter().any(|t| t == &**tag),
             Purge::All => true,
         }
     }
@@ -261,6 +268,32 @@ impl MemoryStore {
     pub fn settle(&self) {
         self.cache.run_pending_tasks();
     }
+
+    /// Stores `variants` as the whole entry of `key`, replacing what it held, kept until the
+    /// last of them is no longer usable (counted from now): for a second-level store filling
+    /// this one with an entry it holds.
+    pub fn put_variants(&self, key: CacheKey, variants: Variants) {
+        self.insert(key, variants, SystemTime::now());
+    }
+
+    fn insert(&self, key: CacheKey, variants: Variants, now: SystemTime) {
+        let keep_for = variants
+            .iter()
+            .map(|v| v.usable_until().duration_since(now).unwrap_or_default())
+            .max()
+            .unwrap_or_default();
+        let weight = key.as_bytes().len() + variants.iter().map(|v| v.weight()).sum::<usize>();
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        let entry = Entry {
+            variants,
+            keep_for,
+            weight,
+        };
+        let weight = u64::from(weight);
+        let held = self.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
+        self.gauge.set(held as f64);
+        self.cache.insert(key, entry);
+    }
 }
 
 impl CacheStore for MemoryStore {
@@ -294,22 +327,7 @@ impl CacheStore for MemoryStore {
                 variants.into()
             }
         };
-        let keep_for = variants
-            .iter()
-            .map(|v| v.usable_until().duration_since(now).unwrap_or_default())
-            .max()
-            .unwrap_or_default();
-        let weight = key.as_bytes().len() + variants.iter().map(|v| v.weight()).sum::<usize>();
-        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
-        let entry = Entry {
-            variants,
-            keep_for,
-            weight,
-        };
-        let weight = u64::from(weight);
-        let held = self.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
-        self.gauge.set(held as f64);
-        self.cache.insert(key, entry);
+        self.insert(key, variants, now);
     }
 
     fn purge(&self, purge: &Purge) {

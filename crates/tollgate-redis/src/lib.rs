@@ -12,6 +12,9 @@
 //!   daily usage of each API key, kept for a retention window.
 //! - [`RedisKeyStore`]: the usage layer's API keys (hashes, never secrets): a key created,
 //!   disabled, rotated or revoked through one instance is seen by all on their next request.
+//! - [`RedisCacheStore`]: the response cache's store with a second level in Redis: each
+//!   instance answers from memory, misses read the entry every instance stored, and purges
+//!   reach every instance.
 //!
 //! When Redis is slow or gone, each store follows its [`FailurePolicy`]: report the failure to
 //! the layer (which fails open or closed, as configured), or keep enforcing in memory with
@@ -50,6 +53,7 @@ mod quota;
 mod throttle;
 
 pub use breaker::BreakerConfig;
+pub use cache::RedisCacheStore;
 pub use connection::{Redis, RedisConfig};
 pub use redis::RedisError;
 pub use keys::{RedisGet, RedisKeyStore};
