@@ -19,6 +19,13 @@
 //! `GET /hello` is throttled per client IP at 10/s with a burst of 10 across both instances:
 //! 10 quick requests to `a` leave nothing for `b`.
 //!
+//! `GET /api/report` takes 300 ms and is cached for 60 s in memory and in Redis: generated
+//! through `a`, it is a hit on `b` (`X-Cache-Status: HIT`, the same `generated_by` and time).
+//! The host is part of a cache key, so the commands send the one public name a load balancer
+//! would forward to both (`Host: shop.example`) rather than each instance's own address.
+//! `DELETE /admin/cache` on either instance purges it from Redis and from both instances'
+//! memory, through Redis pub/sub.
+//!
 //! The admin routes (`/admin/keys`, from `tollgate::usage::admin`) need the bearer token
 //! printed at start-up (or `TOLLGATE_ADMIN_TOKEN`); a real gateway mounts them behind its own
 //! authorizer.
@@ -26,15 +33,19 @@
 //! Set `TOLLGATE_REDIS_URL` to use another Redis (default `redis://127.0.0.1:6379`).
 
 use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
+use tollgate::cache::{CacheLayer, CachePolicy};
 use tollgate::key::ClientIp;
-use tollgate::redis::{Redis, RedisConfig, RedisKeyStore, RedisQuotaStore, RedisThrottleStore};
+use tollgate::redis::{
+    Redis, RedisCacheStore, RedisConfig, RedisKeyStore, RedisQuotaStore, RedisThrottleStore,
+};
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
 use tollgate::usage::{Day, NewKey, QuotaPeriod, UsagePlan, UsagePlans};
 use tollgate::{Principal, TrustedProxies};
@@ -95,9 +106,35 @@ async fn instance(
             get(move || async move { format!("hello from {name}\n") }),
         )
         .layer(per_client);
+    let cache = CacheLayer::builder()
+        .policy(CachePolicy::new().ttl(Duration::from_secs(60)))
+        .build_with(RedisCacheStore::new(redis.clone()))?;
+    let purge = cache.handle();
+    let report = Router::new()
+        .route(
+            "/api/report",
+            get(move || async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let at = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                Json(serde_json::json!({
+                    "generated_by": name,
+                    "generated_at_unix_ms": at.as_millis() as u64,
+                }))
+            }),
+        )
+        .route_layer(cache);
     let token = format!("Bearer {admin_token}");
-    let admin = tollgate::usage::admin::router(plans.clone()).layer(middleware::from_fn(
-        move |request: Request, next: Next| {
+    let admin = tollgate::usage::admin::router(plans.clone())
+        .route(
+            "/cache",
+            delete(move || {
+                purge.purge_all();
+                async { StatusCode::NO_CONTENT }
+            }),
+        )
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
             let allowed = request
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -109,9 +146,8 @@ async fn instance(
                     (StatusCode::UNAUTHORIZED, "the admin token is required\n").into_response()
                 }
             }
-        },
-    ));
-    let app = widgets.merge(hello).nest("/admin", admin);
+        }));
+    let app = widgets.merge(hello).merge(report).nest("/admin", admin);
     Ok((app, plans))
 }
 
@@ -190,6 +226,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("      ... and b refuses it on the next request: 401 invalid-api-key");
     println!("  for i in $(seq 1 10); do curl -s -o /dev/null http://{a_addr}/hello; done; curl -i http://{b_addr}/hello");
     println!("      429 from b: the 10 requests to a spent the burst both instances share");
+    println!("  curl -i -H 'host: shop.example' http://{a_addr}/api/report; curl -i -H 'host: shop.example' http://{b_addr}/api/report");
+    println!("      a takes 300 ms (x-cache-status: MISS); b answers at once from Redis (HIT), the same body");
+    println!("  curl -i -X DELETE http://{b_addr}/admin/cache -H 'authorization: Bearer {token}'; curl -i -H 'host: shop.example' http://{a_addr}/api/report");
+    println!("      204, then a MISS on a: the purge reached a's memory and Redis");
     println!();
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
