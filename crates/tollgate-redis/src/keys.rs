@@ -77,6 +77,10 @@ const UPDATE_BACKOFF_CAP: Duration = Duration::from_millis(100);
 /// [`remember_keys`](Self::remember_keys) is set: then keys this instance looked up before
 /// keep working as last seen (a revocation made during the outage is seen once Redis is back).
 ///
+/// Keys have no TTL and live only in Redis: give it persistence (AOF or RDB) and a
+/// `volatile-*` eviction policy, never `allkeys-*`, or a restart or an eviction loses keys
+/// and their clients get 401.
+///
 /// # Example
 ///
 /// ```no_run
@@ -116,7 +120,7 @@ struct Inner {
     breaker: Arc<Breaker>,
 }
 
-/// Records read lately, bounded; a full table starts afresh.
+/// Records read lately, bounded; a full table makes room by dropping one.
 struct Seen {
     capacity: usize,
     keys: Mutex<std::collections::HashMap<Arc<str>, Parsed>>,
@@ -134,7 +138,11 @@ impl Seen {
     fn put(&self, id: &str, record: Arc<str>, key: Arc<ApiKey>) {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         if keys.len() >= self.capacity && !keys.contains_key(id) {
-            keys.clear();
+            // One key makes room, whichever the map yields first: not all of them at once,
+            // which during an outage would refuse every remembered key together.
+            if let Some(evicted) = keys.keys().next().cloned() {
+                keys.remove(&evicted);
+            }
         }
         keys.insert(Arc::from(id), (record, key));
     }
@@ -180,7 +188,7 @@ impl RedisKeyStore {
     /// While Redis cannot answer, keeps up to `keys` keys this instance has looked up working
     /// as they were last seen, rather than refusing every request with 503. Off by default
     /// (zero), since a key revoked during an outage would keep working on instances that saw
-    /// it. When the table is full, it starts afresh.
+    /// it. When the table is full, one remembered key makes room for the next.
     #[must_use]
     pub fn remember_keys(self, keys: usize) -> Self {
         self.rebuild(|inner| {

@@ -74,9 +74,13 @@ return {1, used}
 ///
 /// When Redis fails, [`FailurePolicy::Report`] leaves the decision to the usage layer's
 /// `on_store_error` (admit by default, or 503); [`FailurePolicy::LocalFallback`] keeps counting
-/// in memory with each instance's share of the limit, from zero: during an outage a period
-/// may admit up to that share per instance on top of what Redis counted, and those requests
-/// are missing from the usage reports.
+/// in memory with each instance's share of the limit: during outages a period may admit up to
+/// that share per instance on top of what Redis counted (the local count of a period starts
+/// at its first outage and carries over to later ones), and those requests are missing from
+/// the usage reports. A take that times out may still have been counted in Redis.
+///
+/// Quota counts live only in Redis: give it persistence (AOF or RDB), or a restart starts
+/// every period afresh.
 ///
 /// # Example
 ///
@@ -222,7 +226,8 @@ impl<T, F> SettleNow<T> for Found<T, F> {
 }
 
 fn seconds(time: std::time::SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// The future of one take against Redis.
@@ -231,7 +236,12 @@ pub type RedisTake = Pin<Box<dyn Future<Output = Result<Take, StoreError>> + Sen
 impl QuotaStore for RedisQuotaStore {
     type Take = RedisTake;
 
-    fn take(&self, key: &Arc<str>, quota: Option<(u32, &Window)>, day: Day) -> Found<Take, RedisTake> {
+    fn take(
+        &self,
+        key: &Arc<str>,
+        quota: Option<(u32, &Window)>,
+        day: Day,
+    ) -> Found<Take, RedisTake> {
         let inner = &self.inner;
         let Some(guard) = inner.breaker.guard() else {
             return Found::Ready(inner.fallback(

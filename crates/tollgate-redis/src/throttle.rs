@@ -324,19 +324,23 @@ enum Decided {
     Later(RedisCheckAll),
 }
 
-/// The rules of one call and their keys, owned, for its future and a fallback.
-type Checks = Vec<(Rule, Key)>;
-
 impl Inner {
     /// The answers when Redis was not asked or did not answer: the in-memory store's, rule by
-    /// rule as the layer would ask them, or the failure.
-    fn fallback(&self, checks: &Checks, why: &str) -> Result<Vec<Outcome>, StoreError> {
+    /// rule as the layer would ask them (by index into the layer's rules), or the failure.
+    fn fallback<'k>(
+        &self,
+        checks: impl IntoIterator<Item = (usize, &'k Key)>,
+        why: &str,
+    ) -> Result<Vec<Outcome>, StoreError> {
         metrics::counter!("tollgate_redis_fallbacks_total", "store" => "throttle").increment(1);
         let Some(memory) = &self.fallback else {
             return Err(StoreError(why.to_owned().into()));
         };
-        let mut outcomes = Vec::with_capacity(checks.len());
-        for (rule, key) in checks {
+        let mut outcomes = Vec::new();
+        for (index, key) in checks {
+            let Some(rule) = self.source_rules.get(index) else {
+                return Err(StoreError("a rule is not part of this store".into()));
+            };
             let outcome = match memory.check(rule, key) {
                 Check::Ready(result) => result?,
                 // The in-memory store never waits: `NeverPending` cannot be made.
@@ -379,13 +383,19 @@ impl Inner {
             args.push(i64::try_from(spec.tau_micros).unwrap_or(i64::MAX));
             args.push(i64::from(rule.is_shadow()));
         }
-        let owned: Checks = checks
-            .iter()
-            .map(|(rule, key)| ((*rule).clone(), key.detached()))
-            .collect();
+        let indices: Vec<usize> = checks.iter().map(|(rule, _)| rule.index()).collect();
         let Some(guard) = self.breaker.guard() else {
-            return Decided::Now(self.fallback(&owned, "Redis is failing; the breaker is open"));
+            let keyed = indices
+                .iter()
+                .copied()
+                .zip(checks.iter().map(|(_, key)| *key));
+            return Decided::Now(self.fallback(keyed, "Redis is failing; the breaker is open"));
         };
+        // Owned keys for a fallback after a failed call, only when there is one.
+        let keys_for_fallback: Option<Vec<Key>> = self
+            .fallback
+            .as_ref()
+            .map(|_| checks.iter().map(|(_, key)| key.detached()).collect());
         let inner = Arc::clone(self);
         Decided::Later(Box::pin(async move {
             let mut connection = inner.redis.manager.clone();
@@ -398,14 +408,24 @@ impl Inner {
             }
             let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
             match guard.run(inner.redis.timeout, call).await {
-                Ok(reply) => Ok(reply
+                // Two numbers per rule decided, for at most every rule asked.
+                Ok(reply) if reply.len() % 2 == 0 && reply.len() <= 2 * indices.len() => Ok(reply
                     .chunks_exact(2)
-                    .zip(&owned)
-                    .map(|(pair, (rule, _))| outcome(&inner.rules[rule.index()], pair[0], pair[1]))
+                    .zip(&indices)
+                    .map(|(pair, &index)| outcome(&inner.rules[index], pair[0], pair[1]))
                     .collect()),
+                Ok(reply) => Err(StoreError(
+                    format!(
+                        "Redis answered {} numbers for {} rules",
+                        reply.len(),
+                        indices.len()
+                    )
+                    .into(),
+                )),
                 Err(failure) => {
                     tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
-                    inner.fallback(&owned, &failure)
+                    let keys = keys_for_fallback.unwrap_or_default();
+                    inner.fallback(indices.iter().copied().zip(&keys), &failure)
                 }
             }
         }))

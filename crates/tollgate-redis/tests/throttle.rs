@@ -584,11 +584,18 @@ async fn several_rules_of_a_request_are_one_evalsha_and_decide_as_in_memory() {
     let (memory, shared) = (memory.layer(app), shared.layer(app));
 
     let mut admin = admin(&server).await;
-    // Loaded before counting, so the count below is the checks' alone.
-    let _ = shared
-        .clone()
-        .oneshot(http::Request::new(axum::body::Body::empty()))
-        .await;
+    // The script loaded before counting (one real check of a client the sequence never
+    // uses), so the count below is the checks' alone.
+    // The in-memory layer sees it too, so both start the sequence alike.
+    let primer = || {
+        http::Request::builder()
+            .header("x-client", "primer")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let primed = shared.clone().oneshot(primer()).await.unwrap();
+    assert_eq!(primed.status(), http::StatusCode::OK);
+    let _ = memory.clone().oneshot(primer()).await.unwrap();
     reset_command_stats(&mut admin).await;
 
     let mut rng = Xorshift(0x5eed_f00d);

@@ -184,7 +184,9 @@ impl<St: ThrottleStore> Shared<St> {
     }
 
     /// The applicable rules of a request offered to the store at once; `None` when fewer than
-    /// two apply or the store declines, and the rules are then checked one by one.
+    /// two apply, when a rule that refuses requests without its key finds none (rule by rule,
+    /// the rules before it are decided first, and one of them may refuse differently), or when
+    /// the store declines: the rules are then checked one by one.
     fn evaluate_together(&self, request: &RequestHead<'_>) -> Option<Step<St::Future>> {
         let mut keyed = Vec::with_capacity(self.rules.len());
         for rule in &*self.rules {
@@ -193,16 +195,11 @@ impl<St: ThrottleStore> Shared<St> {
             }
             match rule.extractor.extract(request) {
                 Ok(key) => keyed.push((rule, key)),
-                Err(error) => {
-                    tracing::debug!(rule = %rule.name, %error, "tollgate throttle: no key for request");
-                    match rule.on_missing_key {
-                        // Refused before any allowance is taken.
-                        MissingKey::Reject => {
-                            return Some(Step::Reject(Box::new(error.rejection())))
-                        }
-                        MissingKey::Skip => continue,
-                    }
-                }
+                Err(_) => match rule.on_missing_key {
+                    MissingKey::Reject => return None,
+                    // Logged when the rules are applied one by one; here it is only left out.
+                    MissingKey::Skip => continue,
+                },
             }
         }
         if keyed.len() < 2 {
@@ -218,32 +215,54 @@ impl<St: ThrottleStore> Shared<St> {
         Some(Step::WaitAll { check, rules })
     }
 
-    /// Applies the outcomes of rules decided together.
+    /// Applies the outcomes of rules decided together. The store must have decided every rule,
+    /// or stopped at one that refuses; any other answer is a store failure, so that no rule is
+    /// skipped unnoticed.
     pub(crate) fn decide_all(
         &self,
         rules: &[(usize, Option<IpAddr>)],
         result: Result<Vec<Outcome>, StoreError>,
         report: &mut Report,
     ) -> Step<St::Future> {
-        let rule_at = |index: usize| self.rules.get(index);
-        match result {
-            Ok(outcomes) => {
+        let error = match result {
+            Ok(outcomes) if outcomes.len() <= rules.len() => {
+                let decided = outcomes.len();
                 for (&(index, client), outcome) in rules.iter().zip(outcomes) {
-                    let Some(rule) = rule_at(index) else { continue };
+                    let Some(rule) = self.rules.get(index) else {
+                        continue;
+                    };
                     if let Some(rejection) = self.decide(rule, client, Ok(outcome), report) {
                         return Step::Reject(Box::new(rejection));
                     }
                 }
-            }
-            Err(error) => {
-                // The store failed once for all of them: its policy applies once.
-                if let Some(&(index, client)) = rules.first() {
-                    if let Some(rule) = rule_at(index) {
-                        if let Some(rejection) = self.decide(rule, client, Err(error), report) {
-                            return Step::Reject(Box::new(rejection));
-                        }
-                    }
+                if decided == rules.len() {
+                    return self.pass(report);
                 }
+                StoreError(
+                    format!(
+                        "the store decided {decided} of {} rules and refused none",
+                        rules.len()
+                    )
+                    .into(),
+                )
+            }
+            Ok(outcomes) => StoreError(
+                format!(
+                    "the store answered {} decisions for {} rules",
+                    outcomes.len(),
+                    rules.len()
+                )
+                .into(),
+            ),
+            Err(error) => error,
+        };
+        // The store failed once for all of them: its policy applies once.
+        let first = rules
+            .first()
+            .and_then(|&(index, client)| Some((self.rules.get(index)?, client)));
+        if let Some((rule, client)) = first {
+            if let Some(rejection) = self.decide(rule, client, Err(error), report) {
+                return Step::Reject(Box::new(rejection));
             }
         }
         self.pass(report)

@@ -242,6 +242,165 @@ async fn a_rule_that_skips_missing_keys_leaves_anonymous_requests_to_the_other_r
     );
 }
 
+/// How a batching store answers `check_all`.
+#[derive(Clone, Copy)]
+enum Batch {
+    /// As the contract says: rule by rule, up to the first refusal not in shadow mode.
+    Honest,
+    /// One decision fewer than it should, refusing nothing.
+    Short,
+    /// One decision more than there are rules.
+    Long,
+}
+
+/// A store that decides all the rules of a request together, through the in-memory store,
+/// and counts its calls.
+struct BatchingStore {
+    memory: MemoryStore,
+    rules: Vec<Rule>,
+    answer: Batch,
+    batches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ThrottleStore for BatchingStore {
+    type Future = tollgate_throttle::NeverPending;
+
+    const BATCHES: bool = true;
+
+    fn check(&self, rule: &Rule, key: &Key) -> Check<Self::Future> {
+        self.memory.check(rule, key)
+    }
+
+    fn check_all(&self, checks: &[(&Rule, &Key)]) -> Option<tollgate_throttle::CheckAll> {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut outcomes = Vec::new();
+        for (rule, key) in checks {
+            let Check::Ready(Ok(outcome)) = self.memory.check(rule, key) else {
+                unreachable!("the memory store decides at once");
+            };
+            outcomes.push(outcome);
+            if matches!(outcome, Outcome::Limited { .. }) && !self.rules[rule.index()].is_shadow() {
+                break;
+            }
+        }
+        match self.answer {
+            Batch::Honest => {}
+            Batch::Short => {
+                outcomes.truncate(checks.len() - 1);
+            }
+            Batch::Long => outcomes.push(outcomes[0]),
+        }
+        Some(Box::pin(async move {
+            tokio::task::yield_now().await;
+            Ok(outcomes)
+        }))
+    }
+}
+
+fn batching_rules() -> Vec<Rule> {
+    vec![
+        Rule::new("per-client", Rate::per_minute(3), PeerIp).burst(2),
+        Rule::new("watch", Rate::per_minute(1), Global).shadow(true),
+        Rule::new("tenant", Rate::per_minute(2), HeaderKey::new("x-tenant"))
+            .burst(3)
+            .on_missing_key(MissingKey::Skip),
+        // Narrow rules first: a request without the header is refused here only if the rules
+        // before it let it through.
+        Rule::new("user", Rate::per_minute(4), HeaderKey::new("x-user")).burst(4),
+        Rule::new("global", Rate::per_minute(6), Global).burst(5),
+    ]
+}
+
+fn batching_layer(
+    clock: &ManualClock,
+    answer: Batch,
+    policy: StoreFailure,
+) -> (
+    tollgate_throttle::Throttle<support::Bare, BatchingStore>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let batches = std::sync::Arc::default();
+    let mut builder = ThrottleLayer::builder()
+        .clock(clock.clone())
+        .on_store_error(policy);
+    for rule in batching_rules() {
+        builder = builder.rule(rule);
+    }
+    let layer = builder
+        .build_with_store(|rules, clock| BatchingStore {
+            memory: MemoryStore::new(rules, 100, clock.clone()),
+            rules: rules.to_vec(),
+            answer,
+            batches: std::sync::Arc::clone(&batches),
+        })
+        .unwrap();
+    (layer.layer(bare()), batches)
+}
+
+#[tokio::test]
+async fn rules_decided_together_answer_as_rules_decided_one_by_one() {
+    let clock = ManualClock::new();
+    let mut builder = ThrottleLayer::builder().clock(clock.clone());
+    for rule in batching_rules() {
+        builder = builder.rule(rule);
+    }
+    let memory = builder.build().unwrap().layer(bare());
+    let (together, batches) = batching_layer(&clock, Batch::Honest, StoreFailure::Allow);
+    let mut missing_user = 0;
+    for i in 0..120u32 {
+        let request = || {
+            let mut request =
+                request_from(["192.0.2.1:1", "192.0.2.2:1", "192.0.2.3:1"][i as usize % 3]);
+            if i % 4 != 0 {
+                request
+                    .headers_mut()
+                    .insert("x-tenant", "acme".parse().unwrap());
+            }
+            if i % 7 != 3 {
+                request
+                    .headers_mut()
+                    .insert("x-user", "ann".parse().unwrap());
+            }
+            request
+        };
+        missing_user += usize::from(i % 7 == 3);
+        let a = memory.clone().oneshot(request()).await.unwrap();
+        let b = together.clone().oneshot(request()).await.unwrap();
+        assert_eq!(a.status(), b.status(), "request {i}");
+        assert_eq!(a.headers(), b.headers(), "request {i}");
+        clock.advance(Duration::from_secs(u64::from(i % 5) * 3));
+    }
+    // Requests with every key went to the store together; those without `x-user`, whose rule
+    // refuses a missing key, went rule by rule, so that the rules before it decide first.
+    let together = batches.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(together, 120 - missing_user);
+}
+
+#[tokio::test]
+async fn a_store_that_leaves_rules_undecided_has_failed() {
+    let clock = ManualClock::new();
+    let request = || {
+        let mut request = request_from("192.0.2.1:1");
+        request
+            .headers_mut()
+            .insert("x-tenant", "acme".parse().unwrap());
+        request
+            .headers_mut()
+            .insert("x-user", "ann".parse().unwrap());
+        request
+    };
+    for answer in [Batch::Short, Batch::Long] {
+        let (closed, _) = batching_layer(&clock, answer, StoreFailure::Reject);
+        let response = closed.oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let (open, _) = batching_layer(&clock, answer, StoreFailure::Allow);
+        let response = open.oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
 struct BrokenStore;
 
 impl ThrottleStore for BrokenStore {
