@@ -22,6 +22,8 @@ use crate::connection::Redis;
 const RECENT_PURGE_WINDOW: Duration = Duration::from_secs(10);
 /// The most purges remembered; past it the oldest is forgotten early.
 const RECENT_PURGE_MAX: usize = 256;
+/// The furthest ahead of ours another instance's clock is believed when it dates a purge.
+const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(60);
 /// The longest an entry stays in Redis, however long its response may be used.
 const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Keys asked for per `SCAN` page while a purge looks for its entries.
@@ -29,6 +31,10 @@ const SCAN_COUNT: usize = 500;
 /// The wait before the subscriber's first reconnection attempt, doubled up to the next.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the subscriber checks that its connection still answers, and how long it waits
+/// for the answer (at least: the connection timeout, if longer).
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The response cache's store with a second level in Redis: each instance keeps the responses
 /// it serves in memory (L1, a [`MemoryStore`]), and every instance shares the ones in Redis
@@ -43,9 +49,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 ///   nothing a client sent — and a TTL of the time until its last variant stops being usable.
 /// - A purge (through the layer's `CacheHandle`) drops what memory holds at once, then, in the
 ///   background, publishes the purge on `<prefix>:cache:purge`, so every other instance drops
-///   it from its memory too, and deletes the matching entries from Redis. Until that delete
-///   is done, entries read from Redis that the purge names are ignored, so the purging
-///   instance does not read back what it purged.
+///   it from its memory too, and deletes the matching entries from Redis. For 10 s (the last
+///   256 purges at most), entries read from Redis that a purge names and that were stored
+///   before it are ignored, so what was purged is not read back while the delete runs. A
+///   purge is dated by the later of the purging and the receiving instance's clocks (at most
+///   a minute ahead of the receiver's), and compared with when an entry was stored by the
+///   clock of the instance that stored it: keep the instances' clocks synchronized.
 ///
 /// Redis that is down, slow past the connection's timeout, or answering nonsense is a miss,
 /// never an error response: requests are served from memory or the upstream. A circuit
@@ -56,17 +65,33 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// # What an operator should know
 ///
 /// - Every entry has a TTL, so Redis never holds entries nobody can use; give it a
-///   `maxmemory` with `maxmemory-policy volatile-ttl` (or `volatile-lru`/`allkeys-lru` if it
-///   holds only caches): an evicted entry is just a miss.
+///   `maxmemory` with a `volatile-*` policy (`volatile-ttl` or `volatile-lru`), never an
+///   `allkeys-*` one: an evicted entry is just a miss, but
+///   [`RedisKeyStore`](crate::RedisKeyStore) keeps API keys in the same Redis without a TTL.
+/// - Responses (headers and bodies), their resources (path and query) and their tags are
+///   stored in Redis in the clear; only key names are hashed. A Redis that holds cached
+///   private responses must be protected like the upstream that serves them.
 /// - A purge other than of everything costs a `SCAN` of every cache key under the prefix (in
 ///   pages of 500) plus one round trip per page to read the matching fields, on one instance,
 ///   in the background. Purges are meant to be rare; purging on every write of a busy
 ///   resource is better done with short TTLs. A purge Redis did not take (it was down) is
 ///   logged at WARN: other instances keep serving the purged responses until they expire.
-/// - Each store holds one more connection, for purges from other instances (pub/sub). When it
-///   is lost it reconnects (100 ms, doubling to 2 s), and after every subscription the
-///   memory level is emptied, since purges sent meanwhile were missed; the first requests
-///   after a reconnection are read from Redis again.
+/// - A purge can lose a race with a write: when another instance stores a response before
+///   the purge reaches it, and that store's background write lands after the purge's `SCAN`
+///   has passed the key, the purged entry is back in Redis, served until its TTL. (The cache
+///   layer does not store a response fetched across a purge made on the same instance, and a
+///   store does not keep one requested from the upstream before a purge it has received.)
+/// - With `Vary`, an instance answers from memory whenever memory holds any variant of a key
+///   (a variant it lacks comes from the upstream, not from Redis), and writes to Redis only
+///   the variants it holds, replacing the entry there; so instances overwrite each other's
+///   variants in Redis. On `Vary` routes spread over instances this lowers the hit rate; it
+///   never gives a wrong answer.
+/// - Each store holds one more connection, for purges from other instances (pub/sub), and
+///   sends a `PING` on it every 5 s. When it is lost (closed, or a `PING` unanswered within
+///   1 s, or [`RedisConfig::timeout`](crate::RedisConfig::timeout) if longer, as across a
+///   partition that resets nothing) it reconnects (100 ms, doubling to 2 s), and after every
+///   subscription the memory level is emptied, since purges sent meanwhile were missed; the
+///   first requests after a reconnection are read from Redis again.
 /// - Instances sharing the cache must share the prefix and the key secret; different
 ///   prefixes never see each other's entries.
 /// - The memory level is bounded by its own byte limit (default
@@ -238,7 +263,16 @@ impl CacheStore for RedisCacheStore {
 
     fn put(&self, key: CacheKey, response: Arc<CachedResponse>) {
         let l1 = &self.inner.state.l1;
-        l1.put(key.clone(), response.clone());
+        {
+            // Requested from the upstream before a recent purge that names it (from another
+            // instance: the layer refuses those across its own).
+            let recent = lock(&self.inner.state.recent);
+            if recent.dropped(&response) {
+                tracing::debug!("tollgate redis: a recent purge names the response; not stored");
+                return;
+            }
+            l1.put(key.clone(), response.clone());
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!(
                 "tollgate redis: no tokio runtime; the response is kept in memory only"
@@ -302,7 +336,8 @@ impl CacheStore for RedisCacheStore {
     }
 
     fn purge(&self, purge: &Purge) {
-        self.inner.state.purge_locally(purge);
+        let at = SystemTime::now();
+        self.inner.state.purge_locally(at, purge);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
                 ?purge,
@@ -312,7 +347,7 @@ impl CacheStore for RedisCacheStore {
         };
         let (inner, purge) = (Arc::clone(&self.inner), purge.clone());
         runtime.spawn(async move {
-            if let Err(error) = inner.publish(&purge).await {
+            if let Err(error) = inner.publish(at, &purge).await {
                 tracing::warn!(?purge, %error, "tollgate redis: a cache purge was not sent to the other instances");
             }
             if let Err(error) = inner.delete(&purge).await {
@@ -352,13 +387,13 @@ impl Inner {
             .is_some_and(|hash| hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
     }
 
-    async fn publish(&self, purge: &Purge) -> Result<(), String> {
+    async fn publish(&self, at: SystemTime, purge: &Purge) -> Result<(), String> {
         let guard = self.breaker.guard().ok_or_else(breaker_open)?;
         let mut connection = self.redis.manager.clone();
         let mut command = redis::cmd("PUBLISH");
         command
             .arg(&self.channel)
-            .arg(purge_message(self.state.origin, purge));
+            .arg(purge_message(self.state.origin, at, purge));
         let call = command.query_async::<i64>(&mut connection);
         guard.run(self.redis.timeout, call).await.map(drop)
     }
@@ -417,11 +452,11 @@ impl Inner {
 }
 
 impl State {
-    /// Drops what `purge` names from memory, and remembers it so that entries Redis still
-    /// holds are not read back before the purge's delete there is done.
-    fn purge_locally(&self, purge: &Purge) {
+    /// Drops what `purge`, made at `at`, names from memory, and remembers it so that entries
+    /// Redis still holds are not read back before the purge's delete there is done.
+    fn purge_locally(&self, at: SystemTime, purge: &Purge) {
         let mut recent = lock(&self.recent);
-        recent.record(SystemTime::now(), purge.clone());
+        recent.record(at, purge.clone());
         self.l1.purge(purge);
     }
 
@@ -458,17 +493,25 @@ impl State {
     /// A purge another instance published.
     fn received(&self, payload: &[u8]) {
         match parse_purge_message(payload) {
-            Some((origin, _)) if origin == self.origin => {}
-            Some((_, purge)) => {
+            Some((origin, ..)) if origin == self.origin => {}
+            Some((_, sent_at, purge)) => {
                 tracing::debug!(
                     ?purge,
                     "tollgate redis: a cache purge from another instance"
                 );
-                self.purge_locally(&purge);
+                self.purge_locally(purge_time(sent_at, SystemTime::now()), &purge);
             }
             None => tracing::debug!("tollgate redis: an unreadable cache purge message; ignored"),
         }
     }
+}
+
+/// When a purge received at `now` counts as made: `stored_at` comes from the clock of the
+/// instance that stored the response, so the later of the purging instance's time and ours
+/// (a clock ahead by more than [`MAX_CLOCK_AHEAD`] counts as that far ahead, so a broken
+/// clock cannot stop entries from being stored for long).
+fn purge_time(sent_at: Option<SystemTime>, now: SystemTime) -> SystemTime {
+    sent_at.map_or(now, |at| at.clamp(now, now + MAX_CLOCK_AHEAD))
 }
 
 /// Purges made or received lately, with when.
@@ -487,13 +530,9 @@ impl RecentPurges {
     }
 
     fn forget_before(&mut self, now: SystemTime) {
-        while self
-            .purges
-            .front()
-            .is_some_and(|(at, _)| *at + RECENT_PURGE_WINDOW < now)
-        {
-            self.purges.pop_front();
-        }
+        // Not in time order: a purge from another instance may be dated ahead of ours.
+        self.purges
+            .retain(|(at, _)| *at + RECENT_PURGE_WINDOW >= now);
     }
 
     /// Whether a recent purge names `response`, stored before it.
@@ -523,7 +562,7 @@ async fn listen(state: Weak<State>, client: redis::Client, channel: String, time
             )))
         });
         match attempt {
-            Ok(mut pubsub) => {
+            Ok(pubsub) => {
                 let Some(store) = state.upgrade() else { return };
                 store.clear();
                 drop(store);
@@ -536,13 +575,11 @@ async fn listen(state: Weak<State>, client: redis::Client, channel: String, time
                     tracing::debug!(%channel, "tollgate redis: subscribed to cache purges");
                 }
                 (subscribed_before, failing, backoff) = (true, false, FIRST_BACKOFF);
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let Some(store) = state.upgrade() else { return };
-                    store.received(message.get_payload_bytes());
-                }
+                let lost = receive(&state, pubsub, timeout.max(PING_TIMEOUT)).await;
+                let Some(why) = lost else { return };
                 tracing::warn!(
                     %channel,
+                    %why,
                     "tollgate redis: the cache purge subscription was lost; reconnecting"
                 );
             }
@@ -562,22 +599,62 @@ async fn listen(state: Weak<State>, client: redis::Client, channel: String, time
     }
 }
 
-/// `<origin, 16 hex digits> <A|R|P|T> <resource, prefix or tag>`.
-fn purge_message(origin: u64, purge: &Purge) -> String {
+/// Hands the purges `pubsub` receives to the store, sending a `PING` every [`PING_EVERY`]:
+/// a connection that stops answering (a partition that never resets it) counts as lost.
+/// Returns why it was lost, or `None` once the store is dropped.
+async fn receive(
+    state: &Weak<State>,
+    pubsub: redis::aio::PubSub,
+    ping_timeout: Duration,
+) -> Option<String> {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
+    loop {
+        match tokio::time::timeout_at(next_ping, messages.next()).await {
+            Ok(Some(message)) => state.upgrade()?.received(message.get_payload_bytes()),
+            Ok(None) => return Some("the connection closed".to_owned()),
+            Err(_) => {
+                let ping = sink.ping::<redis::Value>();
+                match tokio::time::timeout(ping_timeout, ping).await {
+                    Ok(Ok(_)) => next_ping = tokio::time::Instant::now() + PING_EVERY,
+                    Ok(Err(error)) => return Some(format!("a PING failed: {error}")),
+                    Err(_) => return Some(format!("no answer to a PING within {ping_timeout:?}")),
+                }
+                state.upgrade()?;
+            }
+        }
+    }
+}
+
+/// `<origin, 16 hex digits> <purge time, microseconds since the Unix epoch> <A|R|P|T>
+/// <resource, prefix or tag>`.
+fn purge_message(origin: u64, at: SystemTime, purge: &Purge) -> String {
     let (kind, value) = match purge {
         Purge::All => ('A', ""),
         Purge::Resource(resource) => ('R', &**resource),
         Purge::Prefix(prefix) => ('P', &**prefix),
         Purge::Tag(tag) => ('T', &**tag),
     };
-    format!("{origin:016x} {kind} {value}")
+    let at = micros(at.duration_since(UNIX_EPOCH).unwrap_or_default());
+    format!("{origin:016x} {at} {kind} {value}")
 }
 
-fn parse_purge_message(payload: &[u8]) -> Option<(u64, Purge)> {
+/// A purge another instance published: its origin, when it was made by that instance's
+/// clock (`None` if the message does not say, as before the time was sent, or says nonsense),
+/// and what it purges.
+fn parse_purge_message(payload: &[u8]) -> Option<(u64, Option<SystemTime>, Purge)> {
     let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(3, ' ');
-    let origin = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let (kind, value) = (parts.next()?, parts.next()?);
+    let (origin, rest) = text.split_once(' ')?;
+    let origin = u64::from_str_radix(origin, 16).ok()?;
+    // A kind is one letter, never a number.
+    let (at, rest) = match rest.split_once(' ') {
+        Some((at, rest)) if !at.is_empty() && at.bytes().all(|b| b.is_ascii_digit()) => {
+            let at = at.parse().ok().map(Duration::from_micros);
+            (at.and_then(|at| UNIX_EPOCH.checked_add(at)), rest)
+        }
+        _ => (None, rest),
+    };
+    let (kind, value) = rest.split_once(' ')?;
     let purge = match kind {
         "A" => Purge::All,
         // Already normalized by the instance that made it.
@@ -586,7 +663,7 @@ fn parse_purge_message(payload: &[u8]) -> Option<(u64, Purge)> {
         "T" => Purge::Tag(value.into()),
         _ => return None,
     };
-    Some((origin, purge))
+    Some((origin, at, purge))
 }
 
 /// The fields purges match in Redis: every variant's resource and every tag, one a line
@@ -959,21 +1036,79 @@ mod tests {
 
     #[test]
     fn purge_messages_read_back_as_sent() {
+        let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
         for purge in [
             Purge::All,
             Purge::resource("/items?b=2&a=1"),
             Purge::Prefix("/items/".into()),
             Purge::Tag("a tag with spaces".into()),
+            Purge::Tag("1234".into()),
         ] {
-            let message = purge_message(0xabc, &purge);
+            let message = purge_message(0xabc, at, &purge);
             assert_eq!(
                 parse_purge_message(message.as_bytes()),
-                Some((0xabc, purge))
+                Some((0xabc, Some(at), purge))
             );
         }
-        assert_eq!(parse_purge_message(b"zz A "), None);
-        assert_eq!(parse_purge_message(b"01 X /"), None);
+        assert_eq!(parse_purge_message(b"zz 1 A "), None);
+        assert_eq!(parse_purge_message(b"01 1 X /"), None);
+        assert_eq!(parse_purge_message(b"01 1"), None);
         assert_eq!(parse_purge_message(b"01"), None);
+        assert_eq!(parse_purge_message(b"\xff A "), None);
+    }
+
+    #[test]
+    fn a_purge_message_without_a_readable_time_is_dated_on_arrival() {
+        // Without a time, as sent before it was.
+        assert_eq!(
+            parse_purge_message(b"00000000000000ab R /a b"),
+            Some((0xab, None, Purge::Resource("/a b".into())))
+        );
+        assert_eq!(
+            parse_purge_message(b"00000000000000ab A "),
+            Some((0xab, None, Purge::All))
+        );
+        // Past what a u64 holds.
+        assert_eq!(
+            parse_purge_message(b"01 99999999999999999999999 T t"),
+            Some((1, None, Purge::Tag("t".into())))
+        );
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(purge_time(None, now), now);
+        // Half a million years ahead: as far ahead as is believed.
+        let message = format!("01 {} T t", u64::MAX);
+        let (_, far, _) = parse_purge_message(message.as_bytes()).unwrap();
+        assert_eq!(purge_time(far, now), now + MAX_CLOCK_AHEAD);
+    }
+
+    #[test]
+    fn a_purge_is_dated_by_the_later_clock_within_reason() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let behind = now - Duration::from_secs(30);
+        let ahead = now + Duration::from_secs(3);
+        assert_eq!(purge_time(Some(behind), now), now);
+        assert_eq!(purge_time(Some(ahead), now), ahead);
+        assert_eq!(
+            purge_time(Some(now + Duration::from_secs(3600)), now),
+            now + MAX_CLOCK_AHEAD
+        );
+
+        // An entry stored 2 s before the purge by the purging instance's clock, 1 s after the
+        // purge came by ours: still dropped.
+        let stored_at = ahead - Duration::from_secs(2);
+        let mut entry = (*response("en", &["items"])).clone();
+        entry.stored_at = stored_at;
+        let mut recent = RecentPurges::default();
+        recent.record(purge_time(Some(ahead), now), Purge::Tag("items".into()));
+        assert!(recent.dropped(&entry));
+
+        // Forgotten by age, whatever the order they came in.
+        let mut recent = RecentPurges::default();
+        recent.record(now + MAX_CLOCK_AHEAD, Purge::All);
+        recent.record(now, Purge::Tag("items".into()));
+        recent.forget_before(now + RECENT_PURGE_WINDOW + Duration::from_secs(1));
+        assert_eq!(recent.purges.len(), 1);
+        assert_eq!(recent.purges[0].1, Purge::All);
     }
 
     #[test]

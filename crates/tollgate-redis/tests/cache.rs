@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::Path;
 use axum::routing::get;
@@ -19,9 +19,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use redis::aio::MultiplexedConnection;
 use support::RedisServer;
-use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tollgate_cache::{CacheHandle, CacheLayer, X_CACHE_STATUS};
+use tollgate_cache::{
+    CacheHandle, CacheKey, CacheLayer, CacheStore, CachedResponse, Lookup, Purge, X_CACHE_STATUS,
+};
 use tollgate_redis::{BreakerConfig, Redis, RedisCacheStore, RedisConfig};
 
 /// No request may take this long: past it, it counts as hung.
@@ -140,13 +143,19 @@ async fn inspect(server: &RedisServer) -> MultiplexedConnection {
         .unwrap()
 }
 
-/// The cache entries under `prefix`.
+/// The cache entries under `prefix` (`<prefix>:cache:<64 hex digits>`, not those of a
+/// prefix that starts with ours).
 async fn entries(redis: &mut MultiplexedConnection, prefix: &str) -> Vec<String> {
-    redis::cmd("KEYS")
+    let mut names: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:cache:*"))
         .query_async(redis)
         .await
-        .unwrap()
+        .unwrap();
+    names.retain(|name| {
+        let hash = &name[prefix.len() + ":cache:".len()..];
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    names
 }
 
 /// Waits (polling, at most `within`) until `done` holds.
@@ -215,6 +224,86 @@ async fn delete_entries(redis: &mut MultiplexedConnection, prefix: &str) {
 
 async fn connect(server: &RedisServer) -> Redis {
     Redis::connect(&server.url()).await.unwrap()
+}
+
+/// A TCP proxy to Redis whose open connections can be frozen: they stay open but carry
+/// nothing more, as across a partition that resets nothing. New connections get through.
+struct Partition {
+    addr: SocketAddr,
+    /// Connections accepted before the last freeze carry nothing.
+    freezes: Arc<AtomicUsize>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Partition {
+    async fn start(server: &RedisServer) -> Self {
+        let target = server.url().trim_start_matches("redis://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let freezes = Arc::new(AtomicUsize::new(0));
+        let current = freezes.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let era = current.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, era, current.clone()));
+                tokio::spawn(forward(server_read, client_write, era, current.clone()));
+            }
+        });
+        Self {
+            addr,
+            freezes,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn freeze(&self) {
+        self.freezes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn forward(from: OwnedReadHalf, to: OwnedWriteHalf, era: usize, freezes: Arc<AtomicUsize>) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        if from.readable().await.is_err() {
+            return;
+        }
+        let read = match from.try_read(&mut buffer) {
+            Ok(0) => return,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        };
+        if freezes.load(Ordering::SeqCst) != era {
+            // Frozen: held open, carrying nothing, until the test ends.
+            std::future::pending::<()>().await;
+        }
+        let mut sent = 0;
+        while sent < read {
+            if to.writable().await.is_err() {
+                return;
+            }
+            match to.try_write(&buffer[sent..read]) {
+                Ok(wrote) => sent += wrote,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,21 +480,20 @@ async fn redis_keeps_an_entry_while_it_is_usable_and_prefixes_do_not_collide() {
         return;
     };
     let mut redis = inspect(&server).await;
-    let one = RedisConfig::new(server.url())
-        .prefix("one")
-        .connect()
-        .await
-        .unwrap();
-    let two = RedisConfig::new(server.url())
-        .prefix("two")
-        .connect()
-        .await
-        .unwrap();
-    let one = Gateway::start("one", RedisCacheStore::new(one)).await;
-    let two = Gateway::start("two", RedisCacheStore::new(two)).await;
+    // Every key of the second is also under `shop:cache:`, where the first keeps its entries.
+    let (shop, nested) = ("shop", "shop:cache:x");
+    let store = |prefix| {
+        let url = server.url();
+        async move {
+            let redis = RedisConfig::new(url).prefix(prefix).connect().await;
+            RedisCacheStore::new(redis.unwrap())
+        }
+    };
+    let one = Gateway::start("one", store(shop).await).await;
+    let two = Gateway::start("two", store(nested).await).await;
 
     assert_eq!(one.get("/items/5").await.body, "one 5 #1");
-    let name = stored(&mut redis, "one", 1).await.remove(0);
+    let name = stored(&mut redis, shop, 1).await.remove(0);
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&name)
         .query_async(&mut redis)
@@ -419,12 +507,141 @@ async fn redis_keeps_an_entry_while_it_is_usable_and_prefixes_do_not_collide() {
 
     let other = two.get("/items/5").await;
     assert_eq!((&*other.cache, &*other.body), ("MISS", "two 5 #1"));
-    stored(&mut redis, "two", 1).await;
+    let nested_name = stored(&mut redis, nested, 1).await.remove(0);
+    assert!(nested_name.starts_with("shop:cache:"), "{nested_name}");
+    assert_eq!(entries(&mut redis, shop).await, [name]);
 
+    // The nested entry's fields match this purge too: only its name tells it apart.
+    one.purge.purge_tag("item-5");
+    stored(&mut redis, shop, 0).await;
+    assert_eq!(one.get("/items/5").await.body, "one 5 #2");
+    stored(&mut redis, shop, 1).await;
     one.purge.purge_all();
-    stored(&mut redis, "one", 0).await;
-    assert_eq!(entries(&mut redis, "two").await.len(), 1);
+    stored(&mut redis, shop, 0).await;
+    // Purges are done in Redis once the first prefix's entries are gone; a little longer to
+    // be sure nothing else goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(entries(&mut redis, nested).await, [nested_name]);
     let kept = two.get("/items/5").await;
     assert_eq!((&*kept.cache, &*kept.body), ("HIT", "two 5 #1"));
-    assert_eq!(one.get("/items/5").await.body, "one 5 #2");
+    assert_eq!(two.upstream_calls(), 1);
+    assert_eq!(one.get("/items/5").await.body, "one 5 #3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_is_replaced_and_memory_emptied() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut redis = inspect(&server).await;
+    let partition = Partition::start(&server).await;
+    let a = Gateway::start("a", RedisCacheStore::new(connect(&server).await)).await;
+    let b_redis = Redis::connect(&partition.url()).await.unwrap();
+    let b = Gateway::start("b", RedisCacheStore::new(b_redis)).await;
+    subscribed(&mut redis, "tollgate", 2, DELIVERY).await;
+
+    assert_eq!(a.get("/items/6").await.cache, "MISS");
+    stored(&mut redis, "tollgate", 1).await;
+    assert_eq!(b.get("/items/6").await.cache, "HIT");
+    delete_entries(&mut redis, "tollgate").await;
+
+    // B's connections go silent without being reset; A's purge never reaches B.
+    partition.freeze();
+    a.purge.purge_resource("/items/6");
+    let from_memory = b.get("/items/6").await;
+    assert_eq!((&*from_memory.cache, &*from_memory.body), ("HIT", "a 6 #1"));
+
+    // A PING every 5 s, answered within 1 s, or B subscribes again and empties its memory.
+    let frozen = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "B noticing its dead subscription",
+        || async { b.get("/items/6").await.cache == "MISS" },
+    )
+    .await;
+    eprintln!("B noticed after {:?}", frozen.elapsed());
+    assert_eq!(b.upstream_calls(), 1);
+    // A, B's silent subscription (Redis still holds it) and B's new one.
+    subscribed(&mut redis, "tollgate", 3, DELIVERY).await;
+
+    // Purges reach B again.
+    assert_eq!(b.get("/items/6").await.body, "b 6 #1");
+    a.purge.purge_resource("/items/6");
+    eventually(DELIVERY, "B going upstream after A's purge", || async {
+        b.get("/items/6").await.cache == "MISS"
+    })
+    .await;
+    assert_eq!(b.upstream_calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_answers_its_pings_is_kept() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut redis = inspect(&server).await;
+    let a = Gateway::start("a", RedisCacheStore::new(connect(&server).await)).await;
+    let b = Gateway::start("b", RedisCacheStore::new(connect(&server).await)).await;
+    subscribed(&mut redis, "tollgate", 2, DELIVERY).await;
+    assert_eq!(a.get("/items/8").await.cache, "MISS");
+    stored(&mut redis, "tollgate", 1).await;
+    assert_eq!(b.get("/items/8").await.cache, "HIT");
+    delete_entries(&mut redis, "tollgate").await;
+
+    // Past the first PING: memory was not emptied, so B did not subscribe again.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let kept = b.get("/items/8").await;
+    assert_eq!((&*kept.cache, &*kept.body), ("HIT", "a 8 #1"));
+    a.purge.purge_resource("/items/8");
+    eventually(DELIVERY, "B going upstream after A's purge", || async {
+        b.get("/items/8").await.cache == "MISS"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_fetched_before_another_instances_purge_is_not_stored_after_it() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut redis = inspect(&server).await;
+    let a = RedisCacheStore::new(connect(&server).await);
+    let b = RedisCacheStore::new(connect(&server).await);
+    subscribed(&mut redis, "tollgate", 2, DELIVERY).await;
+
+    let fetched = SystemTime::now();
+    let response = |body: &'static str| {
+        Arc::new(CachedResponse {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            vary: Box::from([]),
+            resource: "/items/7".into(),
+            tags: Box::from([]),
+            stored_at: fetched,
+            initial_age: Duration::ZERO,
+            fresh_until: fetched + Duration::from_secs(60),
+            stale_while_revalidate_until: fetched,
+            stale_if_error_until: fetched,
+        })
+    };
+    let in_memory = |store: &RedisCacheStore, key: &CacheKey| {
+        matches!(store.memory().get(key), Lookup::Ready(Some(_)))
+    };
+    let (seen, late) = (CacheKey::from_bytes(b"seen"), CacheKey::from_bytes(b"late"));
+    b.put(seen.clone(), response("seen"));
+    assert!(in_memory(&b, &seen));
+    stored(&mut redis, "tollgate", 1).await;
+
+    a.purge(&Purge::resource("/items/7"));
+    eventually(DELIVERY, "B receiving A's purge", || async {
+        !in_memory(&b, &seen)
+    })
+    .await;
+    // The upstream answered before the purge; the layer stores it only now.
+    b.put(late.clone(), response("late"));
+    assert!(!in_memory(&b, &late));
+    stored(&mut redis, "tollgate", 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(entries(&mut redis, "tollgate").await, Vec::<String>::new());
 }
