@@ -39,13 +39,8 @@ struct Gateway {
     upstream: Arc<AtomicUsize>,
     purge: CacheHandle<RedisCacheStore>,
     client: Client<HttpConnector, Empty<Bytes>>,
-    server: JoinHandle<()>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    /// Served until dropped.
+    _served: support::Served,
 }
 
 /// What a client saw.
@@ -82,19 +77,13 @@ impl Gateway {
                 }),
             )
             .layer(cache);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("the gateway serves");
-        });
+        let served = support::serve(app).await;
         Self {
-            addr,
+            addr: served.addr,
             upstream,
             purge,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            server,
+            _served: served,
         }
     }
 

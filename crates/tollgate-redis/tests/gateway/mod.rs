@@ -14,39 +14,23 @@ use hyper::StatusCode;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tollgate_redis::RedisThrottleStore;
 use tollgate_throttle::ThrottleLayer;
+
+use super::support::{serve as serve_app, Served};
+
+/// One gateway instance, served until dropped.
+pub type Instance = Served;
 
 /// No request in these tests may take this long: past it, it counts as hung.
 pub const HANG: Duration = Duration::from_secs(5);
 
-/// One gateway instance, served until dropped.
-pub struct Instance {
-    pub addr: SocketAddr,
-    server: JoinHandle<()>,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
 /// Serves `GET /` ("ok") behind `throttle` on a free loopback port.
-pub async fn serve(throttle: ThrottleLayer<RedisThrottleStore>) -> Instance {
+pub async fn serve(throttle: ThrottleLayer<RedisThrottleStore>) -> Served {
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
         .layer(throttle);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .await
-            .expect("the gateway serves");
-    });
-    Instance { addr, server }
+    serve_app(app).await
 }
 
 /// A client that keeps its connections alive between requests.

@@ -138,3 +138,27 @@ fn free_port() -> u16 {
         .expect("the listener has an address")
         .port()
 }
+
+/// An axum app served on a free loopback port until dropped: one gateway instance.
+pub struct Served {
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Serves `app` on `127.0.0.1:0`.
+pub async fn serve(app: axum::Router) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .await
+            .expect("the gateway serves");
+    });
+    Served { addr, server }
+}

@@ -15,8 +15,6 @@ use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tollgate_redis::{Redis, RedisKeyStore, RedisQuotaStore, RedisThrottleStore};
 use tollgate_usage::{Day, UsagePlans, UsagePlansBuilder};
 
@@ -49,13 +47,8 @@ pub fn on_redis(
 pub struct Gateway {
     pub plans: RedisPlans,
     pub addr: SocketAddr,
-    server: JoinHandle<()>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    /// Served until dropped.
+    _served: super::support::Served,
 }
 
 /// Serves `GET /widgets` ("ok") behind `plans.layer()` on a free loopback port.
@@ -63,17 +56,11 @@ pub async fn serve(plans: RedisPlans) -> Gateway {
     let app = Router::new()
         .route("/widgets", get(|| async { "ok" }))
         .layer(plans.layer());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .await
-            .expect("the gateway serves");
-    });
+    let served = super::support::serve(app).await;
     Gateway {
         plans,
-        addr,
-        server,
+        addr: served.addr,
+        _served: served,
     }
 }
 
