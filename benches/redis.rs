@@ -962,10 +962,10 @@ fn cache(c: &mut Criterion, runtime: &Runtime, redis: Option<&mut RedisBench>) {
         group.finish();
         return;
     };
-    let store = {
-        let _entered = runtime.enter();
-        RedisCacheStore::new(redis.redis.clone())
-    };
+    // Entered for the rest: the store spawns its subscriber and its writes to Redis on the
+    // current runtime.
+    let _entered = runtime.enter();
+    let store = RedisCacheStore::new(redis.redis.clone());
     store.put(key.clone(), cached_response());
     // The write to Redis runs in the background: wait until a lookup from Redis finds it.
     let deadline = Instant::now() + Duration::from_secs(5);
