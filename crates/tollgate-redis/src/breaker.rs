@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::connection::Redis;
 use std::time::{Duration, Instant};
 
 /// When the breaker opens and for how long.
@@ -171,17 +173,30 @@ impl Breaker {
 }
 
 impl Guard {
-    /// Runs `call` within `timeout`, telling the breaker how it went; a failure is described
-    /// for logs and errors.
+    /// Runs `call` within the connection's timeout, telling the breaker (and the connection,
+    /// which replaces itself once silent) how it went; a failure is described for logs and
+    /// errors.
     pub(crate) async fn run<T>(
         mut self,
-        timeout: Duration,
+        redis: &Redis,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, String> {
+        let timeout = redis.timeout;
         let result = match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Ok(answer)) => {
+                redis.answered();
+                Ok(answer)
+            }
+            Ok(Err(error)) => {
+                if error.is_timeout() {
+                    redis.went_silent();
+                }
+                Err(error.to_string())
+            }
+            Err(_) => {
+                redis.went_silent();
+                Err(format!("no answer within {timeout:?}"))
+            }
         };
         self.settled = true;
         match result {

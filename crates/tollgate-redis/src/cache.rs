@@ -239,11 +239,11 @@ impl CacheStore for RedisCacheStore {
         Lookup::Pending(Box::pin(async move {
             let name = inner.entry_name(&key);
             let clears = inner.state.clears.load(Ordering::Acquire);
-            let mut connection = inner.redis.manager.clone();
+            let mut connection = inner.redis.connection();
             let mut command = redis::cmd("HGET");
             command.arg(&name).arg("b");
             let call = command.query_async::<Option<Vec<u8>>>(&mut connection);
-            let blob = match guard.run(inner.redis.timeout, call).await {
+            let blob = match guard.run(&inner.redis, call).await {
                 Ok(blob) => blob?,
                 Err(error) => {
                     fallback();
@@ -311,7 +311,7 @@ impl CacheStore for RedisCacheStore {
             };
             let (resources, tags) = purge_fields(&variants);
             let name = inner.entry_name(&key);
-            let mut connection = inner.redis.manager.clone();
+            let mut connection = inner.redis.connection();
             let mut pipe = redis::pipe();
             pipe.atomic()
                 .cmd("HSET")
@@ -328,7 +328,7 @@ impl CacheStore for RedisCacheStore {
                 .arg(ttl)
                 .ignore();
             let call = pipe.query_async::<()>(&mut connection);
-            if let Err(error) = guard.run(inner.redis.timeout, call).await {
+            if let Err(error) = guard.run(&inner.redis, call).await {
                 fallback();
                 tracing::debug!(%error, "tollgate redis: a cache write failed; kept in memory only");
             }
@@ -389,19 +389,19 @@ impl Inner {
 
     async fn publish(&self, at: SystemTime, purge: &Purge) -> Result<(), String> {
         let guard = self.breaker.guard().ok_or_else(breaker_open)?;
-        let mut connection = self.redis.manager.clone();
+        let mut connection = self.redis.connection();
         let mut command = redis::cmd("PUBLISH");
         command
             .arg(&self.channel)
             .arg(purge_message(self.state.origin, at, purge));
         let call = command.query_async::<i64>(&mut connection);
-        guard.run(self.redis.timeout, call).await.map(drop)
+        guard.run(&self.redis, call).await.map(drop)
     }
 
     /// Deletes the entries `purge` names, a `SCAN` page at a time.
     async fn delete(&self, purge: &Purge) -> Result<(), String> {
         let pattern = format!("{}*", glob_escape(&self.entry_prefix));
-        let mut connection = self.redis.manager.clone();
+        let mut connection = self.redis.connection();
         let mut cursor = 0_u64;
         let mut deleted = 0_usize;
         loop {
@@ -413,7 +413,7 @@ impl Inner {
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
             let page = scan.query_async::<(u64, Vec<String>)>(&mut connection);
-            let (next, mut names) = guard.run(self.redis.timeout, page).await?;
+            let (next, mut names) = guard.run(&self.redis, page).await?;
             names.retain(|name| self.is_entry(name));
             if *purge != Purge::All && !names.is_empty() {
                 let guard = self.breaker.guard().ok_or_else(breaker_open)?;
@@ -423,7 +423,7 @@ impl Inner {
                 }
                 let fields =
                     pipe.query_async::<Vec<(Option<String>, Option<String>)>>(&mut connection);
-                let fields = guard.run(self.redis.timeout, fields).await?;
+                let fields = guard.run(&self.redis, fields).await?;
                 let mut fields = fields.into_iter();
                 names.retain(|_| match fields.next() {
                     Some((Some(resources), tags)) => {
@@ -440,7 +440,7 @@ impl Inner {
                 let mut del = redis::cmd("DEL");
                 del.arg(&names);
                 let del = del.query_async::<usize>(&mut connection);
-                deleted += guard.run(self.redis.timeout, del).await?;
+                deleted += guard.run(&self.redis, del).await?;
             }
             if next == 0 {
                 tracing::debug!(?purge, deleted, "tollgate redis: cache purge done in Redis");

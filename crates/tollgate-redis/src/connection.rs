@@ -1,7 +1,8 @@
 //! The connection every tollgate store shares: reconnecting, time-limited, namespaced.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -104,8 +105,13 @@ impl RedisConfig {
 
     fn with(self, client: redis::Client, manager: ConnectionManager) -> Redis {
         Redis {
+            link: Arc::new(Link {
+                manager: RwLock::new(manager),
+                config: self.manager_config(),
+                silent: AtomicU32::new(0),
+                replacing: AtomicBool::new(false),
+            }),
             client,
-            manager,
             prefix: self.prefix.into(),
             timeout: self.timeout,
             key_secret: self.key_secret,
@@ -119,7 +125,7 @@ impl RedisConfig {
 pub struct Redis {
     /// For connections of their own (pub/sub).
     pub(crate) client: redis::Client,
-    pub(crate) manager: ConnectionManager,
+    link: Arc<Link>,
     pub(crate) prefix: Arc<str>,
     pub(crate) timeout: Duration,
     pub(crate) key_secret: Arc<[u8]>,
@@ -134,7 +140,72 @@ impl fmt::Debug for Redis {
     }
 }
 
+/// Calls in a row that got no answer in time before the connection is replaced.
+const SILENT_CALLS: u32 = 3;
+
+/// The shared connection, and what tells a silent one from a busy one.
+struct Link {
+    manager: RwLock<ConnectionManager>,
+    config: ConnectionManagerConfig,
+    /// Calls in a row that timed out.
+    silent: AtomicU32,
+    /// Whether a new connection is being made to replace a silent one.
+    replacing: AtomicBool,
+}
+
 impl Redis {
+    /// The shared connection, for one call.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        let manager = self
+            .link
+            .manager
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        manager.clone()
+    }
+
+    /// A call got its answer.
+    pub(crate) fn answered(&self) {
+        self.link.silent.store(0, Ordering::Relaxed);
+    }
+
+    /// A call got no answer in time. A connection that Redis refuses or resets reconnects by
+    /// itself, but one whose peer went silent (a network partition, a frozen host) would wait
+    /// for the kernel to give up on it, which takes many minutes. After a few silent calls in
+    /// a row a new connection is made in the background, and it takes the old one's place
+    /// once it is up; until then, and if it cannot be made, the old one stays.
+    pub(crate) fn went_silent(&self) {
+        let silent = self.link.silent.fetch_add(1, Ordering::Relaxed) + 1;
+        if silent < SILENT_CALLS || self.link.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.link.replacing.store(false, Ordering::Release);
+            return;
+        };
+        let redis = self.clone();
+        runtime.spawn(async move {
+            let link = &redis.link;
+            match ConnectionManager::new_with_config(redis.client.clone(), link.config.clone())
+                .await
+            {
+                Ok(fresh) => {
+                    *link.manager.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                    link.silent.store(0, Ordering::Relaxed);
+                    tracing::warn!(
+                        calls = silent,
+                        "tollgate redis: Redis stopped answering on its connection; a new one took its place"
+                    );
+                    metrics::counter!("tollgate_redis_reconnects_total").increment(1);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "tollgate redis: a new connection could not be made yet");
+                }
+            }
+            link.replacing.store(false, Ordering::Release);
+        });
+    }
+
     /// Connects to `url` with the defaults of [`RedisConfig`].
     ///
     /// # Errors

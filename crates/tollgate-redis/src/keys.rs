@@ -218,7 +218,7 @@ impl Inner {
     }
 
     fn connection(&self) -> ConnectionManager {
-        self.redis.manager.clone()
+        self.redis.connection()
     }
 
     /// The key parsed from `record`, reusing the last parse while the record is unchanged.
@@ -291,7 +291,7 @@ impl KeyStore for RedisKeyStore {
             let mut command = redis::cmd("GET");
             command.arg(name);
             let call = command.query_async::<Option<String>>(&mut connection);
-            match guard.run(inner.redis.timeout, call).await {
+            match guard.run(&inner.redis, call).await {
                 Ok(Some(record)) => inner.parse(&id, record).map(Some),
                 Ok(None) => {
                     inner.seen.forget(&id);

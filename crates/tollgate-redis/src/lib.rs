@@ -55,7 +55,7 @@ mod throttle;
 pub use breaker::BreakerConfig;
 pub use cache::RedisCacheStore;
 pub use connection::{Redis, RedisConfig};
-pub use redis::RedisError;
 pub use keys::{RedisGet, RedisKeyStore};
 pub use quota::{RedisQuotaStore, RedisTake};
+pub use redis::RedisError;
 pub use throttle::{FailurePolicy, RedisCheck, RedisThrottleStore};

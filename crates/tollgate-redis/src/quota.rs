@@ -265,7 +265,7 @@ impl QuotaStore for RedisQuotaStore {
         let (key, window) = (key.clone(), quota.map(|(limit, window)| (limit, *window)));
         let inner = Arc::clone(inner);
         Found::Pending(Box::pin(async move {
-            let mut connection = inner.redis.manager.clone();
+            let mut connection = inner.redis.connection();
             let mut invocation = inner.script.key(hash);
             invocation
                 .arg(period)
@@ -274,7 +274,7 @@ impl QuotaStore for RedisQuotaStore {
                 .arg(oldest)
                 .arg(ttl_ms);
             let call = invocation.invoke_async::<(i64, i64)>(&mut connection);
-            match guard.run(inner.redis.timeout, call).await {
+            match guard.run(&inner.redis, call).await {
                 Ok((1, used)) => Ok(Take::Taken {
                     used: u32::try_from(used).unwrap_or(u32::MAX),
                 }),
@@ -297,7 +297,7 @@ impl QuotaStore for RedisQuotaStore {
         let hash = self.hash_key(key);
         let inner = Arc::clone(&self.inner);
         async move {
-            let mut connection = inner.redis.manager.clone();
+            let mut connection = inner.redis.connection();
             let fields: Vec<(String, u64)> = redis::cmd("HGETALL")
                 .arg(hash)
                 .query_async(&mut connection)
@@ -334,7 +334,7 @@ impl QuotaStore for RedisQuotaStore {
             if let Some(memory) = &inner.fallback {
                 memory.forget(&local).await?;
             }
-            let mut connection = inner.redis.manager.clone();
+            let mut connection = inner.redis.connection();
             redis::cmd("DEL")
                 .arg(hash)
                 .query_async::<()>(&mut connection)

@@ -234,7 +234,7 @@ impl RedisThrottleStore {
     ///
     /// Redis cannot be reached.
     pub async fn preload(&self) -> Result<(), redis::RedisError> {
-        let mut connection = self.inner.redis.manager.clone();
+        let mut connection = self.inner.redis.connection();
         self.inner
             .script
             .prepare_invoke()
@@ -254,7 +254,7 @@ impl RedisThrottleStore {
 /// `invoke_async` loads it again by itself whenever Redis answers NOSCRIPT.
 pub(crate) fn load_on_start(redis: &Redis, script: &redis::Script, store: &'static str) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        let (script, mut connection) = (script.clone(), redis.manager.clone());
+        let (script, mut connection) = (script.clone(), redis.connection());
         runtime.spawn(async move {
             if let Err(error) = script.prepare_invoke().load_async(&mut connection).await {
                 tracing::warn!(%error, store, "tollgate redis: a script could not be loaded on start");
@@ -398,7 +398,7 @@ impl Inner {
             .map(|_| checks.iter().map(|(_, key)| key.detached()).collect());
         let inner = Arc::clone(self);
         Decided::Later(Box::pin(async move {
-            let mut connection = inner.redis.manager.clone();
+            let mut connection = inner.redis.connection();
             let mut invocation = inner.script.prepare_invoke();
             for key in keys {
                 invocation.key(key);
@@ -407,7 +407,7 @@ impl Inner {
                 invocation.arg(arg);
             }
             let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
-            match guard.run(inner.redis.timeout, call).await {
+            match guard.run(&inner.redis, call).await {
                 // Two numbers per rule decided, for at most every rule asked.
                 Ok(reply) if reply.len() % 2 == 0 && reply.len() <= 2 * indices.len() => Ok(reply
                     .chunks_exact(2)

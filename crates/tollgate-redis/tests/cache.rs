@@ -19,9 +19,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use redis::aio::MultiplexedConnection;
 use support::RedisServer;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tollgate_cache::{
     CacheHandle, CacheKey, CacheLayer, CacheStore, CachedResponse, Lookup, Purge, X_CACHE_STATUS,
 };
@@ -213,86 +210,6 @@ async fn delete_entries(redis: &mut MultiplexedConnection, prefix: &str) {
 
 async fn connect(server: &RedisServer) -> Redis {
     Redis::connect(&server.url()).await.unwrap()
-}
-
-/// A TCP proxy to Redis whose open connections can be frozen: they stay open but carry
-/// nothing more, as across a partition that resets nothing. New connections get through.
-struct Partition {
-    addr: SocketAddr,
-    /// Connections accepted before the last freeze carry nothing.
-    freezes: Arc<AtomicUsize>,
-    accept: JoinHandle<()>,
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-impl Partition {
-    async fn start(server: &RedisServer) -> Self {
-        let target = server.url().trim_start_matches("redis://").to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let freezes = Arc::new(AtomicUsize::new(0));
-        let current = freezes.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&target).await else {
-                    continue;
-                };
-                let era = current.load(Ordering::SeqCst);
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(forward(client_read, server_write, era, current.clone()));
-                tokio::spawn(forward(server_read, client_write, era, current.clone()));
-            }
-        });
-        Self {
-            addr,
-            freezes,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    fn freeze(&self) {
-        self.freezes.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-async fn forward(from: OwnedReadHalf, to: OwnedWriteHalf, era: usize, freezes: Arc<AtomicUsize>) {
-    let mut buffer = vec![0; 16 * 1024];
-    loop {
-        if from.readable().await.is_err() {
-            return;
-        }
-        let read = match from.try_read(&mut buffer) {
-            Ok(0) => return,
-            Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return,
-        };
-        if freezes.load(Ordering::SeqCst) != era {
-            // Frozen: held open, carrying nothing, until the test ends.
-            std::future::pending::<()>().await;
-        }
-        let mut sent = 0;
-        while sent < read {
-            if to.writable().await.is_err() {
-                return;
-            }
-            match to.try_write(&buffer[sent..read]) {
-                Ok(wrote) => sent += wrote,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +440,7 @@ async fn a_subscription_that_stops_answering_is_replaced_and_memory_emptied() {
         return;
     };
     let mut redis = inspect(&server).await;
-    let partition = Partition::start(&server).await;
+    let partition = support::Partition::start(&server).await;
     let a = Gateway::start("a", RedisCacheStore::new(connect(&server).await)).await;
     let b_redis = Redis::connect(&partition.url()).await.unwrap();
     let b = Gateway::start("b", RedisCacheStore::new(b_redis)).await;

@@ -335,3 +335,69 @@ async fn redis_down_each_instance_enforces_its_share_of_the_rule_in_memory() {
     assert_eq!(restart_and_recover(&mut server, &instances).await, 10);
     assert!(redis_key_exists(&server).await);
 }
+
+/// A Redis that goes silent without resetting the connection (a partition, a frozen host): the
+/// calls time out, the breaker opens, and the silent connection is replaced, so the first
+/// probe after the breaker's second reaches Redis again over a new one. Without the
+/// replacement the old connection would wait for the kernel to give up on it, for minutes.
+#[tokio::test]
+async fn a_connection_that_goes_silent_is_replaced_and_the_store_recovers() {
+    use tollgate_core::Key;
+    use tollgate_throttle::{Check, Outcome, ThrottleStore};
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let partition = support::Partition::start(&server).await;
+    let redis = Redis::connect(&partition.url()).await.unwrap();
+    let mut made = None;
+    let layer = ThrottleLayer::builder()
+        .rule(Rule::new("silent", Rate::per_second(1_000), Global).burst(1_000))
+        .build_with_store(|rules, clock| {
+            let store = RedisThrottleStore::new(redis.clone(), rules, clock);
+            made = Some(store.clone());
+            store
+        })
+        .unwrap();
+    let (store, rule) = (made.unwrap(), layer.rules()[0].clone());
+    let check = || async {
+        match store.check(&rule, &Key::global()) {
+            Check::Ready(result) => result,
+            Check::Pending(future) => future.await,
+        }
+    };
+    assert!(matches!(check().await, Ok(Outcome::Allowed { .. })));
+
+    partition.freeze();
+    let frozen = Instant::now();
+    let mut failed = 0;
+    loop {
+        let started = Instant::now();
+        match check().await {
+            Ok(outcome) => {
+                assert!(matches!(outcome, Outcome::Allowed { .. }), "{outcome:?}");
+                break;
+            }
+            Err(_) => failed += 1,
+        }
+        assert!(
+            started.elapsed() < SLOWEST_WHILE_DOWN,
+            "a check waited {:?}",
+            started.elapsed()
+        );
+        assert!(
+            frozen.elapsed() < Duration::from_secs(5),
+            "still failing {:?} after the freeze ({failed} failed checks)",
+            frozen.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three silent calls opened the breaker and replaced the connection; the breaker's probe
+    // a second later got through.
+    assert!(failed >= 3, "{failed} failed checks");
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(1),
+        "recovered after {:?}, before the breaker's second",
+        frozen.elapsed()
+    );
+}

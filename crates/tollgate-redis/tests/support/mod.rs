@@ -162,3 +162,90 @@ pub async fn serve(app: axum::Router) -> Served {
     });
     Served { addr, server }
 }
+
+/// A TCP proxy to Redis whose open connections can be frozen: they stay open but carry
+/// nothing more, as across a partition that resets nothing. New connections get through.
+pub struct Partition {
+    pub addr: SocketAddr,
+    /// Connections accepted before the last freeze carry nothing.
+    freezes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Partition {
+    pub async fn start(server: &RedisServer) -> Self {
+        let target = server.url().trim_start_matches("redis://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let freezes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let current = freezes.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let era = current.load(std::sync::atomic::Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, era, current.clone()));
+                tokio::spawn(forward(server_read, client_write, era, current.clone()));
+            }
+        });
+        Self {
+            addr,
+            freezes,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Freezes every connection open now.
+    pub fn freeze(&self) {
+        self.freezes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn forward(
+    from: tokio::net::tcp::OwnedReadHalf,
+    to: tokio::net::tcp::OwnedWriteHalf,
+    era: usize,
+    freezes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        if from.readable().await.is_err() {
+            return;
+        }
+        let read = match from.try_read(&mut buffer) {
+            Ok(0) => return,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        };
+        if freezes.load(std::sync::atomic::Ordering::SeqCst) != era {
+            // Frozen: held open, carrying nothing, until the test ends.
+            std::future::pending::<()>().await;
+        }
+        let mut sent = 0;
+        while sent < read {
+            if to.writable().await.is_err() {
+                return;
+            }
+            match to.try_write(&buffer[sent..read]) {
+                Ok(wrote) => sent += wrote,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
