@@ -18,7 +18,7 @@
 //! | `stage` (default) | [`stage`] | stage and version routing: base paths, hosts, version headers and media types, sticky canaries with runtime control, deprecation and sunset |
 //! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
 //! | `aggregate` (default) | [`aggregate`] | fan-out aggregation with JSON pipelines and deterministic merges, a streaming HTTP upstream proxy, mock integrations |
-//! | `redis` | [`redis`] | Redis (or Valkey) stores shared by several gateway instances: the throttle's GCRA in one round trip, failure policies, a circuit breaker (needs Rust 1.88) |
+//! | `redis` | [`redis`] | Redis (or Valkey) stores shared by several gateway instances: throttles (a request's rules in one round trip), exact quotas with daily usage, API keys, a shared cache level with purges published to every instance; failure policies and circuit breakers (needs Rust 1.88) |
 //! | `axum` | — | axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
 //!
