@@ -56,6 +56,12 @@ pub use tollgate_core::{
     Stage, SystemClock, TrustedProxies, TrustedProxiesError,
 };
 
+#[cfg(feature = "axum")]
+mod gateway;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use gateway::{Gateway, GatewayBuilder, GatewayLayer, GatewayService};
+
 /// Shared types of every layer (`tollgate-core`).
 pub use tollgate_core as core;
 

@@ -40,7 +40,7 @@ pub fn bare(
 /// Serves one request the way a server would: `poll_ready`, `call`, then polls the response
 /// future with a no-op waker until it is ready (at the first poll on every path measured).
 #[inline(always)]
-pub fn serve<S: Service<Request<()>>>(service: &mut S, request: Request<()>) -> S::Response {
+pub fn serve<R, S: Service<R>>(service: &mut S, request: R) -> S::Response {
     let mut cx = Context::from_waker(Waker::noop());
     assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
     let mut future = pin!(service.call(request));

@@ -1,0 +1,90 @@
+//! What `Gateway` adds to its layers: each step is type-erased (one boxed service and one
+//! boxed future per step and request), measured beside the same layer stacked directly and a
+//! bare service of axum bodies, in the same group.
+//!
+//! Group `gateway/throttle`: every request from one client (a `PeerAddr` in its extensions),
+//! under one rule, `PeerIp`, of a rate that never refuses; responses carry `RateLimit`.
+//!
+//! - `bare`: a service answering an empty 200 with a `content-type`, as axum does.
+//! - `gateway_no_steps`: `Gateway::builder().build()` around it: the erasure of the
+//!   application's service alone.
+//! - `throttle_layer`: `ThrottleLayer` (with `keep_inner_body`) stacked directly.
+//! - `gateway_throttle`: the same layer as the gateway's one step.
+//!
+//! Services are driven directly (`poll_ready`, `call`, one poll with a no-op waker), as in the
+//! other benches, each through the same boxed closure, so that cost is the same in every case. Run with `cargo bench --bench gateway --features full`.
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::ready;
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{Request, Response, StatusCode};
+use support::{configure, hello, serve};
+use tollgate::key::PeerIp;
+use tollgate::throttle::{Rate, Rule, ThrottleLayer};
+use tollgate::{Gateway, PeerAddr};
+use tower::{Layer, Service};
+
+fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    tower::service_fn(|_: Request<Body>| ready(Ok::<_, Infallible>(hello(Body::empty()))))
+}
+
+fn throttle(
+) -> tollgate::throttle::ThrottleLayer<tollgate::throttle::MemoryStore, tollgate::core::InnerBody> {
+    ThrottleLayer::builder()
+        .rule(Rule::new("per-client", Rate::per_second(1_000_000_000), PeerIp).burst(1_000_000))
+        .build()
+        .expect("the rule is valid")
+        .keep_inner_body()
+}
+
+fn request(peer: SocketAddr) -> Request<Body> {
+    let mut request = Request::new(Body::empty());
+    request.extensions_mut().insert(PeerAddr(peer));
+    request
+}
+
+fn gateway(c: &mut Criterion) {
+    let peer: SocketAddr = "192.0.2.1:4000".parse().expect("an address");
+    let mut group = c.benchmark_group("gateway/throttle");
+    configure(&mut group);
+    let mut run = |name: &str, mut service: Box<dyn FnMut(Request<Body>) -> Response<Body>>| {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let response = service(black_box(request(peer)));
+                assert_eq!(response.status(), StatusCode::OK);
+                response
+            })
+        });
+    };
+    let mut service = bare();
+    run("bare", Box::new(move |r| serve(&mut service, r)));
+    let mut service = Gateway::builder().build().layer(bare());
+    run(
+        "gateway_no_steps",
+        Box::new(move |r| serve(&mut service, r)),
+    );
+    let mut service = throttle().layer(bare());
+    run("throttle_layer", Box::new(move |r| serve(&mut service, r)));
+    let mut service = Gateway::builder()
+        .throttle(throttle())
+        .build()
+        .layer(bare());
+    run(
+        "gateway_throttle",
+        Box::new(move |r| serve(&mut service, r)),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, gateway);
+criterion_main!(benches);
