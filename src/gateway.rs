@@ -34,10 +34,7 @@ where
     fn wrap(&self, inner: GatewayService) -> GatewayService {
         // A layer whose responses already carry axum bodies keeps them as they are
         // (`into_response` does not box a `Body` again); others are boxed once.
-        BoxCloneSyncService::new(
-            self.layer(inner)
-                .map_response(IntoResponse::into_response),
-        )
+        BoxCloneSyncService::new(self.layer(inner).map_response(IntoResponse::into_response))
     }
 }
 
@@ -173,7 +170,10 @@ pub struct GatewayBuilder {
 impl fmt::Debug for GatewayBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GatewayBuilder")
-            .field("steps", &self.steps().map(|step| step.name).collect::<Vec<_>>())
+            .field(
+                "steps",
+                &self.steps().map(|step| step.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
