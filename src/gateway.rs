@@ -66,9 +66,10 @@ struct Step {
 /// Added with `Router::layer`, the gateway also sees requests no route matches (their 404s
 /// are throttled, authorized and counted); `Router::route_layer` keeps it to matched routes.
 ///
-/// Stages come before all of these: a [`StageRouter`](crate::stage::StageRouter) picks the
-/// stage, and each stage's deployment is the gateway around that deployment's router
-/// (`gateway.layer(router)`), so the stages share every limit, quota and cache.
+/// Stages come before all of these: [`Gateway::stages`] builds a
+/// [`StageRouter`](crate::stage::StageRouter) that picks the stage (or canary) and serves each
+/// deployment behind the gateway's steps, which the stages share (every limit, quota and
+/// cache).
 ///
 /// The layers are type-erased: the result is a [`GatewayService`] whatever the stores and
 /// authorizers, at the cost of one boxed future per step and request. Clones of a `Gateway`
@@ -136,6 +137,36 @@ impl Gateway {
     /// then `layer` for each of the application's own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.steps.iter().map(|step| step.name)
+    }
+
+    /// Stages in front of the gateway: the router picks the stage (or canary) first, then
+    /// every deployment described in `stages` is served behind this gateway's steps, which
+    /// all stages share. Canaries started later through the router's `StageHandle` take a
+    /// [`GatewayService`]: wrap their deployment with `gateway.layer(..)` too.
+    ///
+    /// Since the router runs first, what the authorizer and the usage plan put in a request
+    /// (the subject, the API key, scopes) is not there yet when it picks a side: keep canaries
+    /// sticky by client IP, a header or a cookie.
+    ///
+    /// # Errors
+    ///
+    /// The stages do not describe a valid router (no stage, a conflict, an unknown default).
+    #[cfg(feature = "stage")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "stage")))]
+    pub fn stages<S>(
+        &self,
+        stages: crate::stage::StageRouterBuilder<S>,
+    ) -> Result<
+        crate::stage::StageRouter<GatewayService, crate::core::InnerBody>,
+        crate::stage::StageError,
+    >
+    where
+        Self: Layer<S, Service = GatewayService>,
+    {
+        Ok(stages
+            .map_services(|deployment| self.layer(deployment))
+            .build()?
+            .keep_inner_body())
     }
 }
 

@@ -604,3 +604,47 @@ async fn a_gateway_with_no_step_passes_requests_through_untouched() {
         }
     }
 }
+
+#[tokio::test]
+async fn stages_come_first_and_share_the_gateways_limits() {
+    use tollgate::stage::{StageRouter, StageSpec};
+    use tollgate::Stage;
+
+    // Two requests in all, across both stages: the stages share the gateway's throttle.
+    let throttle = ThrottleLayer::builder()
+        .rule(Rule::new("everyone", Rate::per_hour(1), tollgate::key::Global).burst(2))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let gateway = Gateway::builder().throttle(throttle).build();
+    let deployment = || {
+        Router::new().route(
+            "/orders",
+            get(|stage: Stage| async move { format!("{} {}", stage.name(), stage.deployment()) }),
+        )
+    };
+    let stages = gateway
+        .stages(
+            StageRouter::builder()
+                .stage(StageSpec::new("v1", deployment()).base_path("/v1"))
+                .stage(StageSpec::new("v2", deployment()).base_path("/v2")),
+        )
+        .unwrap();
+    let addr = serve_axum(Router::new().fallback_service(stages)).await;
+    let client = Client::new();
+
+    let v1 = client.get(addr, "/v1/orders", &[]).await;
+    assert_eq!(v1.status, StatusCode::OK);
+    assert_eq!(v1.text(), "v1 v1");
+    assert_eq!(v1.header("x-deployment"), "v1");
+    let v2 = client.get(addr, "/v2/orders", &[]).await;
+    assert_eq!(v2.status, StatusCode::OK);
+    assert_eq!(v2.text(), "v2 v2");
+    // The third is refused whichever stage it asks: one allowance behind both.
+    let third = client.get(addr, "/v1/orders", &[]).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    // No stage matches: the router answers 404 itself. Had the spent throttle run first, this
+    // would be a 429: the stages come before the gateway's steps.
+    let unknown = client.get(addr, "/v3/orders", &[]).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}

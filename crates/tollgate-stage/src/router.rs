@@ -283,6 +283,28 @@ impl<S> fmt::Debug for StageRouterBuilder<S> {
     }
 }
 
+impl<S> StageRouterBuilder<S> {
+    /// This builder with every stage's deployments (and canaries) served by `map(service)`:
+    /// for wrapping each deployment in the same layers after the stages are described.
+    pub fn map_services<T>(self, map: impl Fn(S) -> T) -> StageRouterBuilder<T> {
+        StageRouterBuilder {
+            stages: self
+                .stages
+                .into_iter()
+                .map(|stage| stage.map_service(&map))
+                .collect(),
+            default: self.default,
+            version_headers: self.version_headers,
+            vendor: self.vendor,
+            sticky: self.sticky,
+            override_header: self.override_header,
+            override_scope: self.override_scope,
+            deployment_header: self.deployment_header,
+            clock: self.clock,
+        }
+    }
+}
+
 impl<S: Clone + Send + Sync + 'static> StageRouterBuilder<S> {
     /// Adds a stage.
     pub fn stage(mut self, stage: StageSpec<S>) -> Self {

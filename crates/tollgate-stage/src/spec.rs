@@ -57,6 +57,26 @@ pub enum AfterSunset {
 }
 
 impl<S> StageSpec<S> {
+    /// This stage with its deployment, and its canary's, served by `map(service)` instead:
+    /// for wrapping every deployment in the same layers (as `tollgate::Gateway` does).
+    pub fn map_service<T>(self, map: impl Fn(S) -> T) -> StageSpec<T> {
+        StageSpec {
+            name: self.name,
+            service: map(self.service),
+            deployment: self.deployment,
+            base_paths: self.base_paths,
+            strip_prefix: self.strip_prefix,
+            hosts: self.hosts,
+            versions: self.versions,
+            variables: self.variables,
+            canary: self.canary.map(|canary| canary.map_service(&map)),
+            deprecation: self.deprecation,
+            sunset: self.sunset,
+            successor: self.successor,
+            after_sunset: self.after_sunset,
+        }
+    }
+
     /// A stage named `name` served by `service`.
     pub fn new(name: impl Into<String>, service: S) -> Self {
         Self {
@@ -161,6 +181,16 @@ pub struct Canary<S> {
 }
 
 impl<S> Canary<S> {
+    /// This canary served by `map(service)` instead, with everything else as it is.
+    pub fn map_service<T>(self, map: impl FnOnce(S) -> T) -> Canary<T> {
+        Canary {
+            service: map(self.service),
+            deployment: self.deployment,
+            percent: self.percent,
+            variables: self.variables,
+        }
+    }
+
     /// A canary served by `service`, at 0 % until told otherwise.
     pub fn new(service: S) -> Self {
         Self {
