@@ -11,8 +11,11 @@
 //! - `throttle_layer`: `ThrottleLayer` (with `keep_inner_body`) stacked directly.
 //! - `gateway_throttle`: the same layer as the gateway's one step.
 //!
-//! Services are driven directly (`poll_ready`, `call`, one poll with a no-op waker), as in the
-//! other benches, each through the same boxed closure, so that cost is the same in every case. Run with `cargo bench --bench gateway --features full`.
+//! Each request is served by a clone of the service, as axum serves each request of a route,
+//! driven directly (`poll_ready`, `call`, one poll with a no-op waker) as in the other
+//! benches, through the same boxed closure in every case.
+//!
+//! Run with `cargo bench --bench gateway --features full`.
 
 mod support;
 
@@ -66,22 +69,25 @@ fn gateway(c: &mut Criterion) {
             })
         });
     };
-    let mut service = bare();
-    run("bare", Box::new(move |r| serve(&mut service, r)));
-    let mut service = Gateway::builder().build().layer(bare());
+    let service = bare();
+    run("bare", Box::new(move |r| serve(&mut service.clone(), r)));
+    let service = Gateway::builder().build().layer(bare());
     run(
         "gateway_no_steps",
-        Box::new(move |r| serve(&mut service, r)),
+        Box::new(move |r| serve(&mut service.clone(), r)),
     );
-    let mut service = throttle().layer(bare());
-    run("throttle_layer", Box::new(move |r| serve(&mut service, r)));
-    let mut service = Gateway::builder()
+    let service = throttle().layer(bare());
+    run(
+        "throttle_layer",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
+    let service = Gateway::builder()
         .throttle(throttle())
         .build()
         .layer(bare());
     run(
         "gateway_throttle",
-        Box::new(move |r| serve(&mut service, r)),
+        Box::new(move |r| serve(&mut service.clone(), r)),
     );
     group.finish();
 }

@@ -2,29 +2,86 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::IntoResponse;
 use http::{Request, Response};
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
-/// The service a [`Gateway`] makes of the application's: every step of the gateway around it,
-/// behind one nameable type. Clones share every layer's state (limits, quotas, caches).
-pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// The future of a [`GatewayService`].
+pub type GatewayFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-/// A layer that can take its place in a [`Gateway`]: one that wraps a [`GatewayService`] into
-/// a cloneable, thread-safe service of axum bodies that never fails (refusals are responses).
+type Call = dyn Fn(Request<Body>) -> GatewayFuture + Send + Sync;
+
+/// The service a [`Gateway`] makes of the application's: every step of the gateway around it,
+/// behind one nameable type. Made only by a gateway ([`Gateway::wrap`], or `Layer::layer`).
+///
+/// A clone costs a reference count, as axum clones a route's service for every request; a
+/// request costs one boxed future per step. It is always ready: each step's own readiness is
+/// awaited inside the request's future (tollgate's layers refuse with responses, never by
+/// backpressure).
+#[derive(Clone)]
+pub struct GatewayService {
+    call: Arc<Call>,
+}
+
+impl fmt::Debug for GatewayService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayService").finish_non_exhaustive()
+    }
+}
+
+impl GatewayService {
+    /// Erases `service`: each request calls a clone of it.
+    fn new<S>(service: S) -> Self
+    where
+        S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
+    {
+        Self {
+            call: Arc::new(move |request| {
+                let call = service.clone().oneshot(request);
+                Box::pin(async move { Ok(call.await?.into_response()) })
+            }),
+        }
+    }
+}
+
+impl Service<Request<Body>> for GatewayService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, request: Request<Body>) -> GatewayFuture {
+        (self.call)(request)
+    }
+}
+
+/// What can be a step of a [`Gateway`]: a layer that wraps a [`GatewayService`] into a
+/// cloneable, thread-safe service that never fails (refusals are responses) and answers
+/// something axum can turn into a response.
 ///
 /// Every tollgate layer is one, and so is any tower layer of the application's own with those
-/// properties; it is implemented for them all.
-pub trait GatewayLayer: Send + Sync + 'static {
+/// properties (axum's `middleware::from_fn`, for one); it is implemented for them
+/// all.
+pub trait GatewayStep: Send + Sync + 'static {
     /// Wraps `inner`.
+    #[doc(hidden)]
     fn wrap(&self, inner: GatewayService) -> GatewayService;
 }
 
-impl<L> GatewayLayer for L
+impl<L> GatewayStep for L
 where
     L: Layer<GatewayService> + Send + Sync + 'static,
     L::Service: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -32,9 +89,7 @@ where
     <L::Service as Service<Request<Body>>>::Future: Send + 'static,
 {
     fn wrap(&self, inner: GatewayService) -> GatewayService {
-        // A layer whose responses already carry axum bodies keeps them as they are
-        // (`into_response` does not box a `Body` again); others are boxed once.
-        BoxCloneSyncService::new(self.layer(inner).map_response(IntoResponse::into_response))
+        GatewayService::new(self.layer(inner))
     }
 }
 
@@ -42,19 +97,20 @@ where
 #[derive(Clone)]
 struct Step {
     name: &'static str,
-    layer: Arc<dyn GatewayLayer>,
+    layer: Arc<dyn GatewayStep>,
 }
 
 /// Every step of an API gateway, as one tower [`Layer`] for an axum `Router` or any service
-/// that takes requests with axum bodies and never fails, in the order a hosted gateway applies them (outermost first):
+/// that takes requests with axum bodies and never fails, in the order a hosted gateway
+/// applies them (outermost first):
 ///
-/// 1. [`throttle`](GatewayBuilder::throttle): the coarse limits, per client IP or global,
-///    which protect everything behind them;
-/// 2. [`authorizer`](GatewayBuilder::authorizer): who is calling (`Principal`); 401 or 403;
-/// 3. [`usage`](GatewayBuilder::usage): the API key's plan, its throttle and quota;
-/// 4. [`cache`](GatewayBuilder::cache): a hit is answered here, a miss goes on;
-/// 5. the application's own layers ([`layer`](GatewayBuilder::layer)), in the order added,
-///    then the application itself (the integration).
+/// 1. `throttle`: the coarse limits, per client IP or global, which protect everything
+///    behind them;
+/// 2. `authorizer`: who is calling (`Principal`); 401 or 403;
+/// 3. `usage`: the API key's plan, its throttle and quota;
+/// 4. `cache`: a hit is answered here, a miss goes on;
+/// 5. the application's own layers (`layer`), in the order added, then the application
+///    itself (the integration).
 ///
 /// Every step is optional; the order is the builder's, whatever the order of the calls, so a
 /// throttled request never reaches the authorizer, an unauthorized one spends no quota, and a
@@ -65,15 +121,17 @@ struct Step {
 ///
 /// Added with `Router::layer`, the gateway also sees requests no route matches (their 404s
 /// are throttled, authorized and counted); `Router::route_layer` keeps it to matched routes.
+/// Layers that must see every request, refused or not (request ids, traces, access logs),
+/// go outside it: `Router::layer` after `.layer(gateway)`.
 ///
-/// Stages come before all of these: [`Gateway::stages`] builds a
-/// [`StageRouter`](crate::stage::StageRouter) that picks the stage (or canary) and serves each
-/// deployment behind the gateway's steps, which the stages share (every limit, quota and
-/// cache).
+/// Stages come before the steps: `Gateway::stages` (feature `stage`) builds a stage router
+/// that picks the stage (or canary) and serves each deployment behind the gateway's steps,
+/// which the stages share (every limit, quota and cache).
 ///
 /// The layers are type-erased: the result is a [`GatewayService`] whatever the stores and
-/// authorizers, at the cost of one boxed future per step and request. Clones of a `Gateway`
-/// share every layer's state.
+/// authorizers. A request costs one boxed future per step and a clone of each step's service
+/// (reference counts); the tollgate layers are used with axum's own body type, so no response
+/// body is wrapped. Clones of a `Gateway` share every layer's state.
 ///
 /// # Example
 ///
@@ -133,6 +191,24 @@ impl Gateway {
         GatewayBuilder::default()
     }
 
+    /// `service` behind every step of the gateway: what `Layer::layer` makes, without
+    /// importing `tower::Layer`. The service must be cloneable and `Sync` (axum's routers and
+    /// handlers are; wrap a `tower::util::BoxCloneService` in one that is), never fail, and
+    /// take axum bodies (on hyper, `request.map(axum::body::Body::new)`).
+    pub fn wrap<S>(&self, service: S) -> GatewayService
+    where
+        S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.steps
+            .iter()
+            .rev()
+            .fold(GatewayService::new(service), |service, step| {
+                step.layer.wrap(service)
+            })
+    }
+
     /// The names of the steps, outermost first: `throttle`, `authorizer`, `usage`, `cache`,
     /// then `layer` for each of the application's own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -146,7 +222,10 @@ impl Gateway {
     ///
     /// Since the router runs first, what the authorizer and the usage plan put in a request
     /// (the subject, the API key, scopes) is not there yet when it picks a side: keep canaries
-    /// sticky by client IP, a header or a cookie.
+    /// sticky by client IP, a header or a cookie. For the same reason the steps see a
+    /// deployment's whole router, before axum has matched a route: rules and policies keyed by
+    /// route must name their routes in a `RouteTable` rather than rely on axum's
+    /// `MatchedPath`.
     ///
     /// # Errors
     ///
@@ -161,10 +240,12 @@ impl Gateway {
         crate::stage::StageError,
     >
     where
-        Self: Layer<S, Service = GatewayService>,
+        S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
     {
         Ok(stages
-            .map_services(|deployment| self.layer(deployment))
+            .map_services(|deployment| self.wrap(deployment))
             .build()?
             .keep_inner_body())
     }
@@ -179,11 +260,7 @@ where
     type Service = GatewayService;
 
     fn layer(&self, inner: S) -> GatewayService {
-        let inner = BoxCloneSyncService::new(inner.map_response(IntoResponse::into_response));
-        self.steps
-            .iter()
-            .rev()
-            .fold(inner, |service, step| step.layer.wrap(service))
+        self.wrap(inner)
     }
 }
 
@@ -209,7 +286,7 @@ impl fmt::Debug for GatewayBuilder {
     }
 }
 
-fn step(name: &'static str, layer: impl GatewayLayer) -> Option<Step> {
+fn step(name: &'static str, layer: impl GatewayStep) -> Option<Step> {
     Some(Step {
         name,
         layer: Arc::new(layer),
@@ -222,9 +299,10 @@ impl GatewayBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "throttle")))]
     pub fn throttle<St, M>(mut self, layer: crate::throttle::ThrottleLayer<St, M>) -> Self
     where
-        crate::throttle::ThrottleLayer<St, M>: GatewayLayer,
+        crate::throttle::ThrottleLayer<St, crate::core::InnerBody>: GatewayStep,
     {
-        self.throttle = step("throttle", layer);
+        // The bodies here are axum's: refusals are built as one, and nothing is wrapped.
+        self.throttle = step("throttle", layer.keep_inner_body());
         self
     }
 
@@ -233,9 +311,9 @@ impl GatewayBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
     pub fn authorizer<A, M>(mut self, layer: crate::auth::AuthLayer<A, M>) -> Self
     where
-        crate::auth::AuthLayer<A, M>: GatewayLayer,
+        crate::auth::AuthLayer<A, crate::core::InnerBody>: GatewayStep,
     {
-        self.authorizer = step("authorizer", layer);
+        self.authorizer = step("authorizer", layer.keep_inner_body());
         self
     }
 
@@ -245,9 +323,9 @@ impl GatewayBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
     pub fn usage<K, Q, T, M>(mut self, layer: crate::usage::UsageLayer<K, Q, T, M>) -> Self
     where
-        crate::usage::UsageLayer<K, Q, T, M>: GatewayLayer,
+        crate::usage::UsageLayer<K, Q, T, crate::core::InnerBody>: GatewayStep,
     {
-        self.usage = step("usage", layer);
+        self.usage = step("usage", layer.keep_inner_body());
         self
     }
 
@@ -256,7 +334,7 @@ impl GatewayBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     pub fn cache<St>(mut self, layer: crate::cache::CacheLayer<St>) -> Self
     where
-        crate::cache::CacheLayer<St>: GatewayLayer,
+        crate::cache::CacheLayer<St>: GatewayStep,
     {
         self.cache = step("cache", layer);
         self
@@ -265,7 +343,7 @@ impl GatewayBuilder {
     /// A layer of the application's own, after every gateway step and before the application
     /// (step 5): it sees only requests the gateway let through and the cache did not answer,
     /// with their `Principal`. Layers added this way run in the order added, outermost first.
-    pub fn layer(mut self, layer: impl GatewayLayer) -> Self {
+    pub fn layer(mut self, layer: impl GatewayStep) -> Self {
         self.own.extend(step("layer", layer));
         self
     }

@@ -27,7 +27,7 @@ use tollgate::cache::{CacheLayer, CachePolicy, Sharing};
 use tollgate::key::ClientIp;
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
 use tollgate::usage::{Day, NewKey, QuotaPeriod, UsagePlan, UsagePlans};
-use tollgate::{Clock, Gateway, GatewayLayer, ManualClock, Principal, TrustedProxies};
+use tollgate::{Clock, Gateway, GatewayStep, ManualClock, Principal, TrustedProxies};
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, Layer, Service, ServiceBuilder};
 
@@ -158,7 +158,7 @@ impl Fixture {
     }
 
     /// The application's own layer: it counts the requests it sees and records whose they are.
-    fn own_layer(&self) -> impl GatewayLayer {
+    fn own_layer(&self) -> impl GatewayStep {
         let seen = self.seen.clone();
         from_fn(move |request: Request, next: Next| {
             let seen = seen.clone();
@@ -647,4 +647,69 @@ async fn stages_come_first_and_share_the_gateways_limits() {
     // would be a 429: the stages come before the gateway's steps.
     let unknown = client.get(addr, "/v3/orders", &[]).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_canary_is_served_behind_the_same_steps_as_its_stage() {
+    use tollgate::stage::{Canary, StageRouter, StageSpec};
+    use tollgate::Stage;
+
+    let throttle = ThrottleLayer::builder()
+        .rule(Rule::new("everyone", Rate::per_hour(1), tollgate::key::Global).burst(2))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let gateway = Gateway::builder().throttle(throttle).build();
+    let deployment = || {
+        Router::new().route(
+            "/orders",
+            get(|stage: Stage| async move { stage.deployment().to_owned() }),
+        )
+    };
+    // Every client goes to the canary.
+    let stages = gateway
+        .stages(
+            StageRouter::builder().stage(
+                StageSpec::new("v2", deployment())
+                    .base_path("/v2")
+                    .canary(Canary::new(deployment()).percent(100.0)),
+            ),
+        )
+        .unwrap();
+    let addr = serve_axum(Router::new().fallback_service(stages)).await;
+    let client = Client::new();
+    for _ in 0..2 {
+        let reply = client.get(addr, "/v2/orders", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "v2-canary");
+        assert!(reply.headers.contains_key("ratelimit"), "the throttle ran");
+    }
+    let third = client.get(addr, "/v2/orders", &[]).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn with_route_layer_only_matched_routes_meet_the_gateway() {
+    let throttle = ThrottleLayer::builder()
+        .rule(Rule::new("everyone", Rate::per_hour(1), tollgate::key::Global).burst(1))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let gateway = Gateway::builder().throttle(throttle).build();
+    let app = Router::new()
+        .route("/widgets", get(|| async { "widgets" }))
+        .route_layer(gateway);
+    let addr = serve_axum(app).await;
+    let client = Client::new();
+    // Unmatched paths are axum's 404, and spend nothing.
+    for _ in 0..3 {
+        let missing = client.get(addr, "/nowhere", &[]).await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert!(missing.headers.get("ratelimit").is_none(), "{missing:?}");
+    }
+    let first = client.get(addr, "/widgets", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.text(), "widgets");
+    let second = client.get(addr, "/widgets", &[]).await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
 }

@@ -87,6 +87,16 @@ impl<A, M> AuthLayer<A, M> {
     pub fn authorizer(&self) -> &A {
         &self.shared.authorizer
     }
+
+    /// This layer, its refusals built as the inner service's body type and the inner
+    /// service's responses passed through untouched, as
+    /// [`AuthBuilder::keep_inner_body`] makes it.
+    pub fn keep_inner_body(self) -> AuthLayer<A, InnerBody> {
+        AuthLayer {
+            shared: self.shared,
+            mode: InnerBody,
+        }
+    }
 }
 
 impl<S, A, M: Clone> Layer<S> for AuthLayer<A, M> {

@@ -286,12 +286,12 @@ impl<S> fmt::Debug for StageRouterBuilder<S> {
 impl<S> StageRouterBuilder<S> {
     /// This builder with every stage's deployments (and canaries) served by `map(service)`:
     /// for wrapping each deployment in the same layers after the stages are described.
-    pub fn map_services<T>(self, map: impl Fn(S) -> T) -> StageRouterBuilder<T> {
+    pub fn map_services<T>(self, mut map: impl FnMut(S) -> T) -> StageRouterBuilder<T> {
         StageRouterBuilder {
             stages: self
                 .stages
                 .into_iter()
-                .map(|stage| stage.map_service(&map))
+                .map(|stage| stage.map_service(&mut map))
                 .collect(),
             default: self.default,
             version_headers: self.version_headers,

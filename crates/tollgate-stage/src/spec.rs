@@ -59,7 +59,7 @@ pub enum AfterSunset {
 impl<S> StageSpec<S> {
     /// This stage with its deployment, and its canary's, served by `map(service)` instead:
     /// for wrapping every deployment in the same layers (as `tollgate::Gateway` does).
-    pub fn map_service<T>(self, map: impl Fn(S) -> T) -> StageSpec<T> {
+    pub fn map_service<T>(self, mut map: impl FnMut(S) -> T) -> StageSpec<T> {
         StageSpec {
             name: self.name,
             service: map(self.service),
@@ -69,7 +69,7 @@ impl<S> StageSpec<S> {
             hosts: self.hosts,
             versions: self.versions,
             variables: self.variables,
-            canary: self.canary.map(|canary| canary.map_service(&map)),
+            canary: self.canary.map(|canary| canary.map_service(&mut map)),
             deprecation: self.deprecation,
             sunset: self.sunset,
             successor: self.successor,
