@@ -6,8 +6,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::header::{CACHE_CONTROL, ETAG};
@@ -18,27 +16,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::json;
-use support::{bearer, jwt, serve_axum, serve_hyper, Client, Reply};
+use support::{bearer, jwt, serve_axum, serve_hyper, Calls, Client, Reply};
 use tollgate::auth::AuthLayer;
 use tollgate::cache::{CacheLayer, CachePolicy, Sharing};
 use tollgate::throttle::Rate;
 use tollgate::usage::{NewKey, QuotaPeriod, UsagePlan, UsagePlans};
 use tollgate::Principal;
 use tower::ServiceBuilder;
-
-/// Counts the calls that reach the handler, so a reply tells whether it was served from cache.
-#[derive(Clone, Default)]
-struct Calls(Arc<AtomicUsize>);
-
-impl Calls {
-    fn next(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 fn assert_served(reply: &Reply, cache_status: &str) {
     assert_eq!(reply.status, 200, "{reply:?}");

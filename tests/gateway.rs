@@ -7,7 +7,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use axum::Router;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, DATE};
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
-use support::{serve_axum, serve_hyper, Client, Reply};
+use support::{serve_axum, serve_hyper, Calls, Client, Reply};
 use tollgate::auth::{
     Allow, AuthLayer, AuthorizerResponse, BoxError, CustomAuthorizer, IdentitySource,
 };
@@ -44,20 +43,6 @@ const CALL_LIMIT: Duration = Duration::from_secs(5);
 const ALICE: &str = "Bearer alice";
 const MALLORY: &str = "Bearer mallory";
 const FORGED: &str = "Bearer forged";
-
-/// Counts the calls that reach one step.
-#[derive(Clone, Default)]
-struct Calls(Arc<AtomicUsize>);
-
-impl Calls {
-    fn next(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// What the application's own layer saw: how many requests, and whose (`subject key plan`).
 #[derive(Clone, Default)]
@@ -605,18 +590,23 @@ async fn a_gateway_with_no_step_passes_requests_through_untouched() {
     }
 }
 
+/// A gateway whose one step lets `requests` through in all, then refuses for an hour.
+fn throttled_to(requests: u32) -> Gateway {
+    let throttle = ThrottleLayer::builder()
+        .rule(Rule::new("everyone", Rate::per_hour(1), tollgate::key::Global).burst(requests))
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    Gateway::builder().throttle(throttle).build()
+}
+
 #[tokio::test]
 async fn stages_come_first_and_share_the_gateways_limits() {
     use tollgate::stage::{StageRouter, StageSpec};
     use tollgate::Stage;
 
     // Two requests in all, across both stages: the stages share the gateway's throttle.
-    let throttle = ThrottleLayer::builder()
-        .rule(Rule::new("everyone", Rate::per_hour(1), tollgate::key::Global).burst(2))
-        .clock(ManualClock::new())
-        .build()
-        .unwrap();
-    let gateway = Gateway::builder().throttle(throttle).build();
+    let gateway = throttled_to(2);
     let deployment = || {
         Router::new().route(
             "/orders",
@@ -654,12 +644,7 @@ async fn a_canary_is_served_behind_the_same_steps_as_its_stage() {
     use tollgate::stage::{Canary, StageRouter, StageSpec};
     use tollgate::Stage;
 
-    let throttle = ThrottleLayer::builder()
-        .rule(Rule::new("everyone", Rate::per_hour(1), tollgate::key::Global).burst(2))
-        .clock(ManualClock::new())
-        .build()
-        .unwrap();
-    let gateway = Gateway::builder().throttle(throttle).build();
+    let gateway = throttled_to(2);
     let deployment = || {
         Router::new().route(
             "/orders",
@@ -690,12 +675,7 @@ async fn a_canary_is_served_behind_the_same_steps_as_its_stage() {
 
 #[tokio::test]
 async fn with_route_layer_only_matched_routes_meet_the_gateway() {
-    let throttle = ThrottleLayer::builder()
-        .rule(Rule::new("everyone", Rate::per_hour(1), tollgate::key::Global).burst(1))
-        .clock(ManualClock::new())
-        .build()
-        .unwrap();
-    let gateway = Gateway::builder().throttle(throttle).build();
+    let gateway = throttled_to(1);
     let app = Router::new()
         .route("/widgets", get(|| async { "widgets" }))
         .route_layer(gateway);

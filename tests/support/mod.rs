@@ -1,8 +1,11 @@
 //! Loopback servers and a real HTTP client for whole-stack tests.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+mod calls;
 mod client;
 mod server;
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use calls::Calls;
 #[allow(unused_imports)] // each test binary uses its own part of this module
 pub use client::{Client, Reply};
 #[allow(unused_imports)] // each test binary uses its own part of this module
