@@ -5,6 +5,7 @@ use http::header::{CONTENT_LENGTH, SET_COOKIE};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use tollgate_core::ratelimit::{RATELIMIT, RATELIMIT_POLICY};
 use tollgate_core::remove_hop_by_hop;
 
 use crate::policy::CompiledPolicy;
@@ -103,6 +104,10 @@ impl Admitted {
     ) -> CachedResponse {
         let (status, mut headers) = (response.status, response.headers);
         remove_hop_by_hop(&mut headers);
+        // A caller's own allowance, as a rate limit inside the cache reported it: replayed to
+        // another caller it would be wrong, and the limits outside the cache add their own.
+        headers.remove(&RATELIMIT);
+        headers.remove(&RATELIMIT_POLICY);
         if status != StatusCode::NO_CONTENT {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
@@ -256,6 +261,32 @@ mod tests {
         assert_eq!(with.stale_if_error, Duration::ZERO);
         let without = admitted(policy, 200, &[("cache-control", "max-age=5")]).unwrap();
         assert_eq!(without.stale_if_error, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_callers_rate_limit_fields_are_not_stored() {
+        let response = parts(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("ratelimit", "\"basic\";r=1;t=1"),
+                ("ratelimit-policy", "\"basic\";q=2;w=1"),
+                ("x-kept", "yes"),
+            ],
+        );
+        let stored = admit(&CachePolicy::new().compile(), &response, false, now())
+            .unwrap()
+            .into_cached(
+                response,
+                Bytes::from_static(b"ok"),
+                &HeaderMap::new(),
+                "/".into(),
+                None,
+                now(),
+            );
+        assert!(!stored.headers.contains_key(&RATELIMIT));
+        assert!(!stored.headers.contains_key(&RATELIMIT_POLICY));
+        assert_eq!(stored.headers["x-kept"], "yes");
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::key::{resource_of, CacheKey};
 pub struct CachedResponse {
     /// The response status.
     pub status: StatusCode,
-    /// The response headers, without hop-by-hop fields, with `Content-Length`.
+    /// The response headers, without hop-by-hop fields or a caller's `RateLimit` and
+    /// `RateLimit-Policy`, with `Content-Length`.
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
