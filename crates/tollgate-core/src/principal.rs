@@ -41,20 +41,28 @@ impl fmt::Debug for Principal {
 
 #[derive(Clone, Default, PartialEq)]
 struct PrincipalInner {
-    subject: Option<Arc<str>>,
-    scopes: Vec<String>,
-    claims: Map<String, Value>,
+    /// Shared on its own, so that adding the API key to an authorized principal (on every
+    /// request through the authorizer and the usage plan) copies no claim.
+    identity: Arc<Identity>,
     api_key_id: Option<Arc<str>>,
     usage_plan_id: Option<Arc<str>>,
     usage_identifier_key: Option<Arc<str>>,
 }
 
+/// Who the authorizer says the caller is.
+#[derive(Clone, Default, PartialEq)]
+struct Identity {
+    subject: Option<Arc<str>>,
+    scopes: Vec<String>,
+    claims: Map<String, Value>,
+}
+
 impl fmt::Debug for PrincipalInner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Principal")
-            .field("subject", &self.subject)
-            .field("scopes", &self.scopes)
-            .field("claims", &self.claims)
+            .field("subject", &self.identity.subject)
+            .field("scopes", &self.identity.scopes)
+            .field("claims", &self.identity.claims)
             .field("api_key_id", &self.api_key_id)
             .field("usage_plan_id", &self.usage_plan_id)
             // An API key is a secret: never in logs.
@@ -74,32 +82,32 @@ impl Principal {
 
     /// The verified subject (a JWT's `sub`, an authorizer's principal id).
     pub fn subject(&self) -> Option<&str> {
-        self.0.subject.as_deref()
+        self.0.identity.subject.as_deref()
     }
 
     /// The subject as a shared string (a refcount bump), for use as a key.
     pub fn subject_shared(&self) -> Option<&Arc<str>> {
-        self.0.subject.as_ref()
+        self.0.identity.subject.as_ref()
     }
 
     /// The granted scopes.
     pub fn scopes(&self) -> &[String] {
-        &self.0.scopes
+        &self.0.identity.scopes
     }
 
     /// Whether `scope` was granted.
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.0.scopes.iter().any(|s| s == scope)
+        self.0.identity.scopes.iter().any(|s| s == scope)
     }
 
     /// One verified claim or authorizer context value.
     pub fn claim(&self, name: &str) -> Option<&Value> {
-        self.0.claims.get(name)
+        self.0.identity.claims.get(name)
     }
 
     /// All verified claims and authorizer context values.
     pub fn claims(&self) -> &Map<String, Value> {
-        &self.0.claims
+        &self.0.identity.claims
     }
 
     /// The id (never the secret) of the API key the request presented.
@@ -145,7 +153,7 @@ pub struct PrincipalBuilder(PrincipalInner);
 impl PrincipalBuilder {
     /// Sets the subject.
     pub fn subject(mut self, subject: impl Into<Arc<str>>) -> Self {
-        self.0.subject = Some(subject.into());
+        Arc::make_mut(&mut self.0.identity).subject = Some(subject.into());
         self
     }
 
@@ -155,19 +163,23 @@ impl PrincipalBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.0.scopes.extend(scopes.into_iter().map(Into::into));
+        Arc::make_mut(&mut self.0.identity)
+            .scopes
+            .extend(scopes.into_iter().map(Into::into));
         self
     }
 
     /// Adds one claim or authorizer context value.
     pub fn claim(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.0.claims.insert(name.into(), value.into());
+        Arc::make_mut(&mut self.0.identity)
+            .claims
+            .insert(name.into(), value.into());
         self
     }
 
     /// Replaces all claims.
     pub fn claims(mut self, claims: Map<String, Value>) -> Self {
-        self.0.claims = claims;
+        Arc::make_mut(&mut self.0.identity).claims = claims;
         self
     }
 
@@ -192,5 +204,26 @@ impl PrincipalBuilder {
     /// Finishes the principal.
     pub fn build(self) -> Principal {
         Principal(Arc::new(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adding_an_api_key_to_a_shared_principal_copies_no_claim() {
+        let authorized = Principal::builder()
+            .subject("ann")
+            .scopes(["orders:read"])
+            .claim("email", "ann@example.com")
+            .build();
+        // The authorizer keeps its copy (in its cache); the usage plan adds the key to another.
+        let metered = authorized.clone().with_api_key("acme", "pro");
+        assert_eq!(metered.api_key_id(), Some("acme"));
+        assert_eq!(authorized.api_key_id(), None);
+        assert_eq!(metered.claims(), authorized.claims());
+        assert!(std::ptr::eq(metered.claims(), authorized.claims()));
+        assert!(std::ptr::eq(metered.scopes(), authorized.scopes()));
     }
 }
