@@ -1,5 +1,5 @@
 //! Two gateway instances sharing one Redis: limits, quotas and API keys are the same wherever a
-//! request lands.
+//! request lands, and the response cache is shared.
 //!
 //! ```sh
 //! redis-server --port 6379 --save '' &       # or any Redis 7 / Valkey you have

@@ -21,7 +21,7 @@ type Call = dyn Fn(Request<Body>) -> GatewayFuture + Send + Sync;
 /// behind one nameable type. Made only by a gateway ([`Gateway::wrap`], or `Layer::layer`).
 ///
 /// A clone costs a reference count, as axum clones a route's service for every request; a
-/// request costs one boxed future per step. It is always ready: each step's own readiness is
+/// request costs one boxed future per step, plus one for the application. It is always ready: each step's own readiness is
 /// awaited inside the request's future (tollgate's layers refuse with responses, never by
 /// backpressure).
 #[derive(Clone)]
@@ -129,7 +129,8 @@ struct Step {
 /// which the stages share (every limit, quota and cache).
 ///
 /// The layers are type-erased: the result is a [`GatewayService`] whatever the stores and
-/// authorizers. A request costs one boxed future per step and a clone of each step's service
+/// authorizers. A request costs one boxed future per step (and one for the application) and a
+/// clone of each step's service
 /// (reference counts); the tollgate layers are used with axum's own body type, so no response
 /// body is wrapped. Clones of a `Gateway` share every layer's state.
 ///
@@ -218,7 +219,7 @@ impl Gateway {
     /// Stages in front of the gateway: the router picks the stage (or canary) first, then
     /// every deployment described in `stages` is served behind this gateway's steps, which
     /// all stages share. Canaries started later through the router's `StageHandle` take a
-    /// [`GatewayService`]: wrap their deployment with `gateway.layer(..)` too.
+    /// [`GatewayService`]: wrap their deployment with [`Gateway::wrap`] too.
     ///
     /// Since the router runs first, what the authorizer and the usage plan put in a request
     /// (the subject, the API key, scopes) is not there yet when it picks a side: keep canaries

@@ -193,7 +193,8 @@ impl RedisKeyStore {
     pub fn remember_keys(self, keys: usize) -> Self {
         self.rebuild(|inner| {
             inner.seen = Arc::new(Seen {
-                capacity: keys.max(1),
+                // Zero turns remembering off and keeps the default table for parsed keys.
+                capacity: if keys == 0 { PARSED_KEYS } else { keys },
                 keys: Mutex::default(),
             });
             inner.remember = keys > 0;

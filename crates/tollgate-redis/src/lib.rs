@@ -2,7 +2,8 @@
 //!
 //! Per-instance limits multiply with the number of instances behind a load balancer; state in
 //! one Redis makes them one limit again. This crate implements the layers' store traits on
-//! Redis, through one reconnecting connection ([`Redis`]) with a key prefix and a call timeout;
+//! Redis, through one reconnecting connection ([`Redis`]) with a key prefix and a call timeout
+//! (and, for each cache store, a pub/sub connection of its own);
 //! each store has its own circuit breaker:
 //!
 //! - [`RedisThrottleStore`]: the throttle layer's GCRA, with the same rule, the same
@@ -16,9 +17,11 @@
 //!   instance answers from memory, misses read the entry every instance stored, and purges
 //!   reach every instance.
 //!
-//! When Redis is slow or gone, each store follows its [`FailurePolicy`]: report the failure to
-//! the layer (which fails open or closed, as configured), or keep enforcing in memory with
-//! each instance's share of the limits. Once a few calls in a row have failed, the breaker
+//! When Redis is slow or gone, the throttle and quota stores follow their [`FailurePolicy`]:
+//! report the failure to the layer (which fails open or closed, as configured), or keep
+//! enforcing in memory with each instance's share of the limits. The key store refuses (503)
+//! unless [`RedisKeyStore::remember_keys`] keeps the keys it has seen working, and the cache
+//! store takes it as a miss. Once a few calls in a row have failed, the breaker
 //! stops calling Redis for a while, so an outage costs no latency per request; it closes again
 //! by itself when Redis answers. Transitions are logged and counted in
 //! `tollgate_redis_breaker_transitions_total{store, to}`; checks Redis did not decide in

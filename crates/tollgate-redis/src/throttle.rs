@@ -60,13 +60,15 @@ return out
 /// open).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FailurePolicy {
-    /// Report the failure to the throttle layer, whose `on_store_error` decides: its
+    /// Report the failure to the layer (the throttle or the usage plans), whose
+    /// `on_store_error` decides: its
     /// `StoreFailure::Allow` (the default) fails open, as Amazon API Gateway and Kong do;
     /// `StoreFailure::Reject` fails closed with 503 and `Retry-After`.
     #[default]
     Report,
-    /// Keep enforcing in memory, each instance with its share of every rule: rate and burst
-    /// divided by `instances`, the number of gateways expected to share the traffic.
+    /// Keep enforcing in memory, each instance with its share of every rule (rate and burst)
+    /// or quota (limit), divided by `instances`, the number of gateways expected to share the
+    /// traffic.
     LocalFallback {
         /// How many instances share the traffic (1: each enforces the whole rule alone).
         instances: u32,
