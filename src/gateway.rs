@@ -45,8 +45,22 @@ impl GatewayService {
     {
         Self {
             call: Arc::new(move |request| {
-                let call = service.clone().oneshot(request);
-                Box::pin(async move { Ok(call.await?.into_response()) })
+                let mut service = service.clone();
+                // Every tollgate step is ready at once (readiness is the next step's, and a
+                // `GatewayService` is always ready): then the request goes straight in. A
+                // layer that is not ready yet is awaited, with the request's own waker.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match service.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => {
+                        let call = service.call(request);
+                        Box::pin(async move { Ok(call.await?.into_response()) })
+                    }
+                    Poll::Ready(Err(never)) => match never {},
+                    Poll::Pending => {
+                        let call = service.oneshot(request);
+                        Box::pin(async move { Ok(call.await?.into_response()) })
+                    }
+                }
             }),
         }
     }
@@ -360,6 +374,74 @@ impl GatewayBuilder {
     pub fn build(self) -> Gateway {
         Gateway {
             steps: self.steps().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A layer whose service is not ready the first time it is asked, as a concurrency limit
+    /// or a buffer may be, and wakes its caller at once.
+    #[derive(Clone, Default)]
+    struct NotReadyAtFirst(Arc<AtomicUsize>);
+
+    #[derive(Clone)]
+    struct NotReadyService<S> {
+        inner: S,
+        polls: Arc<AtomicUsize>,
+        ready: bool,
+    }
+
+    impl<S> Layer<S> for NotReadyAtFirst {
+        type Service = NotReadyService<S>;
+
+        fn layer(&self, inner: S) -> Self::Service {
+            NotReadyService {
+                inner,
+                polls: self.0.clone(),
+                ready: false,
+            }
+        }
+    }
+
+    impl<S: Service<Request<Body>>> Service<Request<Body>> for NotReadyService<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            if !self.ready {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, request: Request<Body>) -> S::Future {
+            assert!(self.ready, "called before it was ready");
+            self.inner.call(request)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_that_is_not_ready_yet_is_awaited_before_it_is_called() {
+        let layer = NotReadyAtFirst::default();
+        let gateway = Gateway::builder().layer(layer.clone()).build();
+        let app = tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::from("ok")))
+        });
+        let service = gateway.wrap(app);
+        for request in 1..=2 {
+            let response = service.clone().oneshot(Request::new(Body::empty())).await;
+            assert_eq!(response.unwrap().status(), http::StatusCode::OK);
+            // Pending once (asked without a waker to keep), then ready when asked again.
+            assert_eq!(layer.0.load(Ordering::SeqCst), 2 * request);
         }
     }
 }
