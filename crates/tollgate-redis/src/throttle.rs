@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tollgate_core::{Clock, Key, SharedClock};
 use tollgate_throttle::{Check, CheckAll, MemoryStore, Outcome, Rule, StoreError, ThrottleStore};
 
-use crate::breaker::{Breaker, BreakerConfig};
+use crate::breaker::{Breaker, BreakerConfig, Guard};
 use crate::connection::Redis;
 
 /// GCRA as governor runs it, in microseconds, for one or several rules of a request in one
@@ -323,7 +323,61 @@ fn outcome(spec: &RuleSpec, allowed: i64, value: i64) -> Outcome {
 /// Decisions made at once (a fallback or an error) or on their way from Redis.
 enum Decided {
     Now(Result<Vec<Outcome>, StoreError>),
-    Later(RedisCheckAll),
+    Later(Call),
+}
+
+/// A round trip to make: boxed once, by the caller, with whatever maps its answer.
+struct Call {
+    inner: Arc<Inner>,
+    guard: Guard,
+    keys: Vec<String>,
+    args: Vec<i64>,
+    indices: Vec<usize>,
+    /// Owned keys for a fallback after a failed call, only when there is one.
+    keys_for_fallback: Option<Vec<Key>>,
+}
+
+impl Call {
+    async fn run(self) -> Result<Vec<Outcome>, StoreError> {
+        let Call {
+            inner,
+            guard,
+            keys,
+            args,
+            indices,
+            keys_for_fallback,
+        } = self;
+        let mut connection = inner.redis.connection();
+        let mut invocation = inner.script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
+        match guard.run(&inner.redis, call).await {
+            // Two numbers per rule decided, for at most every rule asked.
+            Ok(reply) if reply.len() % 2 == 0 && reply.len() <= 2 * indices.len() => Ok(reply
+                .chunks_exact(2)
+                .zip(&indices)
+                .map(|(pair, &index)| outcome(&inner.rules[index], pair[0], pair[1]))
+                .collect()),
+            Ok(reply) => Err(StoreError(
+                format!(
+                    "Redis answered {} numbers for {} rules",
+                    reply.len(),
+                    indices.len()
+                )
+                .into(),
+            )),
+            Err(failure) => {
+                tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
+                let keys = keys_for_fallback.unwrap_or_default();
+                inner.fallback(indices.iter().copied().zip(&keys), &failure)
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -393,52 +447,23 @@ impl Inner {
                 .zip(checks.iter().map(|(_, key)| *key));
             return Decided::Now(self.fallback(keyed, "Redis is failing; the breaker is open"));
         };
-        // Owned keys for a fallback after a failed call, only when there is one.
         let keys_for_fallback: Option<Vec<Key>> = self
             .fallback
             .as_ref()
             .map(|_| checks.iter().map(|(_, key)| key.detached()).collect());
-        let inner = Arc::clone(self);
-        Decided::Later(Box::pin(async move {
-            let mut connection = inner.redis.connection();
-            let mut invocation = inner.script.prepare_invoke();
-            for key in keys {
-                invocation.key(key);
-            }
-            for arg in args {
-                invocation.arg(arg);
-            }
-            let call = invocation.invoke_async::<Vec<i64>>(&mut connection);
-            match guard.run(&inner.redis, call).await {
-                // Two numbers per rule decided, for at most every rule asked.
-                Ok(reply) if reply.len() % 2 == 0 && reply.len() <= 2 * indices.len() => Ok(reply
-                    .chunks_exact(2)
-                    .zip(&indices)
-                    .map(|(pair, &index)| outcome(&inner.rules[index], pair[0], pair[1]))
-                    .collect()),
-                Ok(reply) => Err(StoreError(
-                    format!(
-                        "Redis answered {} numbers for {} rules",
-                        reply.len(),
-                        indices.len()
-                    )
-                    .into(),
-                )),
-                Err(failure) => {
-                    tracing::warn!(error = %failure, "tollgate redis: a throttle check failed");
-                    let keys = keys_for_fallback.unwrap_or_default();
-                    inner.fallback(indices.iter().copied().zip(&keys), &failure)
-                }
-            }
-        }))
+        Decided::Later(Call {
+            inner: Arc::clone(self),
+            guard,
+            keys,
+            args,
+            indices,
+            keys_for_fallback,
+        })
     }
 }
 
 /// The future of one check against Redis.
 pub type RedisCheck = Pin<Box<dyn Future<Output = Result<Outcome, StoreError>> + Send>>;
-
-/// The future of several rules' checks against Redis, in one round trip.
-type RedisCheckAll = Pin<Box<dyn Future<Output = Result<Vec<Outcome>, StoreError>> + Send>>;
 
 /// The one outcome of a call made for one rule.
 fn only(outcomes: Result<Vec<Outcome>, StoreError>) -> Result<Outcome, StoreError> {
@@ -456,14 +481,14 @@ impl ThrottleStore for RedisThrottleStore {
     fn check(&self, rule: &Rule, key: &Key) -> Check<RedisCheck> {
         match self.inner.decide(&[(rule, key)]) {
             Decided::Now(outcomes) => Check::Ready(only(outcomes)),
-            Decided::Later(future) => Check::Pending(Box::pin(async move { only(future.await) })),
+            Decided::Later(call) => Check::Pending(Box::pin(async move { only(call.run().await) })),
         }
     }
 
     fn check_all(&self, checks: &[(&Rule, &Key)]) -> Option<CheckAll> {
         Some(match self.inner.decide(checks) {
             Decided::Now(outcomes) => Box::pin(std::future::ready(outcomes)),
-            Decided::Later(future) => future,
+            Decided::Later(call) => Box::pin(call.run()),
         })
     }
 }
