@@ -208,6 +208,17 @@ async fn delete_entries(redis: &mut MultiplexedConnection, prefix: &str) {
     }
 }
 
+/// Instances `a` and `b`, each with a connection of its own, both subscribed to purges.
+async fn two_instances(
+    server: &RedisServer,
+    redis: &mut MultiplexedConnection,
+) -> (Gateway, Gateway) {
+    let a = Gateway::start("a", RedisCacheStore::new(connect(server).await)).await;
+    let b = Gateway::start("b", RedisCacheStore::new(connect(server).await)).await;
+    subscribed(redis, "tollgate", 2, DELIVERY).await;
+    (a, b)
+}
+
 async fn connect(server: &RedisServer) -> Redis {
     Redis::connect(&server.url()).await.unwrap()
 }
@@ -218,8 +229,7 @@ async fn a_response_cached_through_one_instance_is_a_hit_on_another() {
         return;
     };
     let mut redis = inspect(&server).await;
-    let a = Gateway::start("a", RedisCacheStore::new(connect(&server).await)).await;
-    let b = Gateway::start("b", RedisCacheStore::new(connect(&server).await)).await;
+    let (a, b) = two_instances(&server, &mut redis).await;
 
     let first = a.get("/items/1").await;
     assert_eq!((first.status, &*first.cache), (StatusCode::OK, "MISS"));
@@ -241,9 +251,7 @@ async fn a_purge_on_one_instance_empties_the_memory_of_another() {
         return;
     };
     let mut redis = inspect(&server).await;
-    let a = Gateway::start("a", RedisCacheStore::new(connect(&server).await)).await;
-    let b = Gateway::start("b", RedisCacheStore::new(connect(&server).await)).await;
-    subscribed(&mut redis, "tollgate", 2, DELIVERY).await;
+    let (a, b) = two_instances(&server, &mut redis).await;
 
     assert_eq!(a.get("/items/2").await.cache, "MISS");
     stored(&mut redis, "tollgate", 1).await;
@@ -486,9 +494,7 @@ async fn a_subscription_that_answers_its_pings_is_kept() {
         return;
     };
     let mut redis = inspect(&server).await;
-    let a = Gateway::start("a", RedisCacheStore::new(connect(&server).await)).await;
-    let b = Gateway::start("b", RedisCacheStore::new(connect(&server).await)).await;
-    subscribed(&mut redis, "tollgate", 2, DELIVERY).await;
+    let (a, b) = two_instances(&server, &mut redis).await;
     assert_eq!(a.get("/items/8").await.cache, "MISS");
     stored(&mut redis, "tollgate", 1).await;
     assert_eq!(b.get("/items/8").await.cache, "HIT");
