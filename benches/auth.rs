@@ -37,7 +37,7 @@ use std::future::ready;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
@@ -46,7 +46,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
 use tollgate::auth::{
     Allow, AuthLayer, AuthorizerResponse, BoxError, CustomAuthorizer, IdentitySource,
@@ -109,20 +109,7 @@ impl Alg {
     }
 
     fn token_signed_with(&self, key: &EncodingKey) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("the clock is past 1970")
-            .as_secs();
-        let claims = json!({
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": "user-1234",
-            "exp": now + 86_400,
-            "iat": now,
-            "scope": "orders:read orders:write",
-        });
-        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
-            .expect("the benchmark's token signs")
+        support::token(&Header::new(self.algorithm), key, ISSUER, AUDIENCE)
     }
 
     /// The JWT authorizer for this algorithm's key, with its cache on (the default) or off.

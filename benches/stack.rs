@@ -48,7 +48,7 @@ use std::convert::Infallible;
 use std::future::ready;
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
@@ -56,7 +56,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{AUTHORIZATION, CACHE_CONTROL};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use jsonwebtoken::{EncodingKey, Header};
-use serde_json::json;
 use support::{configure, hello, serve};
 use tollgate::auth::jwt::{JwtAuthorizer, JwtProvider, Keys};
 use tollgate::auth::AuthLayer;
@@ -96,24 +95,12 @@ fn handler(
 
 /// A token the authorizer accepts: issuer, audience, a subject, scopes, a day to live.
 fn token() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is past 1970")
-        .as_secs();
-    let claims = json!({
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": "user-1234",
-        "exp": now + 86_400,
-        "iat": now,
-        "scope": "orders:read orders:write",
-    });
-    jsonwebtoken::encode(
+    support::token(
         &Header::default(),
-        &claims,
         &EncodingKey::from_secret(SECRET),
+        ISSUER,
+        AUDIENCE,
     )
-    .expect("the benchmark's token signs")
 }
 
 /// One case's layers, each with state of its own.

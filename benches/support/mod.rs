@@ -74,3 +74,26 @@ pub fn with_peer_addr(peer: SocketAddr) -> Request<()> {
     request.extensions_mut().insert(tollgate::PeerAddr(peer));
     request
 }
+
+/// A JWT the benches' authorizers accept: `issuer`, `audience`, a subject, two scopes, a day
+/// to live, signed with `header`'s algorithm and `key`.
+pub fn token(
+    header: &jsonwebtoken::Header,
+    key: &jsonwebtoken::EncodingKey,
+    issuer: &str,
+    audience: &str,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": issuer,
+        "aud": audience,
+        "sub": "user-1234",
+        "exp": now + 86_400,
+        "iat": now,
+        "scope": "orders:read orders:write",
+    });
+    jsonwebtoken::encode(header, &claims, key).expect("the benchmark's token signs")
+}
