@@ -5,7 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -120,36 +120,32 @@ struct Inner {
     breaker: Arc<Breaker>,
 }
 
-/// Records read lately, bounded; a full table makes room by dropping one.
+/// Records read lately and the keys parsed from them, bounded (moka: the least valuable go
+/// first).
 struct Seen {
-    capacity: usize,
-    keys: Mutex<std::collections::HashMap<Arc<str>, Parsed>>,
+    keys: moka::sync::Cache<Arc<str>, Parsed>,
 }
 
 /// A record as read, and the key parsed from it.
 type Parsed = (Arc<str>, Arc<ApiKey>);
 
 impl Seen {
+    fn new(capacity: usize) -> Self {
+        Self {
+            keys: moka::sync::Cache::new(u64::try_from(capacity).unwrap_or(u64::MAX)),
+        }
+    }
+
     fn get(&self, id: &str) -> Option<Parsed> {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.get(id).cloned()
+        self.keys.get(id)
     }
 
     fn put(&self, id: &str, record: Arc<str>, key: Arc<ApiKey>) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if keys.len() >= self.capacity && !keys.contains_key(id) {
-            // One key makes room, whichever the map yields first: not all of them at once,
-            // which during an outage would refuse every remembered key together.
-            if let Some(evicted) = keys.keys().next().cloned() {
-                keys.remove(&evicted);
-            }
-        }
-        keys.insert(Arc::from(id), (record, key));
+        self.keys.insert(Arc::from(id), (record, key));
     }
 
     fn forget(&self, id: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.remove(id);
+        self.keys.invalidate(id);
     }
 }
 
@@ -175,10 +171,7 @@ impl RedisKeyStore {
                 put: redis::Script::new(PUT),
                 replace: redis::Script::new(REPLACE),
                 remove: redis::Script::new(REMOVE),
-                seen: Arc::new(Seen {
-                    capacity: PARSED_KEYS,
-                    keys: Mutex::default(),
-                }),
+                seen: Arc::new(Seen::new(PARSED_KEYS)),
                 remember: false,
                 breaker: Arc::new(Breaker::new(BreakerConfig::default(), "keys")),
             }),
@@ -188,15 +181,12 @@ impl RedisKeyStore {
     /// While Redis cannot answer, keeps up to `keys` keys this instance has looked up working
     /// as they were last seen, rather than refusing every request with 503. Off by default
     /// (zero), since a key revoked during an outage would keep working on instances that saw
-    /// it. When the table is full, one remembered key makes room for the next.
+    /// it. When the table is full, the least valuable remembered key makes room for the next.
     #[must_use]
     pub fn remember_keys(self, keys: usize) -> Self {
         self.rebuild(|inner| {
-            inner.seen = Arc::new(Seen {
-                // Zero turns remembering off and keeps the default table for parsed keys.
-                capacity: if keys == 0 { PARSED_KEYS } else { keys },
-                keys: Mutex::default(),
-            });
+            // Zero turns remembering off and keeps the default table for parsed keys.
+            inner.seen = Arc::new(Seen::new(if keys == 0 { PARSED_KEYS } else { keys }));
             inner.remember = keys > 0;
         })
     }
