@@ -84,7 +84,7 @@ mod jwt {
     /// # let _ = authorizer;
     /// # }
     /// ```
-    #[derive(Debug, Deserialize)]
+    #[derive(Clone, Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct JwtConfig {
         /// The identity providers.
@@ -113,7 +113,7 @@ mod jwt {
     }
 
     /// One identity provider as configuration.
-    #[derive(Debug, Deserialize)]
+    #[derive(Clone, Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ProviderConfig {
         /// The `iss` its tokens carry.
@@ -141,12 +141,15 @@ mod jwt {
     }
 
     /// Where a provider's keys come from. An HMAC secret is read from an environment
-    /// variable, so it never sits in the file.
-    #[derive(Debug, Deserialize)]
+    /// variable or a file, so it never sits in the configuration.
+    #[derive(Clone, Debug, Deserialize)]
     #[serde(rename_all = "snake_case", deny_unknown_fields)]
     pub enum KeysConfig {
         /// `{ "hmac_secret_env": "JWT_SECRET" }`
         HmacSecretEnv(String),
+        /// `{ "hmac_secret_file": "/run/secrets/jwt" }`: the file's contents, without a
+        /// trailing newline.
+        HmacSecretFile(PathBuf),
         /// `{ "rsa_pem_file": "keys/idp.pem" }`
         RsaPemFile(PathBuf),
         /// `{ "ec_pem_file": "keys/idp.pem" }`
@@ -175,6 +178,16 @@ mod jwt {
                         JwtError::InvalidKey(format!("environment variable {name:?} is not set"))
                     })?;
                     Keys::hmac(secret)
+                }
+                Self::HmacSecretFile(path) => {
+                    let secret = pem(path)?;
+                    let end = secret.len()
+                        - secret
+                            .iter()
+                            .rev()
+                            .take_while(|b| matches!(b, b'\n' | b'\r'))
+                            .count();
+                    Keys::hmac(&secret[..end])
                 }
                 Self::RsaPemFile(path) => Keys::rsa_pem(pem(path)?),
                 Self::EcPemFile(path) => Keys::ec_pem(pem(path)?),

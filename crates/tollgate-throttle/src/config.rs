@@ -6,7 +6,10 @@ use http::header::HeaderName;
 use tollgate_core::key::{ApiKeyId, ClientIp, Global, HeaderKey, PeerIp, RouteKey, Subject};
 use tollgate_core::{ForwardedHeader, KeyExtractor, KeyExtractorExt, RouteTable, TrustedProxies};
 
-use crate::{AllowedFields, MissingKey, Rate, Rule, StoreFailure, ThrottleError, ThrottleLayer};
+use crate::{
+    AllowedFields, MissingKey, Rate, Rule, StoreFailure, ThrottleBuilder, ThrottleError,
+    ThrottleLayer,
+};
 
 /// A throttle layer as configuration: everything the builder does, from YAML, TOML or JSON.
 /// Unknown fields are refused, and errors name the field.
@@ -25,10 +28,11 @@ use crate::{AllowedFields, MissingKey, Rate, Rule, StoreFailure, ThrottleError, 
 /// let layer = config.build().unwrap();
 /// assert_eq!(layer.rules().len(), 3);
 /// ```
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// The rules.
+    /// The rules (a layer needs at least one).
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     /// Keys each rule remembers (default [`DEFAULT_CAPACITY`](crate::DEFAULT_CAPACITY)).
     #[serde(default)]
@@ -101,6 +105,12 @@ pub enum KeyConfig {
 impl ThrottleConfig {
     /// Builds the layer this configuration describes.
     pub fn build(&self) -> Result<ThrottleLayer, ThrottleError> {
+        self.builder()?.build()
+    }
+
+    /// A builder with this configuration's rules and settings, to add a clock or build with
+    /// another store.
+    pub fn builder(&self) -> Result<ThrottleBuilder, ThrottleError> {
         let mut builder = ThrottleLayer::builder()
             .allowed_fields(self.allowed_fields)
             .on_store_error(self.on_store_error);
@@ -110,7 +120,7 @@ impl ThrottleConfig {
         for rule in &self.rules {
             builder = builder.rule(self.rule(rule)?);
         }
-        builder.build()
+        Ok(builder)
     }
 
     fn rule(&self, config: &RuleConfig) -> Result<Rule, ThrottleError> {

@@ -1,6 +1,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,6 +75,22 @@ pub trait ThrottleStore: Send + Sync + 'static {
     }
 }
 
+/// A shared store: the layer and its owner (a reload that carries state over) both hold it.
+impl<T: ThrottleStore> ThrottleStore for Arc<T> {
+    type Future = T::Future;
+
+    const BATCHES: bool = T::BATCHES;
+
+    #[inline]
+    fn check(&self, rule: &Rule, key: &Key) -> Check<Self::Future> {
+        (**self).check(rule, key)
+    }
+
+    fn check_all(&self, checks: &[(&Rule, &Key)]) -> Option<CheckAll> {
+        (**self).check_all(checks)
+    }
+}
+
 /// The decisions of [`ThrottleStore::check_all`]: one round trip for the rules of a request.
 pub type CheckAll = Pin<Box<dyn Future<Output = Result<Vec<Outcome>, StoreError>> + Send>>;
 
@@ -103,24 +120,72 @@ struct RuleState {
     state: BoundedState,
     interval: Duration,
     burst: u32,
+    /// What a rule must match for a rebuilt store to carry this state over.
+    identity: RuleIdentity,
+}
+
+/// A rule as far as its state is concerned: a rule with the same name, rate, burst, capacity
+/// and reporting keeps its state when a store is rebuilt from another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RuleIdentity {
+    name: Box<str>,
+    interval: Duration,
+    burst: u32,
+    capacity: usize,
+    reports_remaining: bool,
+}
+
+impl RuleIdentity {
+    fn of(rule: &Rule, default_capacity: usize) -> Self {
+        Self {
+            name: rule.name().into(),
+            interval: rule.rate.interval(),
+            burst: rule.burst_size().get(),
+            capacity: rule.capacity.unwrap_or(default_capacity),
+            reports_remaining: rule.reports_remaining(),
+        }
+    }
 }
 
 /// In-process rule state: governor's GCRA over a capacity-bounded keyed map per rule.
 #[derive(Debug)]
 pub struct MemoryStore {
-    rules: Box<[RuleState]>,
+    rules: Box<[Arc<RuleState>]>,
     clock: ClockAdapter,
 }
 
 impl MemoryStore {
     /// State for `rules` (in their layer order), each holding at most its capacity of keys.
     pub fn new(rules: &[Rule], default_capacity: usize, clock: SharedClock) -> Self {
+        Self::carrying_over(rules, default_capacity, clock, None)
+    }
+
+    /// State for `rules` as [`new`](Self::new) makes it, except that a rule `previous` also
+    /// has — the same name, rate, burst, capacity and reporting — keeps the state it has
+    /// there, shared from then on: what a configuration reload uses, so that clients do not
+    /// get a fresh allowance because an unrelated rule changed. `previous` should read the
+    /// same clock.
+    pub fn carrying_over(
+        rules: &[Rule],
+        default_capacity: usize,
+        clock: SharedClock,
+        previous: Option<&MemoryStore>,
+    ) -> Self {
         let clock = ClockAdapter(clock);
         let rules = rules
             .iter()
             .map(|rule| {
-                let state =
-                    BoundedState::new(rule.capacity.unwrap_or(default_capacity), clock.0.clone());
+                let identity = RuleIdentity::of(rule, default_capacity);
+                let kept = previous.and_then(|previous| {
+                    previous
+                        .rules
+                        .iter()
+                        .find(|state| state.identity == identity)
+                });
+                if let Some(kept) = kept {
+                    return kept.clone();
+                }
+                let state = BoundedState::new(identity.capacity, clock.0.clone());
                 let interval = rule.rate.interval();
                 let burst = rule.burst_size();
                 // `Rate` guarantees a non-zero interval, so `with_period` always succeeds.
@@ -138,12 +203,13 @@ impl MemoryStore {
                     Limiter::Silent(silent)
                 };
                 state.set_start();
-                RuleState {
+                Arc::new(RuleState {
                     limiter,
                     state,
                     interval,
                     burst: burst.get(),
-                }
+                    identity,
+                })
             })
             .collect();
         Self { rules, clock }

@@ -353,6 +353,48 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Arc<ApiKey>>, StoreError>> + Send;
 }
 
+/// A shared store: the layer and its owner (a configuration reload that keeps the keys) both
+/// hold it.
+impl<K: KeyStore> KeyStore for Arc<K> {
+    type Get = K::Get;
+
+    #[inline]
+    fn get(&self, id: &str) -> Found<Option<Arc<ApiKey>>, Self::Get> {
+        (**self).get(id)
+    }
+
+    fn insert(&self, key: ApiKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).insert(key)
+    }
+
+    fn put(&self, key: ApiKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).put(key)
+    }
+
+    fn update<F>(
+        &self,
+        id: &str,
+        edit: F,
+    ) -> impl Future<Output = Result<Option<Arc<ApiKey>>, StoreError>> + Send
+    where
+        F: Fn(&ApiKey) -> ApiKey + Send,
+    {
+        (**self).update(id, edit)
+    }
+
+    fn remove(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).remove(id)
+    }
+
+    fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<ApiKey>>, StoreError>> + Send {
+        (**self).list(after, limit)
+    }
+}
+
 /// Keys in memory: a sharded hash map, one lookup per request whatever the number of keys.
 #[derive(Debug, Default)]
 pub struct MemoryKeyStore {

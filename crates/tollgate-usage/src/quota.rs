@@ -58,6 +58,35 @@ pub trait QuotaStore: Send + Sync + 'static {
     fn forget(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// A shared store: the layer and its owner (a configuration reload that keeps the counts)
+/// both hold it.
+impl<Q: QuotaStore> QuotaStore for Arc<Q> {
+    type Take = Q::Take;
+
+    #[inline]
+    fn take(
+        &self,
+        key: &Arc<str>,
+        quota: Option<(u32, &Window)>,
+        day: Day,
+    ) -> Found<Take, Self::Take> {
+        (**self).take(key, quota, day)
+    }
+
+    fn daily_usage(
+        &self,
+        key: &str,
+        from: Day,
+        to: Day,
+    ) -> impl Future<Output = Result<Vec<(Day, u64)>, StoreError>> + Send {
+        (**self).daily_usage(key, from, to)
+    }
+
+    fn forget(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).forget(key)
+    }
+}
+
 /// Quota counters in memory: one atomic compare-and-swap per request for the quota and one
 /// for the day's usage; the history of past days, up to the retention, per key.
 ///
