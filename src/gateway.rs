@@ -36,8 +36,18 @@ impl fmt::Debug for GatewayService {
 }
 
 impl GatewayService {
+    /// A service that answers with `call`.
+    #[cfg(feature = "config")]
+    pub(crate) fn from_fn(
+        call: impl Fn(Request<Body>) -> GatewayFuture + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            call: Arc::new(call),
+        }
+    }
+
     /// Erases `service`: each request calls a clone of it.
-    fn new<S>(service: S) -> Self
+    pub(crate) fn new<S>(service: S) -> Self
     where
         S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
         S::Response: IntoResponse,
@@ -352,6 +362,14 @@ impl GatewayBuilder {
         crate::cache::CacheLayer<St>: GatewayStep,
     {
         self.cache = step("cache", layer);
+        self
+    }
+
+    /// The usage step as something other than a `UsageLayer`: the configuration's, kept to
+    /// the routes that need an API key.
+    #[cfg(feature = "config")]
+    pub(crate) fn usage_step(mut self, layer: impl GatewayStep) -> Self {
+        self.usage = step("usage", layer);
         self
     }
 

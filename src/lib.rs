@@ -62,6 +62,11 @@ mod gateway;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use gateway::{Gateway, GatewayBuilder, GatewayFuture, GatewayService, GatewayStep};
 
+/// The whole gateway from a configuration file, with hot reload.
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
+
 /// Shared types of every layer (`tollgate-core`).
 pub use tollgate_core as core;
 

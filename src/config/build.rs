@@ -1,0 +1,737 @@
+//! A configuration checked and turned into a gateway, reusing a running one's state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::IntoResponse;
+use axum::routing::{MethodFilter, MethodRouter};
+use axum::Router;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use super::error::Problem;
+use super::{AuthorizerConfig, ConfigError, GatewayConfig, IntegrationConfig, RouteConfig};
+use crate::aggregate::HttpClient;
+use crate::auth::jwt::JwtAuthorizer;
+use crate::auth::{AuthConfig, CustomAuthorizer};
+use crate::core::{RouteTable, SharedClock};
+use crate::gateway::{GatewayFuture, GatewayService, GatewayStep};
+use crate::throttle::{RuleConfig, DEFAULT_CAPACITY};
+use crate::usage::{ApiKey, KeyStore, MemoryKeyStore, MemoryQuotaStore, DEFAULT_RETENTION_DAYS};
+use crate::Gateway;
+
+/// A handler as the gateway holds it: any service, boxed.
+pub(crate) type Handler = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+fn boxed<S>(service: S) -> Handler
+where
+    S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(service.map_response(IntoResponse::into_response))
+}
+
+/// What the application provides to a [`GatewayConfig`](super::GatewayConfig) by name: the
+/// handlers routes and aggregate backends name, and custom authorizers.
+///
+/// ```
+/// use axum::extract::Path;
+/// use tollgate::config::Handlers;
+///
+/// async fn product(Path(id): Path<u32>) -> String {
+///     format!("product {id}")
+/// }
+///
+/// let handlers = Handlers::new()
+///     .handler("catalog", || async { "[]" })
+///     .handler("product", product);
+/// # let _ = handlers;
+/// ```
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Handlers {
+    handlers: BTreeMap<String, Handler>,
+    authorizers: BTreeMap<String, CustomAuthorizer>,
+    clock: Option<SharedClock>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handlers")
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("authorizers", &self.authorizers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handlers {
+    /// None yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An axum handler (an async function of extractors) under `name`. Path parameters are
+    /// the route's: a handler of `GET /products/{id}` extracts `Path(id)`.
+    pub fn handler<H, T>(self, name: impl Into<String>, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, ()>,
+        T: 'static,
+    {
+        self.service(name, handler.with_state(()))
+    }
+
+    /// A tower service under `name` (an axum `Router` too): cloneable, thread-safe, never
+    /// failing, taking axum bodies.
+    pub fn service<S>(mut self, name: impl Into<String>, service: S) -> Self
+    where
+        S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.handlers.insert(name.into(), boxed(service));
+        self
+    }
+
+    /// A custom authorizer `auth.authorizer: { custom: <name> }` names.
+    pub fn authorizer(mut self, name: impl Into<String>, authorizer: CustomAuthorizer) -> Self {
+        self.authorizers.insert(name.into(), authorizer);
+        self
+    }
+
+    /// The clock of every layer (default: the system clock); tests pass a `ManualClock`.
+    pub fn clock(mut self, clock: impl Into<SharedClock>) -> Self {
+        self.clock = Some(clock.into());
+        self
+    }
+
+    fn names(&self) -> String {
+        if self.handlers.is_empty() {
+            return "the application provides none".to_owned();
+        }
+        let names: Vec<_> = self.handlers.keys().map(|n| format!("{n:?}")).collect();
+        format!("the application provides {}", names.join(", "))
+    }
+}
+
+/// One deployment the stage router serves: its name, where it is configured, its variables.
+struct Deployment {
+    name: String,
+    field: String,
+    variables: BTreeMap<String, String>,
+}
+
+/// Every deployment the stages name (one unnamed deployment without stages).
+fn deployments(config: &GatewayConfig) -> Vec<Deployment> {
+    let Some(stages) = &config.stages else {
+        return vec![Deployment {
+            name: String::new(),
+            field: String::new(),
+            variables: BTreeMap::new(),
+        }];
+    };
+    let mut out = Vec::new();
+    for (stage, entry) in &stages.stages {
+        out.push(Deployment {
+            name: entry.deployment.clone().unwrap_or_else(|| stage.clone()),
+            field: format!("stages.{stage}"),
+            variables: entry.variables.clone(),
+        });
+        if let Some(canary) = &entry.canary {
+            let mut variables = entry.variables.clone();
+            variables.extend(canary.variables.clone());
+            out.push(Deployment {
+                name: canary
+                    .deployment
+                    .clone()
+                    .unwrap_or_else(|| format!("{stage}-canary")),
+                field: format!("stages.{stage}.canary"),
+                variables,
+            });
+        }
+    }
+    out
+}
+
+const VARIABLE: &str = "${stageVariables.";
+
+/// `text` with each `${stageVariables.NAME}` replaced by the variable's value.
+fn substitute(text: &str, variables: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(VARIABLE) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + VARIABLE.len()..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed \"{VARIABLE}\" in {text:?}"));
+        };
+        let name = &after[..end];
+        match variables.get(name) {
+            Some(value) => out.push_str(value),
+            None => return Err(format!("stage variable {name:?} is not defined")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The integration with the deployment's variables in place: in a handler's name, an
+/// upstream's URL, and an aggregate backend's URL or handler. Errors name the field.
+fn for_deployment(
+    integration: &IntegrationConfig,
+    variables: &BTreeMap<String, String>,
+) -> Result<IntegrationConfig, (String, String)> {
+    let mut integration = integration.clone();
+    match &mut integration {
+        IntegrationConfig::Handler(name) => {
+            *name = substitute(name, variables).map_err(|e| ("handler".to_owned(), e))?;
+        }
+        IntegrationConfig::Upstream(upstream) => {
+            upstream.url =
+                substitute(&upstream.url, variables).map_err(|e| ("upstream.url".to_owned(), e))?;
+        }
+        IntegrationConfig::Aggregate(aggregate) => {
+            for (index, backend) in aggregate.backends.iter_mut().enumerate() {
+                for (field, value) in [("url", &mut backend.url), ("service", &mut backend.service)]
+                {
+                    if let Some(value) = value {
+                        *value = substitute(value, variables)
+                            .map_err(|e| (format!("aggregate.backends[{index}].{field}"), e))?;
+                    }
+                }
+            }
+        }
+        IntegrationConfig::Mock(_) => {}
+    }
+    Ok(integration)
+}
+
+/// Everything wrong with `config` that can be known without the application.
+pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let plans = config.usage.as_ref().map(|usage| &usage.plans);
+    let mut table = RouteTable::new();
+    let deployments = deployments(config);
+    for (index, route) in config.routes.iter().enumerate() {
+        let at = |field: &str| format!("routes[{index}].{field}");
+        if let Err(error) = table.insert(&route.route, ()) {
+            problems.push(Problem::at(at("route"), error));
+        } else if method_filter(&route.route).is_err() {
+            problems.push(Problem::at(
+                at("route"),
+                format!("{:?}: the method is not one a route can serve", route.route),
+            ));
+        }
+        if route.auth.is_some() && config.auth.is_none() {
+            problems.push(Problem::at(
+                at("auth"),
+                "the route has a policy but there is no `auth` section with an authorizer",
+            ));
+        }
+        if route.cache.is_some() && config.cache.is_none() {
+            problems.push(Problem::at(
+                at("cache"),
+                "the route has a cache policy but there is no `cache` section",
+            ));
+        }
+        if let Some(cache) = &config.cache {
+            if route.cache.is_some() && cache.routes.contains_key(&route.route) {
+                problems.push(Problem::at(
+                    at("cache"),
+                    format!(
+                        "cache.routes also has a policy for {:?}; keep one",
+                        route.route
+                    ),
+                ));
+            }
+        }
+        if route.api_key && plans.is_none() {
+            problems.push(Problem::at(
+                at("api_key"),
+                "the route needs an API key but there is no `usage` section with plans",
+            ));
+        }
+        if !route.plan_throttles.is_empty() && !route.api_key {
+            problems.push(Problem::at(
+                at("plan_throttles"),
+                "plan throttles apply to requests with an API key: set `api_key: true`",
+            ));
+        }
+        for plan in route.plan_throttles.keys() {
+            if plans.is_some_and(|plans| !plans.contains_key(plan)) {
+                problems.push(Problem::at(
+                    at(&format!("plan_throttles.{plan}")),
+                    format!("no plan {plan:?} in usage.plans"),
+                ));
+            }
+        }
+        for deployment in &deployments {
+            if let Err((field, error)) = for_deployment(&route.integration, &deployment.variables) {
+                let whose = if deployment.field.is_empty() {
+                    "; there are no stages to define it".to_owned()
+                } else {
+                    format!(
+                        " for deployment {:?} ({})",
+                        deployment.name, deployment.field
+                    )
+                };
+                problems.push(Problem::at(
+                    at(&format!("integration.{field}")),
+                    error + &whose,
+                ));
+            }
+        }
+    }
+    if let Some(usage) = &config.usage {
+        for (index, key) in usage.keys.iter().enumerate() {
+            if !usage.plans.contains_key(&key.plan) {
+                problems.push(Problem::at(
+                    format!("usage.keys[{index}].plan"),
+                    format!("no plan {:?} in usage.plans", key.plan),
+                ));
+            }
+        }
+        if let Some(stages) = &config.stages {
+            for (id, plan) in &usage.plans {
+                for stage in plan.stages.iter().flatten() {
+                    if !stages.stages.contains_key(stage) {
+                        problems.push(Problem::at(
+                            format!("usage.plans.{id}.stages"),
+                            format!("no stage {stage:?} in stages.stages"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(stages) = &config.stages {
+        if let Some(default) = &stages.default_stage {
+            if !stages.stages.contains_key(default) {
+                problems.push(Problem::at(
+                    "stages.default_stage",
+                    format!("no stage {default:?} in stages.stages"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The axum method filter of a route's method (`*` or none: any).
+fn method_filter(route: &str) -> Result<Option<MethodFilter>, ()> {
+    let Some((method, _)) = route.split_once(' ') else {
+        return Ok(None);
+    };
+    if method == "*" {
+        return Ok(None);
+    }
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| ())?;
+    MethodFilter::try_from(method).map(Some).map_err(|_| ())
+}
+
+/// A route's path template.
+fn template(route: &str) -> &str {
+    route.split_once(' ').map_or(route, |(_, path)| path.trim())
+}
+
+/// A throttle rule name for a route's own throttle, of the characters rule names allow:
+/// `GET /products/{id}/details` is `route:GET:products.id.details`.
+fn rule_name(route: &str, taken: &BTreeSet<String>) -> String {
+    let (method, path) = route.split_once(' ').unwrap_or(("*", route));
+    let path: Vec<String> = path
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| {
+            segment
+                .chars()
+                .filter(|c| !"{}*".contains(*c))
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_".contains(c) {
+                        c
+                    } else {
+                        '.'
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let method = if method == "*" { "any" } else { method };
+    let mut name: String = format!("route:{method}:{}", path.join("."))
+        .chars()
+        .take(56)
+        .collect();
+    let base = name.clone();
+    let mut suffix = 2;
+    while taken.contains(&name) {
+        name = format!("{base}.{suffix}");
+        suffix += 1;
+    }
+    name
+}
+
+/// The state a built gateway keeps for the next build: what a reload carries over.
+#[derive(Default)]
+pub(crate) struct State {
+    throttle: Option<Arc<crate::throttle::MemoryStore>>,
+    plan_throttle: Option<Arc<crate::throttle::MemoryStore>>,
+    keys: Option<Arc<MemoryKeyStore>>,
+    quotas: Option<Arc<MemoryQuotaStore>>,
+    /// The ids of the keys the configuration put in the store.
+    config_keys: BTreeSet<String>,
+    cache: Option<(u64, crate::cache::MemoryStore)>,
+    /// The JWT authorizer and its configuration, as `Debug` writes it.
+    jwt: Option<(String, Arc<JwtAuthorizer>)>,
+}
+
+/// A gateway built from a configuration, not yet serving.
+pub(crate) struct Built {
+    pub(crate) gateway: Gateway,
+    pub(crate) service: GatewayService,
+    pub(crate) state: State,
+    /// Keys to put in the key store once the build is adopted, and ids to remove.
+    keys: Vec<ApiKey>,
+    removed: Vec<String>,
+}
+
+impl Built {
+    /// Makes the configuration's keys the store's, now that this build serves: keys it
+    /// lists are put, keys the previous configuration listed and this one does not are
+    /// removed, keys made at runtime stay.
+    pub(crate) async fn adopt_keys(&mut self) {
+        let Some(store) = &self.state.keys else {
+            return;
+        };
+        for key in self.keys.drain(..) {
+            // A memory store cannot fail.
+            let _ = store.put(key).await;
+        }
+        for id in self.removed.drain(..) {
+            let _ = store.remove(&id).await;
+        }
+    }
+}
+
+/// A step that runs only for requests to some routes: the usage plans on routes with
+/// `api_key: true`.
+struct OnRoutes {
+    routes: Arc<RouteTable<()>>,
+    step: Arc<dyn GatewayStep>,
+}
+
+impl GatewayStep for OnRoutes {
+    fn wrap(&self, inner: GatewayService) -> GatewayService {
+        let with_step = self.step.wrap(inner.clone());
+        let routes = self.routes.clone();
+        GatewayService::from_fn(move |request: Request<Body>| -> GatewayFuture {
+            let service = if routes.at(request.method(), request.uri().path()).is_some() {
+                &with_step
+            } else {
+                &inner
+            };
+            service.clone().call(request)
+        })
+    }
+}
+
+fn fail(path: impl Into<String>, error: impl fmt::Display) -> ConfigError {
+    ConfigError::one(path, error)
+}
+
+/// Builds `config` with the application's `handlers`, carrying `previous`'s state over.
+/// Nothing `previous` serves changes until the result is adopted (keys included).
+pub(crate) async fn build(
+    config: &GatewayConfig,
+    handlers: &Handlers,
+    previous: Option<&State>,
+) -> Result<Built, ConfigError> {
+    config.validate()?;
+    let empty = State::default();
+    let previous = previous.unwrap_or(&empty);
+    let mut state = State::default();
+    let mut gateway = Gateway::builder();
+
+    // 1. The coarse throttle, with the routes' own rules.
+    let mut throttle = config.throttle.clone().unwrap_or_default();
+    let mut taken: BTreeSet<String> = throttle.rules.iter().map(|r| r.name.clone()).collect();
+    for route in &config.routes {
+        if let Some(own) = &route.throttle {
+            let name = rule_name(&route.route, &taken);
+            taken.insert(name.clone());
+            throttle.rules.push(RuleConfig {
+                name,
+                rate: own.rate,
+                burst: own.burst,
+                key: own.key.clone(),
+                fallback: None,
+                routes: Some(vec![route.route.clone()]),
+                shadow: false,
+                on_missing_key: Default::default(),
+                capacity: None,
+            });
+        }
+    }
+    if !throttle.rules.is_empty() {
+        let capacity = throttle.capacity.unwrap_or(DEFAULT_CAPACITY);
+        let mut builder = throttle.builder().map_err(|e| fail("throttle", e))?;
+        if let Some(clock) = &handlers.clock {
+            builder = builder.clock(clock.clone());
+        }
+        let mut store = None;
+        let layer = builder
+            .build_with_store(|rules, clock| {
+                let made = Arc::new(crate::throttle::MemoryStore::carrying_over(
+                    rules,
+                    capacity,
+                    clock.clone(),
+                    previous.throttle.as_deref(),
+                ));
+                store = Some(made.clone());
+                made
+            })
+            .map_err(|e| fail("throttle", e))?;
+        state.throttle = store;
+        gateway = gateway.throttle(layer);
+    }
+
+    // 2. The authorizer, with the routes' policies.
+    if let Some(auth) = &config.auth {
+        let mut routes = RouteTable::new();
+        for (index, route) in config.routes.iter().enumerate() {
+            if let Some(policy) = &route.auth {
+                routes
+                    .insert(&route.route, policy.clone())
+                    .map_err(|e| fail(format!("routes[{index}].route"), e))?;
+            }
+        }
+        let policies = AuthConfig {
+            routes,
+            default: auth.default.clone(),
+            claim_headers: auth.claim_headers.clone(),
+        };
+        gateway = match &auth.authorizer {
+            AuthorizerConfig::Jwt(jwt) => {
+                let described = format!("{jwt:?}");
+                let authorizer = match &previous.jwt {
+                    Some((was, authorizer)) if *was == described => authorizer.clone(),
+                    _ => Arc::new(
+                        jwt.clone()
+                            .build()
+                            .map_err(|e| fail("auth.authorizer.jwt", e))?,
+                    ),
+                };
+                state.jwt = Some((described, authorizer.clone()));
+                gateway.authorizer(policies.build(authorizer).map_err(|e| fail("auth", e))?)
+            }
+            AuthorizerConfig::Custom(name) => {
+                let authorizer = handlers.authorizers.get(name).cloned().ok_or_else(|| {
+                    fail(
+                        "auth.authorizer.custom",
+                        format!("the application provides no custom authorizer named {name:?}"),
+                    )
+                })?;
+                gateway.authorizer(policies.build(authorizer).map_err(|e| fail("auth", e))?)
+            }
+        };
+    }
+
+    // 3. Usage plans, on the routes that need a key (every request when there are no routes).
+    let mut keys = Vec::new();
+    let mut removed = Vec::new();
+    if let Some(usage) = &config.usage {
+        let mut usage = usage.clone();
+        let records = std::mem::take(&mut usage.keys);
+        for route in &config.routes {
+            for (plan, throttle) in &route.plan_throttles {
+                if let Some(plan) = usage.plans.get_mut(plan) {
+                    plan.routes.insert(route.route.clone(), *throttle);
+                }
+            }
+        }
+        let capacity = usage
+            .throttle_capacity
+            .unwrap_or(crate::usage::DEFAULT_THROTTLE_CAPACITY);
+        let retention = usage.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        let mut builder = usage.builder().map_err(|e| fail("usage", e))?;
+        if let Some(clock) = &handlers.clock {
+            builder = builder.clock(clock.clone());
+        }
+        let key_store = previous.keys.clone().unwrap_or_default();
+        let quotas = previous
+            .quotas
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryQuotaStore::new(retention)));
+        let mut plan_store = None;
+        let plans = builder
+            .build_with(key_store.clone(), quotas.clone(), |rules, clock| {
+                let made = Arc::new(crate::throttle::MemoryStore::carrying_over(
+                    rules,
+                    capacity,
+                    clock.clone(),
+                    previous.plan_throttle.as_deref(),
+                ));
+                plan_store = Some(made.clone());
+                made
+            })
+            .map_err(|e| fail("usage", e))?;
+        for (index, record) in records.into_iter().enumerate() {
+            let key =
+                ApiKey::try_from(record).map_err(|e| fail(format!("usage.keys[{index}]"), e))?;
+            state.config_keys.insert(key.id().to_owned());
+            keys.push(key);
+        }
+        removed = previous
+            .config_keys
+            .difference(&state.config_keys)
+            .cloned()
+            .collect();
+        state.keys = Some(key_store);
+        state.quotas = Some(quotas);
+        state.plan_throttle = plan_store;
+        if config.routes.is_empty() {
+            gateway = gateway.usage(plans.layer());
+        } else {
+            let mut routes = RouteTable::new();
+            for route in config.routes.iter().filter(|route| route.api_key) {
+                // Checked by `validate`.
+                let _ = routes.insert(&route.route, ());
+            }
+            if !routes.is_empty() {
+                gateway = gateway.usage_step(OnRoutes {
+                    routes: Arc::new(routes),
+                    step: Arc::new(plans.layer().keep_inner_body()),
+                });
+            }
+        }
+    }
+
+    // 4. The cache, with the routes' policies.
+    if let Some(cache) = &config.cache {
+        let mut cache = cache.clone();
+        for route in &config.routes {
+            if let Some(policy) = &route.cache {
+                cache.routes.insert(route.route.clone(), policy.clone());
+            }
+        }
+        let max_bytes = cache.max_bytes.unwrap_or(crate::cache::DEFAULT_MAX_BYTES);
+        if max_bytes == 0 {
+            return Err(fail("cache.max_bytes", "must be more than 0"));
+        }
+        let mut builder = cache.builder().map_err(|e| fail("cache", e))?;
+        if let Some(clock) = &handlers.clock {
+            builder = builder.clock(clock.clone());
+        }
+        let store = match &previous.cache {
+            Some((bytes, store)) if *bytes == max_bytes => store.clone(),
+            _ => crate::cache::MemoryStore::new(max_bytes),
+        };
+        let layer = builder
+            .build_with(store.clone())
+            .map_err(|e| fail("cache", e))?;
+        state.cache = Some((max_bytes, store));
+        gateway = gateway.cache(layer);
+    }
+
+    let gateway = gateway.build();
+
+    // 5. The routes of each deployment, and the stages in front.
+    let client = HttpClient::builder().build();
+    let mut routers = BTreeMap::new();
+    for deployment in deployments(config) {
+        if routers.contains_key(&deployment.name) {
+            continue;
+        }
+        let router = routes(&config.routes, &deployment.variables, handlers, &client)?;
+        routers.insert(deployment.name, router);
+    }
+    let service = match &config.stages {
+        None => gateway.wrap(routers.remove("").unwrap_or_default()),
+        Some(stages) => {
+            let mut builder = stages
+                .builder(|deployment| routers.get(deployment).cloned())
+                .map_err(|e| fail("stages", e))?;
+            if let Some(clock) = &handlers.clock {
+                builder = builder.clock(clock.clone());
+            }
+            GatewayService::new(gateway.stages(builder).map_err(|e| fail("stages", e))?)
+        }
+    };
+    Ok(Built {
+        gateway,
+        service,
+        state,
+        keys,
+        removed,
+    })
+}
+
+/// The router of one deployment: each route's integration, by method and path; a request no
+/// route matches is a problem+json 404.
+fn routes(
+    routes: &[RouteConfig],
+    variables: &BTreeMap<String, String>,
+    handlers: &Handlers,
+    client: &HttpClient,
+) -> Result<Router, ConfigError> {
+    let mut paths: BTreeMap<&str, MethodRouter> = BTreeMap::new();
+    for (index, route) in routes.iter().enumerate() {
+        let at = |field: &str| format!("routes[{index}].integration.{field}");
+        let integration = for_deployment(&route.integration, variables)
+            .map_err(|(field, error)| fail(at(&field), error))?;
+        let path = template(&route.route);
+        let service: Handler = match integration {
+            IntegrationConfig::Handler(name) => {
+                handlers.handlers.get(&name).cloned().ok_or_else(|| {
+                    fail(
+                        at("handler"),
+                        format!("no handler named {name:?}; {}", handlers.names()),
+                    )
+                })?
+            }
+            IntegrationConfig::Upstream(upstream) => boxed(
+                upstream
+                    .build(Some(client.clone()))
+                    .map_err(|e| fail(at("upstream"), e))?,
+            ),
+            IntegrationConfig::Aggregate(mut aggregate) => {
+                if aggregate.route.is_none() {
+                    aggregate.route = Some(path.to_owned());
+                }
+                let local = |name: &str| {
+                    handlers.handlers.get(name).cloned().map(|handler| {
+                        handler.map_request(|request: Request<Full<Bytes>>| request.map(Body::new))
+                    })
+                };
+                let built = aggregate
+                    .builder(local, Some(client.clone()))
+                    .and_then(|builder| Ok(builder.build()?))
+                    .map_err(|e| fail(at("aggregate"), e))?;
+                boxed(built)
+            }
+            IntegrationConfig::Mock(mock) => boxed(mock.build().map_err(|e| fail(at("mock"), e))?),
+        };
+        let filter = method_filter(&route.route)
+            .map_err(|()| fail(format!("routes[{index}].route"), "invalid method"))?;
+        let entry = paths.remove(path).unwrap_or_default();
+        let entry = match filter {
+            Some(filter) => entry.on_service(filter, service),
+            None => entry.fallback_service(service),
+        };
+        paths.insert(path, entry);
+    }
+    let mut router = Router::new();
+    for (path, methods) in paths {
+        router = router.route(path, methods);
+    }
+    Ok(router.fallback(|| async {
+        crate::Rejection::not_found()
+            .with_detail("no route matches the request")
+            .into_response::<Body>()
+    }))
+}

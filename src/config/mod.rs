@@ -1,0 +1,404 @@
+//! The whole gateway from a configuration file (feature `config`): YAML, TOML or JSON,
+//! checked before anything runs, and reloaded while it serves.
+//!
+//! A [`GatewayConfig`] describes what Amazon API Gateway, Kong or KrakenD describe in theirs:
+//! routes (method and path) and their integrations — a handler of the application's, an HTTP
+//! upstream, an aggregate of several backends, or a mock — the coarse throttle, the
+//! authorizer, usage plans and API keys (as hashes), the cache, stages with their variables and
+//! canaries, and per-route overrides of each. [`GatewayHandle`] builds it with the
+//! application's named handlers ([`Handlers`]) and serves it; `reload` swaps in a new
+//! configuration without dropping a request.
+//!
+//! ```yaml
+//! throttle:
+//!   rules:
+//!     - { name: per-client, rate: 50/s, burst: 100, key: client-ip }
+//! auth:
+//!   authorizer:
+//!     jwt:
+//!       providers:
+//!         - issuer: https://login.example.com/
+//!           audiences: [shop]
+//!           keys: { hmac_secret_env: SHOP_JWT_SECRET }
+//! usage:
+//!   plans:
+//!     partner: { throttle: { rate: 10/s, burst: 20 }, quota: { limit: 10000, period: month } }
+//!   keys:
+//!     - { id: acme, plan: partner, created: "2026-11-01T00:00:00Z", hash: "sha256:…" }
+//! cache:
+//!   default: { ttl: 30s }
+//! routes:
+//!   - route: GET /products
+//!     integration: { handler: catalog }
+//!     auth: { anonymous: true }
+//!     cache: { ttl: 5m, sharing: shared }
+//!   - route: POST /orders
+//!     integration: { upstream: { url: "http://orders.internal:8080" } }
+//!     api_key: true
+//!     plan_throttles: { partner: { rate: 1/s, burst: 5 } }
+//! ```
+//!
+//! # Reading
+//!
+//! Unknown fields are refused, and every error names the field's path and, for errors found
+//! while reading, the line: `gateway.yaml:12:12: routes[3].cache.ttl: expected a duration like
+//! "30s", "5m" or "500ms", found "thirty"`. Durations read as `30s`, `5m`, `500ms`; rates as
+//! `100/min`, `10/s`. Cross-references are checked when the configuration is read, not when a
+//! request comes: a route naming an unknown plan, a key on an unknown plan, a canary variable
+//! no deployment defines, a route that needs an authorizer that is not configured, two
+//! routes with one method and path. The names the application provides (handlers, custom
+//! authorizers) are checked when the gateway is built, before it serves.
+//!
+//! Secrets never need to be in the file: an HMAC key is read from an environment variable
+//! (`hmac_secret_env`) or a file (`hmac_secret_file`), API keys are stored as hashes.
+//!
+//! # The order of the steps
+//!
+//! Requests go through the stage router (when `stages` is set), then the throttle, the
+//! authorizer, the usage plan (on routes with `api_key: true`), the cache, and the route's
+//! integration — the order of [`Gateway`](crate::Gateway), which this builds. A request no
+//! route matches is 404 after the throttle and the authorizer.
+//!
+//! # Reloading
+//!
+//! [`GatewayHandle::reload`] builds the new configuration beside the running one and swaps
+//! them only if it is valid; requests already in flight finish on the configuration they
+//! started with. State survives where the configuration did not change it: a throttle rule
+//! or a plan with the same name, rate and burst keeps its clients' allowances, quota counts
+//! are kept for every key, keys created at runtime stay, the cache keeps its entries (purge
+//! what a changed policy must not serve), and an unchanged authorizer keeps its keys and
+//! verified tokens. [`GatewayHandle::watch`] reloads when the file changes.
+
+mod build;
+mod error;
+mod reload;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use build::Handlers;
+pub use error::{ConfigError, Problem};
+pub use reload::{GatewayHandle, GatewayHandleLayer, Watcher};
+
+use crate::aggregate::{AggregateConfig, MockConfig, UpstreamConfig};
+use crate::auth::{JwtConfig, RoutePolicy};
+use crate::cache::{CacheConfig, PolicyConfig};
+use crate::stage::StageConfig;
+use crate::throttle::{KeyConfig, Rate, ThrottleConfig};
+use crate::usage::UsageConfig;
+
+/// A whole gateway as a configuration file describes it; see the [module](self) for an
+/// example. Every section is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The coarse throttle's rules (per client IP, global, by header): the first step.
+    /// Routes add their own rules with `throttle`.
+    #[serde(default)]
+    pub throttle: Option<ThrottleConfig>,
+    /// The authorizer and the policy of routes that set none.
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
+    /// Usage plans, API keys (hashes) and where keys are read; routes with `api_key: true`
+    /// need a key on a plan.
+    #[serde(default)]
+    pub usage: Option<UsageConfig>,
+    /// The response cache: its default policy and bounds. Routes override the policy with
+    /// `cache`.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
+    /// Stages, their variables and canaries. Every deployment serves the same routes; a
+    /// route's integration can name `${stageVariables.NAME}` to differ between them.
+    #[serde(default)]
+    pub stages: Option<StageConfig>,
+    /// The routes. With none, the gateway is a layer for the application's own router
+    /// ([`GatewayHandle::layer`]), and usage plans apply to every request.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The authorizer and the policy of routes that set none.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `{ jwt: { providers: [...] } }` or `{ custom: <name> }`, a custom authorizer the
+    /// application provides under that name ([`Handlers::authorizer`]).
+    pub authorizer: AuthorizerConfig,
+    /// The policy of routes without their own `auth` (default: credentials required).
+    #[serde(default)]
+    pub default: RoutePolicy,
+    /// Claims copied into request headers for the integration, `claim: header`.
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+}
+
+/// Which authorizer verifies callers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthorizerConfig {
+    /// The JWT authorizer: issuers, audiences, keys (JWKS URLs, discovery, PEM files, an HMAC
+    /// secret from the environment or a file).
+    Jwt(JwtConfig),
+    /// A custom authorizer the application provides under this name.
+    Custom(String),
+}
+
+/// One route: a method and path template, what serves it, and its overrides.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `"GET /products/{id}"`: a method (or `*` for any) and a path template whose `{name}`
+    /// segments are parameters.
+    pub route: String,
+    /// What serves the route.
+    pub integration: IntegrationConfig,
+    /// The route's authorization policy (default: the `auth` section's): `{ anonymous: true }`,
+    /// `{ any_of: [scope, ...] }`, `{ all_of: [scope, ...] }`.
+    #[serde(default)]
+    pub auth: Option<RoutePolicy>,
+    /// Fields of the cache policy that differ from the `cache` section's default.
+    #[serde(default)]
+    pub cache: Option<PolicyConfig>,
+    /// A throttle of the route's own (AWS's per-method throttling), by default one budget
+    /// for all callers.
+    #[serde(default)]
+    pub throttle: Option<RouteThrottle>,
+    /// Whether callers need an API key on a usage plan (default `false`).
+    #[serde(default)]
+    pub api_key: bool,
+    /// Plan throttles that differ on this route, by plan id.
+    #[serde(default)]
+    pub plan_throttles: BTreeMap<String, crate::usage::ThrottleConfig>,
+}
+
+/// What serves a route.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum IntegrationConfig {
+    /// A handler of the application's, by the name it was given ([`Handlers::handler`]).
+    Handler(String),
+    /// An HTTP upstream the request is proxied to.
+    Upstream(UpstreamConfig),
+    /// Several backends called at once and merged into one JSON answer; a backend's
+    /// `service` names one of the application's handlers.
+    Aggregate(AggregateConfig),
+    /// A fixed answer.
+    Mock(MockConfig),
+}
+
+/// A route's own throttle: `{ rate: 100/s, burst: 50 }`, counted by `key` (default
+/// `global`: one budget for everyone, as Amazon API Gateway's method throttling).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteThrottle {
+    /// The sustained rate.
+    pub rate: Rate,
+    /// The burst (default: the rate's requests per period).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What the budget is counted by: `global`, `client-ip`, `peer-ip`, `subject`, `api-key`
+    /// or `{ header: name }`.
+    #[serde(default = "global")]
+    pub key: KeyConfig,
+}
+
+fn global() -> KeyConfig {
+    KeyConfig::Global
+}
+
+/// A configuration file's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// YAML (`.yaml`, `.yml`).
+    Yaml,
+    /// TOML (`.toml`).
+    Toml,
+    /// JSON (`.json`).
+    Json,
+}
+
+impl Format {
+    /// The format a file's extension names.
+    pub fn of(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "toml" => Some(Format::Toml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads and checks a configuration file; its extension names the format (`.yaml`,
+    /// `.yml`, `.toml`, `.json`). Errors carry the file's name.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let result = match Format::of(path) {
+            None => Err(ConfigError::one(
+                "",
+                "unknown format: expected a .yaml, .yml, .toml or .json file",
+            )),
+            Some(format) => match std::fs::read_to_string(path) {
+                Ok(text) => Self::parse(&text, format),
+                Err(error) => Err(ConfigError::one(
+                    "",
+                    format!("cannot read the file: {error}"),
+                )),
+            },
+        };
+        result.map_err(|error| error.in_file(path))
+    }
+
+    /// Reads and checks a configuration in `format`.
+    pub fn parse(text: &str, format: Format) -> Result<Self, ConfigError> {
+        let config = match format {
+            Format::Yaml => read::yaml(text)?,
+            Format::Toml => read::toml(text)?,
+            Format::Json => read::json(text)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and checks a YAML configuration.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, Format::Yaml)
+    }
+
+    /// Reads and checks a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, Format::Toml)
+    }
+
+    /// Reads and checks a JSON configuration.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, Format::Json)
+    }
+
+    /// Checks what can be checked without the application: routes that parse and do not
+    /// repeat, and every cross-reference (plans, stages, stage variables, the authorizer a
+    /// route's policy needs). The `from_*` readers call it; call it yourself on a
+    /// configuration built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = build::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::new(problems))
+        }
+    }
+}
+
+/// The three readers, each giving the field path of a type error and the line of a syntax
+/// error (and of a type error, where the format knows it).
+mod read {
+    use super::{ConfigError, GatewayConfig, Problem};
+
+    fn problem(
+        path: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: String,
+    ) -> ConfigError {
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(vec![Problem {
+            path,
+            line,
+            column,
+            message,
+        }])
+    }
+
+    pub(super) fn yaml(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let mut options = serde_saphyr::options::Options::default();
+        options.with_snippet = false;
+        // The error goes back through serde-saphyr, which gives it its location; the path
+        // is kept aside.
+        let mut path = String::new();
+        let outcome = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+            serde_path_to_error::deserialize::<_, GatewayConfig>(de).map_err(|error| {
+                path = error.path().to_string();
+                error.into_inner()
+            })
+        });
+        let error = match outcome {
+            Ok(config) => return Ok(config),
+            Err(error) => error,
+        };
+        let location = error.location().filter(|l| l.line() > 0);
+        let message = saphyr_message(&error);
+        Err(problem(
+            path,
+            location.map(|l| l.line() as usize),
+            location.map(|l| l.column() as usize),
+            message,
+        ))
+    }
+
+    /// The error's message without the location serde-saphyr appends (we print our own).
+    fn saphyr_message(error: &serde_saphyr::Error) -> String {
+        let text = error.without_snippet().to_string();
+        let text = text.lines().next().unwrap_or_default().trim();
+        match text.rfind(" at line ") {
+            Some(at) => text[..at].to_owned(),
+            None => text.to_owned(),
+        }
+    }
+
+    pub(super) fn toml(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let deserializer = match toml::Deserializer::parse(text) {
+            Ok(deserializer) => deserializer,
+            Err(error) => return Err(toml_problem(text, String::new(), &error)),
+        };
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            toml_problem(text, path, error.inner())
+        })
+    }
+
+    fn toml_problem(text: &str, path: String, error: &toml::de::Error) -> ConfigError {
+        let (line, column) = match error.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                (Some(line), Some(column))
+            }
+            None => (None, None),
+        };
+        problem(path, line, column, error.message().trim().to_owned())
+    }
+
+    pub(super) fn json(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let config = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let (line, column) = (inner.line(), inner.column());
+            let message = inner.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(at) => message[..at].to_owned(),
+                None => message,
+            };
+            problem(
+                path,
+                Some(line).filter(|&l| l > 0),
+                Some(column).filter(|&c| c > 0),
+                message,
+            )
+        })?;
+        deserializer.end().map_err(|error| {
+            problem(
+                String::new(),
+                Some(error.line()),
+                Some(error.column()),
+                "trailing characters after the configuration".to_owned(),
+            )
+        })?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,288 @@
+//! A gateway serving from a configuration, and reloading it.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::response::IntoResponse;
+use http::Request;
+use tower::{Layer, Service};
+
+use super::build::{build, Handlers, State};
+use super::{ConfigError, GatewayConfig};
+use crate::gateway::GatewayService;
+use crate::Gateway;
+
+/// The configuration serving now.
+struct Current {
+    generation: u64,
+    gateway: Gateway,
+    service: GatewayService,
+    state: State,
+    config: Arc<GatewayConfig>,
+}
+
+struct Inner {
+    handlers: Handlers,
+    current: RwLock<Arc<Current>>,
+    /// One reload at a time, so each carries over the state of the one before.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// A gateway built from a [`GatewayConfig`], serving it and reloading it: clone it freely, every
+/// clone is the same gateway.
+///
+/// [`service`](Self::service) (or [`router`](Self::router)) always serves the latest
+/// configuration; [`reload`](Self::reload) checks and builds a new one beside it, and swaps
+/// it in only when it is valid. A request runs on the configuration that was current when it
+/// arrived, to its end.
+///
+/// ```no_run
+/// use tollgate::config::{GatewayConfig, GatewayHandle, Handlers};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let handlers = Handlers::new().handler("catalog", || async { "[]" });
+/// let gateway = GatewayHandle::from_file("gateway.yaml", handlers).await?;
+/// let _watcher = gateway.watch("gateway.yaml", std::time::Duration::from_secs(2));
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// let app = gateway.router();
+/// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct GatewayHandle {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.current();
+        f.debug_struct("GatewayHandle")
+            .field("generation", &current.generation)
+            .field("steps", &current.gateway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayHandle {
+    /// Builds `config` with the application's `handlers` (a tokio runtime is needed when an
+    /// authorizer fetches keys).
+    ///
+    /// # Errors
+    ///
+    /// The configuration is invalid, or names a handler or authorizer `handlers` lacks.
+    pub async fn new(config: GatewayConfig, handlers: Handlers) -> Result<Self, ConfigError> {
+        let mut built = build(&config, &handlers, None).await?;
+        built.adopt_keys().await;
+        let current = Current {
+            generation: 1,
+            gateway: built.gateway,
+            service: built.service,
+            state: built.state,
+            config: Arc::new(config),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                handlers,
+                current: RwLock::new(Arc::new(current)),
+                reloading: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Reads the configuration file at `path` and builds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`GatewayConfig::from_file`] and [`new`](Self::new).
+    pub async fn from_file(
+        path: impl AsRef<Path>,
+        handlers: Handlers,
+    ) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let config = GatewayConfig::from_file(path)?;
+        Self::new(config, handlers)
+            .await
+            .map_err(|error| error.in_file(path))
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the configuration: `config` is checked and built first, and if anything is
+    /// wrong the running configuration stays and the error says what. Requests in flight
+    /// finish on the configuration they started with. State is carried over where the
+    /// configuration kept it (see the [module](super) documentation).
+    ///
+    /// # Errors
+    ///
+    /// The new configuration is invalid; nothing changed.
+    pub async fn reload(&self, config: GatewayConfig) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        let previous = self.current();
+        let mut built = match build(&config, &self.inner.handlers, Some(&previous.state)).await {
+            Ok(built) => built,
+            Err(error) => {
+                tracing::warn!(error = %error, "tollgate: configuration refused; the running one stays");
+                return Err(error);
+            }
+        };
+        built.adopt_keys().await;
+        let generation = previous.generation + 1;
+        let current = Arc::new(Current {
+            generation,
+            gateway: built.gateway,
+            service: built.service,
+            state: built.state,
+            config: Arc::new(config),
+        });
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = current;
+        tracing::info!(generation, "tollgate: configuration reloaded");
+        Ok(())
+    }
+
+    /// Reads the file at `path` and [`reload`](Self::reload)s it.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or holds an invalid configuration; nothing changed.
+    pub async fn reload_file(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        let path = path.as_ref();
+        let config = GatewayConfig::from_file(path)?;
+        self.reload(config)
+            .await
+            .map_err(|error| error.in_file(path))
+    }
+
+    /// How many configurations have served: 1 until the first reload.
+    pub fn generation(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// The configuration serving now.
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        self.current().config.clone()
+    }
+
+    /// The gateway as a service: the configuration's routes behind its steps (and stages),
+    /// always the latest configuration's.
+    pub fn service(&self) -> GatewayService {
+        let handle = self.clone();
+        GatewayService::from_fn(move |request| handle.current().service.clone().call(request))
+    }
+
+    /// [`service`](Self::service) as an axum `Router`, to serve with `axum::serve` (with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, so client-IP keys see the peer)
+    /// or to nest in the application's own.
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new().fallback_service(self.service())
+    }
+
+    /// The configuration's steps (throttle, authorizer, usage, cache; no stages and no
+    /// routes) as a layer for the application's own router, following reloads. Usage plans
+    /// then apply to every request.
+    pub fn layer(&self) -> GatewayHandleLayer {
+        GatewayHandleLayer {
+            handle: self.clone(),
+        }
+    }
+
+    /// Reloads the configuration whenever the file at `path` changes, checking every
+    /// `interval`; an invalid file is logged (`tracing`, at `warn`) and the running
+    /// configuration stays. Watching stops when the returned [`Watcher`] is dropped.
+    /// Needs a tokio runtime.
+    pub fn watch(&self, path: impl Into<PathBuf>, interval: Duration) -> Watcher {
+        let path = path.into();
+        let handle = self.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = stamp(&path).await;
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let now = stamp(&path).await;
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                // Refusals are logged by `reload`; a file that cannot be read is logged here.
+                if let Err(error) = handle.reload_file(&path).await {
+                    tracing::debug!(error = %error, "tollgate: watched configuration not applied");
+                }
+            }
+        });
+        Watcher { task }
+    }
+}
+
+/// What tells a file's versions apart: its modification time, length and contents.
+async fn stamp(path: &Path) -> Option<(SystemTime, u64, Vec<u8>)> {
+    let metadata = tokio::fs::metadata(path).await.ok()?;
+    let contents = tokio::fs::read(path).await.ok()?;
+    Some((metadata.modified().ok()?, metadata.len(), contents))
+}
+
+/// Watches a configuration file ([`GatewayHandle::watch`]); dropping it stops watching.
+#[derive(Debug)]
+pub struct Watcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// [`GatewayHandle::layer`]: the configuration's steps around the application's service.
+#[derive(Clone, Debug)]
+pub struct GatewayHandleLayer {
+    handle: GatewayHandle,
+}
+
+impl<S> Layer<S> for GatewayHandleLayer
+where
+    S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Service = GatewayService;
+
+    fn layer(&self, inner: S) -> GatewayService {
+        let app = GatewayService::new(inner);
+        let handle = self.handle.clone();
+        // The steps wrapped around the application once per configuration, not per request.
+        let wrapped: RwLock<Option<(u64, GatewayService)>> = RwLock::new(None);
+        GatewayService::from_fn(move |request| {
+            let current = handle.current();
+            let cached = wrapped
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .filter(|(generation, _)| *generation == current.generation)
+                .map(|(_, service)| service.clone());
+            let mut service = cached.unwrap_or_else(|| {
+                let service = current.gateway.wrap(app.clone());
+                *wrapped.write().unwrap_or_else(PoisonError::into_inner) =
+                    Some((current.generation, service.clone()));
+                service
+            });
+            service.call(request)
+        })
+    }
+}
