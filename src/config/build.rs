@@ -388,7 +388,17 @@ pub(crate) struct State {
     cache: Option<(u64, crate::cache::MemoryStore)>,
     /// The JWT authorizer and its configuration, as `Debug` writes it.
     jwt: Option<(String, Arc<JwtAuthorizer>)>,
+    /// The usage plans, for key administration.
+    pub(crate) plans: Option<ConfiguredPlans>,
 }
+
+/// The usage plans a configuration builds: keys, quotas and plan throttles in memory, shared
+/// with the next configuration a reload builds.
+pub type ConfiguredPlans = crate::usage::UsagePlans<
+    Arc<MemoryKeyStore>,
+    Arc<MemoryQuotaStore>,
+    Arc<crate::throttle::MemoryStore>,
+>;
 
 /// A gateway built from a configuration, not yet serving.
 pub(crate) struct Built {
@@ -594,6 +604,7 @@ pub(crate) async fn build(
         state.keys = Some(key_store);
         state.quotas = Some(quotas);
         state.plan_throttle = plan_store;
+        state.plans = Some(plans.clone());
         if config.routes.is_empty() {
             gateway = gateway.usage(plans.layer());
         } else {

@@ -78,7 +78,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use build::Handlers;
+pub use build::{ConfiguredPlans, Handlers};
 pub use error::{ConfigError, Problem};
 pub use reload::{GatewayHandle, GatewayHandleLayer, Watcher};
 

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use http::Request;
 use tower::{Layer, Service};
 
-use super::build::{build, Handlers, State};
+use super::build::{build, ConfiguredPlans, Handlers, State};
 use super::{ConfigError, GatewayConfig};
 use crate::gateway::GatewayService;
 use crate::Gateway;
@@ -166,6 +166,14 @@ impl GatewayHandle {
         self.reload(config)
             .await
             .map_err(|error| error.in_file(path))
+    }
+
+    /// The current configuration's usage plans, for key administration: create, rotate and
+    /// revoke keys, read usage (the `admin` feature's router takes them). Keys created here
+    /// outlive reloads; keys the configuration lists are the configuration's, put back or
+    /// removed by each reload. `None` without a `usage` section.
+    pub fn plans(&self) -> Option<ConfiguredPlans> {
+        self.current().state.plans.clone()
     }
 
     /// How many configurations have served: 1 until the first reload.
