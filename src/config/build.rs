@@ -746,3 +746,68 @@ fn routes(
             .into_response::<Body>()
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variables(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn stage_variables_are_substituted_and_unknown_ones_named() {
+        let vars = variables(&[("orders", "v2"), ("host", "orders.internal")]);
+        assert_eq!(
+            substitute("orders-${stageVariables.orders}", &vars).unwrap(),
+            "orders-v2"
+        );
+        assert_eq!(
+            substitute("http://${stageVariables.host}:8080/${stageVariables.orders}", &vars)
+                .unwrap(),
+            "http://orders.internal:8080/v2"
+        );
+        assert_eq!(substitute("plain", &vars).unwrap(), "plain");
+        let error = substitute("x-${stageVariables.missing}", &vars).unwrap_err();
+        assert_eq!(error, "stage variable \"missing\" is not defined");
+        let error = substitute("x-${stageVariables.orders", &vars).unwrap_err();
+        assert!(error.starts_with("unclosed"), "{error}");
+    }
+
+    #[test]
+    fn route_rule_names_are_valid_rule_names_and_do_not_collide() {
+        let mut taken = BTreeSet::new();
+        let name = rule_name("GET /products/{id}/details", &taken);
+        assert_eq!(name, "route:GET:products.id.details");
+        taken.insert(name);
+        assert_eq!(rule_name("* /files/{*rest}", &taken), "route:any:files.rest");
+        // `/products/id/details` makes the same name: it gets a suffix.
+        assert_eq!(
+            rule_name("GET /products/id/details", &taken),
+            "route:GET:products.id.details.2"
+        );
+        let long = format!("GET /{}", "segment/".repeat(20));
+        let name = rule_name(&long, &taken);
+        assert!(name.len() <= 64, "{name}");
+        let layer = crate::throttle::ThrottleLayer::builder()
+            .rule(crate::throttle::Rule::new(
+                name,
+                crate::throttle::Rate::per_second(1),
+                crate::key::Global,
+            ))
+            .build();
+        assert!(layer.is_ok(), "{:?}", layer.err());
+    }
+
+    #[test]
+    fn methods_map_to_axum_filters_and_any() {
+        assert_eq!(method_filter("GET /a"), Ok(Some(MethodFilter::GET)));
+        assert_eq!(method_filter("* /a"), Ok(None));
+        assert_eq!(method_filter("/a"), Ok(None));
+        assert_eq!(method_filter("BREW /a"), Err(()));
+        assert_eq!(template("POST  /orders"), "/orders");
+    }
+}
