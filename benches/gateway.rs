@@ -10,6 +10,9 @@
 //!   application's service alone.
 //! - `throttle_layer`: `ThrottleLayer` (with `keep_inner_body`) stacked directly.
 //! - `gateway_throttle`: the same layer as the gateway's one step.
+//! - `config_throttle` (feature `config`): the same rule from a configuration file, through
+//!   `GatewayHandle::layer`, which finds the configuration serving now on every request (a
+//!   read lock and a reference count) so that it follows reloads.
 //!
 //! Each request is served by a clone of the service, as axum serves each request of a route,
 //! driven directly (`poll_ready`, `call`, one poll with a no-op waker) as in the other
@@ -48,6 +51,24 @@ fn throttle(
         .build()
         .expect("the rule is valid")
         .keep_inner_body()
+}
+
+/// The rule of [`throttle`] from a configuration, served by a `GatewayHandle`.
+#[cfg(feature = "config")]
+fn configured() -> tollgate::config::GatewayHandle {
+    let config = tollgate::config::GatewayConfig::from_yaml(
+        "throttle:\n  rules:\n    - { name: per-client, rate: 1000000000/s, burst: 1000000, key: peer-ip }\n",
+    )
+    .expect("the configuration is valid");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime
+        .block_on(tollgate::config::GatewayHandle::new(
+            config,
+            tollgate::config::Handlers::new(),
+        ))
+        .expect("the configuration builds")
 }
 
 fn request(peer: SocketAddr) -> Request<Body> {
@@ -89,6 +110,14 @@ fn gateway(c: &mut Criterion) {
         "gateway_throttle",
         Box::new(move |r| serve(&mut service.clone(), r)),
     );
+    #[cfg(feature = "config")]
+    {
+        let service = configured().layer().layer(bare());
+        run(
+            "config_throttle",
+            Box::new(move |r| serve(&mut service.clone(), r)),
+        );
+    }
     group.finish();
 }
 

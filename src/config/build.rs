@@ -19,7 +19,7 @@ use super::error::Problem;
 use super::{AuthorizerConfig, ConfigError, GatewayConfig, IntegrationConfig, RouteConfig};
 use crate::aggregate::HttpClient;
 use crate::auth::jwt::JwtAuthorizer;
-use crate::auth::{AuthConfig, CustomAuthorizer};
+use crate::auth::{AuthConfig, CustomAuthorizer, KeysConfig};
 use crate::core::{RouteTable, SharedClock};
 use crate::gateway::{GatewayFuture, GatewayService, GatewayStep};
 use crate::throttle::{RuleConfig, DEFAULT_CAPACITY};
@@ -527,9 +527,17 @@ pub(crate) async fn build(
         };
         gateway = match &auth.authorizer {
             AuthorizerConfig::Jwt(jwt) => {
+                // Kept only when its keys are fetched (JWKS, discovery), which it refreshes
+                // itself: a secret or key file may have new contents under the same name.
                 let described = format!("{jwt:?}");
+                let fetched = jwt.providers.iter().all(|provider| {
+                    matches!(
+                        provider.keys,
+                        KeysConfig::JwksUrl(_) | KeysConfig::Discovery
+                    )
+                });
                 let authorizer = match &previous.jwt {
-                    Some((was, authorizer)) if *was == described => authorizer.clone(),
+                    Some((was, authorizer)) if fetched && *was == described => authorizer.clone(),
                     _ => Arc::new(
                         jwt.clone()
                             .build()
@@ -766,8 +774,11 @@ mod tests {
             "orders-v2"
         );
         assert_eq!(
-            substitute("http://${stageVariables.host}:8080/${stageVariables.orders}", &vars)
-                .unwrap(),
+            substitute(
+                "http://${stageVariables.host}:8080/${stageVariables.orders}",
+                &vars
+            )
+            .unwrap(),
             "http://orders.internal:8080/v2"
         );
         assert_eq!(substitute("plain", &vars).unwrap(), "plain");
@@ -783,7 +794,10 @@ mod tests {
         let name = rule_name("GET /products/{id}/details", &taken);
         assert_eq!(name, "route:GET:products.id.details");
         taken.insert(name);
-        assert_eq!(rule_name("* /files/{*rest}", &taken), "route:any:files.rest");
+        assert_eq!(
+            rule_name("* /files/{*rest}", &taken),
+            "route:any:files.rest"
+        );
         // `/products/id/details` makes the same name: it gets a suffix.
         assert_eq!(
             rule_name("GET /products/id/details", &taken),

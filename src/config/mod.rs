@@ -50,7 +50,8 @@
 //! authorizers) are checked when the gateway is built, before it serves.
 //!
 //! Secrets never need to be in the file: an HMAC key is read from an environment variable
-//! (`hmac_secret_env`) or a file (`hmac_secret_file`), API keys are stored as hashes.
+//! (`hmac_secret_env`) or a file (`hmac_secret_file`), API keys are stored as hashes. Relative
+//! paths of key files are relative to the configuration file's directory.
 //!
 //! # The order of the steps
 //!
@@ -66,8 +67,9 @@
 //! started with. State survives where the configuration did not change it: a throttle rule
 //! or a plan with the same name, rate and burst keeps its clients' allowances, quota counts
 //! are kept for every key, keys created at runtime stay, the cache keeps its entries (purge
-//! what a changed policy must not serve), and an unchanged authorizer keeps its keys and
-//! verified tokens. [`GatewayHandle::watch`] reloads when the file changes.
+//! what a changed policy must not serve), and an unchanged JWT authorizer whose keys are
+//! fetched (JWKS, discovery) keeps them and its verified tokens; one with a secret or key
+//! file reads the file again, so a reload picks up a rotated secret. [`GatewayHandle::watch`] reloads when the file changes.
 
 mod build;
 mod error;
@@ -243,7 +245,10 @@ impl GatewayConfig {
                 "unknown format: expected a .yaml, .yml, .toml or .json file",
             )),
             Some(format) => match std::fs::read_to_string(path) {
-                Ok(text) => Self::parse(&text, format),
+                Ok(text) => Self::parse(&text, format).map(|mut config| {
+                    config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+                    config
+                }),
                 Err(error) => Err(ConfigError::one(
                     "",
                     format!("cannot read the file: {error}"),
@@ -251,6 +256,28 @@ impl GatewayConfig {
             },
         };
         result.map_err(|error| error.in_file(path))
+    }
+
+    /// Makes the relative paths of key and secret files relative to `base` (the
+    /// configuration file's directory), as [`from_file`](Self::from_file) does.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let Some(AuthSection {
+            authorizer: AuthorizerConfig::Jwt(jwt),
+            ..
+        }) = &mut self.auth
+        else {
+            return;
+        };
+        for provider in &mut jwt.providers {
+            use crate::auth::KeysConfig::*;
+            if let HmacSecretFile(path) | RsaPemFile(path) | EcPemFile(path) | EdPemFile(path)
+            | JwkSetFile(path) = &mut provider.keys
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
     }
 
     /// Reads and checks a configuration in `format`.
