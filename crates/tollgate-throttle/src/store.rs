@@ -124,14 +124,15 @@ struct RuleState {
     identity: RuleIdentity,
 }
 
-/// A rule as far as its state is concerned: a rule with the same name, rate, burst, capacity
-/// and reporting keeps its state when a store is rebuilt from another.
+/// A rule as far as its state is concerned: a rule with the same name, rate, burst, capacity,
+/// routes and reporting keeps its state when a store is rebuilt from another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct RuleIdentity {
     name: Box<str>,
     interval: Duration,
     burst: u32,
     capacity: usize,
+    routes: Option<Vec<Box<str>>>,
     reports_remaining: bool,
 }
 
@@ -142,6 +143,10 @@ impl RuleIdentity {
             interval: rule.rate.interval(),
             burst: rule.burst_size().get(),
             capacity: rule.capacity.unwrap_or(default_capacity),
+            routes: rule
+                .routes
+                .as_ref()
+                .map(|routes| routes.iter().map(|(route, ())| route.into()).collect()),
             reports_remaining: rule.reports_remaining(),
         }
     }
@@ -161,7 +166,8 @@ impl MemoryStore {
     }
 
     /// State for `rules` as [`new`](Self::new) makes it, except that a rule `previous` also
-    /// has — the same name, rate, burst, capacity and reporting — keeps the state it has
+    /// has — the same name, rate, burst, capacity, routes and reporting; the key it counts by
+    /// is not compared — keeps the state it has
     /// there, shared from then on: what a configuration reload uses, so that clients do not
     /// get a fresh allowance because an unrelated rule changed. `previous` should read the
     /// same clock.

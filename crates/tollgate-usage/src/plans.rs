@@ -364,8 +364,8 @@ impl UsagePlansBuilder {
                 .map(|throttle| rule_for(id.clone(), throttle))
                 .transpose()?;
             let mut routes = RouteTable::new();
-            for (n, (route, throttle)) in plan.routes.iter().enumerate() {
-                let index = rule_for(format!("{id}:{n}"), *throttle)?;
+            for (route, throttle) in &plan.routes {
+                let index = rule_for(route_rule_name(&id, route), *throttle)?;
                 routes
                     .insert(route, index)
                     .map_err(|source| UsageError::Route {
@@ -531,6 +531,17 @@ pub enum AdminError {
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The name of plan `id`'s throttle on `route`: the plan id and a digest of the route, so
+/// a route's throttle keeps its name — and its state in a store that outlives a rebuild, or in
+/// Redis — whatever other routes are added or removed. Rule names hold 64 bytes: a long plan
+/// id is cut to make room for the digest.
+fn route_rule_name(id: &str, route: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(route.trim().as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}:{hex}", &id[..id.len().min(55)])
 }
 
 /// One day of a key's usage report.
