@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt;
+use std::future::ready;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -78,7 +79,10 @@ impl Handlers {
     }
 
     /// An axum handler (an async function of extractors) under `name`. Path parameters are
-    /// the route's: a handler of `GET /products/{id}` extracts `Path(id)`.
+    /// the route's: a handler of `GET /products/{id}` extracts `Path(id)`. Called as an
+    /// aggregate's backend (`service: <name>`), a handler sees the backend's `path` but no
+    /// route parameters: read the URI or the query there, or register an axum `Router` that
+    /// routes that path with [`service`](Self::service).
     pub fn handler<H, T>(self, name: impl Into<String>, handler: H) -> Self
     where
         H: axum::handler::Handler<T, ()>,
@@ -265,11 +269,21 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
             ));
         }
         for plan in route.plan_throttles.keys() {
-            if plans.is_some_and(|plans| !plans.contains_key(plan)) {
-                problems.push(Problem::at(
+            match plans.map(|plans| plans.get(plan)) {
+                Some(None) => problems.push(Problem::at(
                     at(&format!("plan_throttles.{plan}")),
                     format!("no plan {plan:?} in usage.plans"),
-                ));
+                )),
+                Some(Some(found)) if found.routes.contains_key(&route.route) => {
+                    problems.push(Problem::at(
+                        at(&format!("plan_throttles.{plan}")),
+                        format!(
+                            "usage.plans.{plan}.routes also has a throttle for {:?}; keep one",
+                            route.route
+                        ),
+                    ))
+                }
+                _ => {}
             }
         }
         for deployment in &deployments {
@@ -299,6 +313,16 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
             }
         }
         if let Some(stages) = &config.stages {
+            for (index, key) in usage.keys.iter().enumerate() {
+                for stage in key.stages.iter().flatten() {
+                    if !stages.stages.contains_key(stage) {
+                        problems.push(Problem::at(
+                            format!("usage.keys[{index}].stages"),
+                            format!("no stage {stage:?} in stages.stages"),
+                        ));
+                    }
+                }
+            }
             for (id, plan) in &usage.plans {
                 for stage in plan.stages.iter().flatten() {
                     if !stages.stages.contains_key(stage) {
@@ -508,6 +532,9 @@ pub(crate) async fn build(
             .map_err(|e| fail("throttle", e))?;
         state.throttle = store;
         gateway = gateway.throttle(layer);
+    } else {
+        // Kept for a later configuration that throttles again.
+        state.throttle = previous.throttle.clone();
     }
 
     // 2. The authorizer, with the routes' policies.
@@ -560,8 +587,14 @@ pub(crate) async fn build(
     }
 
     // 3. Usage plans, on the routes that need a key (every request when there are no routes).
+    // Without a `usage` section the stores are kept, unused, for a later configuration
+    // (keys made at runtime and quota counts are not lost to a reload that drops plans).
     let mut keys = Vec::new();
     let mut removed = Vec::new();
+    state.keys = previous.keys.clone();
+    state.quotas = previous.quotas.clone();
+    state.plan_throttle = previous.plan_throttle.clone();
+    state.config_keys = previous.config_keys.clone();
     if let Some(usage) = &config.usage {
         let mut usage = usage.clone();
         let records = std::mem::take(&mut usage.keys);
@@ -581,6 +614,7 @@ pub(crate) async fn build(
             builder = builder.clock(clock.clone());
         }
         let key_store = previous.keys.clone().unwrap_or_default();
+        // The counts are worth more than a changed retention, which applies from a restart.
         let quotas = previous
             .quotas
             .clone()
@@ -598,6 +632,7 @@ pub(crate) async fn build(
                 made
             })
             .map_err(|e| fail("usage", e))?;
+        state.config_keys = BTreeSet::new();
         for (index, record) in records.into_iter().enumerate() {
             let key =
                 ApiKey::try_from(record).map_err(|e| fail(format!("usage.keys[{index}]"), e))?;
@@ -655,6 +690,8 @@ pub(crate) async fn build(
             .map_err(|e| fail("cache", e))?;
         state.cache = Some((max_bytes, store));
         gateway = gateway.cache(layer);
+    } else {
+        state.cache = previous.cache.clone();
     }
 
     let gateway = gateway.build();
@@ -666,7 +703,7 @@ pub(crate) async fn build(
         if routers.contains_key(&deployment.name) {
             continue;
         }
-        let router = routes(&config.routes, &deployment.variables, handlers, &client)?;
+        let router = routes(&config.routes, &deployment, handlers, &client)?;
         routers.insert(deployment.name, router);
     }
     let service = match &config.stages {
@@ -690,18 +727,42 @@ pub(crate) async fn build(
     })
 }
 
+/// 405 as problem+json, with the route's methods in `Allow` (`HEAD` with `GET`).
+fn method_not_allowed(methods: &[Method]) -> Response<Body> {
+    let mut allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+        allow.push("HEAD");
+    }
+    let rejection = crate::Rejection::new(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        crate::ProblemType::MethodNotAllowed,
+    )
+    .with_detail("the route does not serve this method");
+    let rejection = match http::HeaderValue::from_str(&allow.join(", ")) {
+        Ok(value) => rejection.with_header(http::header::ALLOW, value),
+        Err(_) => rejection,
+    };
+    rejection.into_response_with(Body::from)
+}
+
 /// The router of one deployment: each route's integration, by method and path; a request no
 /// route matches is a problem+json 404.
 fn routes(
     routes: &[RouteConfig],
-    variables: &BTreeMap<String, String>,
+    deployment: &Deployment,
     handlers: &Handlers,
     client: &HttpClient,
 ) -> Result<Router, ConfigError> {
-    let mut paths: BTreeMap<&str, MethodRouter> = BTreeMap::new();
+    // Deployments other than the only one are named in errors.
+    let whose = if deployment.field.is_empty() {
+        String::new()
+    } else {
+        format!(" (deployment {:?}, {})", deployment.name, deployment.field)
+    };
+    let mut paths: BTreeMap<&str, (MethodRouter, Vec<Method>, bool)> = BTreeMap::new();
     for (index, route) in routes.iter().enumerate() {
         let at = |field: &str| format!("routes[{index}].integration.{field}");
-        let integration = for_deployment(&route.integration, variables)
+        let integration = for_deployment(&route.integration, &deployment.variables)
             .map_err(|(field, error)| fail(at(&field), error))?;
         let path = template(&route.route);
         let service: Handler = match integration {
@@ -709,7 +770,7 @@ fn routes(
                 handlers.handlers.get(&name).cloned().ok_or_else(|| {
                     fail(
                         at("handler"),
-                        format!("no handler named {name:?}; {}", handlers.names()),
+                        format!("no handler named {name:?}{whose}; {}", handlers.names()),
                     )
                 })?
             }
@@ -737,16 +798,28 @@ fn routes(
         };
         let filter = method_filter(&route.route)
             .map_err(|()| fail(format!("routes[{index}].route"), "invalid method"))?;
-        let entry = paths.remove(path).unwrap_or_default();
+        let (entry, mut methods, mut any) = paths.remove(path).unwrap_or_default();
         let entry = match filter {
-            Some(filter) => entry.on_service(filter, service),
-            None => entry.fallback_service(service),
+            Some(filter) => {
+                let method = route.route.split_once(' ').map_or("", |(m, _)| m);
+                methods.extend(Method::from_bytes(method.as_bytes()));
+                entry.on_service(filter, service)
+            }
+            None => {
+                any = true;
+                entry.fallback_service(service)
+            }
         };
-        paths.insert(path, entry);
+        paths.insert(path, (entry, methods, any));
     }
     let mut router = Router::new();
-    for (path, methods) in paths {
-        router = router.route(path, methods);
+    for (path, (entry, methods, any)) in paths {
+        let entry = if any {
+            entry
+        } else {
+            entry.fallback(move || ready(method_not_allowed(&methods)))
+        };
+        router = router.route(path, entry);
     }
     Ok(router.fallback(|| async {
         crate::Rejection::not_found()

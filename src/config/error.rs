@@ -34,7 +34,7 @@ impl Problem {
 /// one: a reload that fails leaves the running configuration in place.
 ///
 /// Displayed one problem per line, as compilers do:
-/// `gateway.yaml:12:9: routes[3].cache.ttl: expected a duration like "30s", "5m" or "500ms", found "thirty"`.
+/// `gateway.yaml:12:12: routes[3].cache.ttl: expected a duration like "30s", "5m" or "500ms", found "thirty"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     file: Option<PathBuf>,

@@ -331,7 +331,20 @@ mod read {
         column: Option<usize>,
         message: String,
     ) -> ConfigError {
-        let path = if path == "." { String::new() } else { path };
+        // serde_path_to_error writes `?` for a map key it could not read: the path ends at
+        // the map.
+        let mut trimmed = path.as_str();
+        while let Some(rest) = trimmed
+            .strip_suffix(".?")
+            .or_else(|| trimmed.strip_suffix('?'))
+        {
+            trimmed = rest;
+        }
+        let path = if trimmed == "." {
+            String::new()
+        } else {
+            trimmed.to_owned()
+        };
         ConfigError::new(vec![Problem {
             path,
             line,

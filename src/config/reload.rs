@@ -209,21 +209,29 @@ impl GatewayHandle {
         }
     }
 
-    /// Reloads the configuration whenever the file at `path` changes, checking every
-    /// `interval`; an invalid file is logged (`tracing`, at `warn`) and the running
+    /// Reloads the configuration whenever the file at `path` changes from what it is when
+    /// this is called, checking every `interval`; an invalid file is logged (`tracing`, at `warn`) and the running
     /// configuration stays. Watching stops when the returned [`Watcher`] is dropped.
     /// Needs a tokio runtime.
     pub fn watch(&self, path: impl Into<PathBuf>, interval: Duration) -> Watcher {
         let path = path.into();
         let handle = self.clone();
+        // The file as it is now, read before returning: a change made the moment after this
+        // call is one to apply.
+        let mut seen = stamp(&path);
         let task = tokio::spawn(async move {
-            let mut seen = stamp(&path).await;
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                let now = stamp(&path).await;
+                let now = {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || stamp(&path))
+                        .await
+                        .ok()
+                        .flatten()
+                };
                 if now == seen {
                     continue;
                 }
@@ -239,9 +247,9 @@ impl GatewayHandle {
 }
 
 /// What tells a file's versions apart: its modification time, length and contents.
-async fn stamp(path: &Path) -> Option<(SystemTime, u64, Vec<u8>)> {
-    let metadata = tokio::fs::metadata(path).await.ok()?;
-    let contents = tokio::fs::read(path).await.ok()?;
+fn stamp(path: &Path) -> Option<(SystemTime, u64, Vec<u8>)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    let contents = std::fs::read(path).ok()?;
     Some((metadata.modified().ok()?, metadata.len(), contents))
 }
 
