@@ -368,8 +368,11 @@ impl GatewayBuilder {
     /// The usage step as something other than a `UsageLayer`: the configuration's, kept to
     /// the routes that need an API key.
     #[cfg(feature = "config")]
-    pub(crate) fn usage_step(mut self, layer: impl GatewayStep) -> Self {
-        self.usage = step("usage", layer);
+    pub(crate) fn usage_step(mut self, layer: Arc<dyn GatewayStep>) -> Self {
+        self.usage = Some(Step {
+            name: "usage",
+            layer,
+        });
         self
     }
 

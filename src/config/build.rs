@@ -17,6 +17,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::error::Problem;
+#[cfg(feature = "redis")]
+use super::RedisStore;
 use super::{AuthorizerConfig, ConfigError, GatewayConfig, IntegrationConfig, RouteConfig};
 use crate::aggregate::HttpClient;
 use crate::auth::jwt::JwtAuthorizer;
@@ -335,6 +337,26 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
             }
         }
     }
+    #[cfg(feature = "redis")]
+    if let (Some(redis), Some(throttle), Some(usage)) =
+        (&config.redis, &config.throttle, &config.usage)
+    {
+        // In Redis a rule's state is found by its name alone.
+        let shared = |store| redis.stores.contains(&store);
+        if shared(RedisStore::Throttle) && shared(RedisStore::Usage) {
+            for (index, rule) in throttle.rules.iter().enumerate() {
+                if usage.plans.contains_key(&rule.name) {
+                    problems.push(Problem::at(
+                        format!("throttle.rules[{index}].name"),
+                        format!(
+                            "{:?} is also a plan's id; in Redis their limits would be one",
+                            rule.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     if let Some(stages) = &config.stages {
         if let Some(default) = &stages.default_stage {
             if !stages.stages.contains_key(default) {
@@ -414,15 +436,91 @@ pub(crate) struct State {
     jwt: Option<(String, Arc<JwtAuthorizer>)>,
     /// The usage plans, for key administration.
     pub(crate) plans: Option<ConfiguredPlans>,
+    /// The Redis connection, by its settings, and the shared cache store on it.
+    #[cfg(feature = "redis")]
+    redis: Option<(String, crate::redis::Redis)>,
+    #[cfg(feature = "redis")]
+    redis_cache: Option<(String, u64, crate::redis::RedisCacheStore)>,
 }
 
-/// The usage plans a configuration builds: keys, quotas and plan throttles in memory, shared
-/// with the next configuration a reload builds.
-pub type ConfiguredPlans = crate::usage::UsagePlans<
-    Arc<MemoryKeyStore>,
-    Arc<MemoryQuotaStore>,
-    Arc<crate::throttle::MemoryStore>,
->;
+/// The usage plans a configuration builds, for key administration (create, rotate, revoke
+/// keys, read usage; the `admin` feature's router takes either).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ConfiguredPlans {
+    /// Keys, quotas and plan throttles in memory, shared with the configuration a reload
+    /// builds.
+    Memory(
+        crate::usage::UsagePlans<
+            Arc<MemoryKeyStore>,
+            Arc<MemoryQuotaStore>,
+            Arc<crate::throttle::MemoryStore>,
+        >,
+    ),
+    /// Keys, quotas and plan throttles in Redis (a `redis` section with the `usage` store).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    Redis(
+        crate::usage::UsagePlans<
+            crate::redis::RedisKeyStore,
+            crate::redis::RedisQuotaStore,
+            crate::redis::RedisThrottleStore,
+        >,
+    ),
+}
+
+impl fmt::Debug for ConfiguredPlans {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfiguredPlans::Memory(_) => f.write_str("ConfiguredPlans::Memory"),
+            #[cfg(feature = "redis")]
+            ConfiguredPlans::Redis(_) => f.write_str("ConfiguredPlans::Redis"),
+        }
+    }
+}
+
+impl ConfiguredPlans {
+    /// Makes a key on a plan; its plaintext is in the returned `Secret`, and nowhere else.
+    ///
+    /// # Errors
+    ///
+    /// As `UsagePlans::create_key`: an unknown plan, an id in use, a store failure.
+    pub async fn create_key(
+        &self,
+        new: crate::usage::NewKey,
+    ) -> Result<(ApiKey, crate::usage::Secret), crate::usage::AdminError> {
+        match self {
+            ConfiguredPlans::Memory(plans) => plans.create_key(new).await,
+            #[cfg(feature = "redis")]
+            ConfiguredPlans::Redis(plans) => plans.create_key(new).await,
+        }
+    }
+}
+
+/// Where the configuration's keys go once a build serves.
+#[derive(Default)]
+enum KeyTarget {
+    #[default]
+    None,
+    Memory(Arc<MemoryKeyStore>),
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisKeyStore),
+}
+
+/// Puts `keys` in `store` and removes `removed` from it; a store that fails is logged (the
+/// keys are then as they were, and the next reload puts them again).
+async fn sync_keys<K: KeyStore>(store: &K, keys: Vec<ApiKey>, removed: Vec<String>) {
+    for key in keys {
+        if let Err(error) = store.put(key).await {
+            tracing::warn!(error = %error, "tollgate: a configured API key was not stored");
+        }
+    }
+    for id in removed {
+        if let Err(error) = store.remove(&id).await {
+            tracing::warn!(error = %error, key = %id, "tollgate: a key the configuration dropped was not removed");
+        }
+    }
+}
 
 /// A gateway built from a configuration, not yet serving.
 pub(crate) struct Built {
@@ -432,6 +530,7 @@ pub(crate) struct Built {
     /// Keys to put in the key store once the build is adopted, and ids to remove.
     keys: Vec<ApiKey>,
     removed: Vec<String>,
+    key_target: KeyTarget,
 }
 
 impl Built {
@@ -439,15 +538,13 @@ impl Built {
     /// lists are put, keys the previous configuration listed and this one does not are
     /// removed, keys made at runtime stay.
     pub(crate) async fn adopt_keys(&mut self) {
-        let Some(store) = &self.state.keys else {
-            return;
-        };
-        for key in self.keys.drain(..) {
-            // A memory store cannot fail.
-            let _ = store.put(key).await;
-        }
-        for id in self.removed.drain(..) {
-            let _ = store.remove(&id).await;
+        let keys = std::mem::take(&mut self.keys);
+        let removed = std::mem::take(&mut self.removed);
+        match std::mem::take(&mut self.key_target) {
+            KeyTarget::None => {}
+            KeyTarget::Memory(store) => sync_keys(&store, keys, removed).await,
+            #[cfg(feature = "redis")]
+            KeyTarget::Redis(store) => sync_keys(&store, keys, removed).await,
         }
     }
 }
@@ -490,6 +587,8 @@ pub(crate) async fn build(
     let previous = previous.unwrap_or(&empty);
     let mut state = State::default();
     let mut gateway = Gateway::builder();
+    #[cfg(feature = "redis")]
+    let redis = connect(config, previous, &mut state)?;
 
     // 1. The coarse throttle, with the routes' own rules.
     let mut throttle = config.throttle.clone().unwrap_or_default();
@@ -517,21 +616,41 @@ pub(crate) async fn build(
         if let Some(clock) = &handlers.clock {
             builder = builder.clock(clock.clone());
         }
-        let mut store = None;
-        let layer = builder
-            .build_with_store(|rules, clock| {
-                let made = Arc::new(crate::throttle::MemoryStore::carrying_over(
-                    rules,
-                    capacity,
-                    clock.clone(),
-                    previous.throttle.as_deref(),
-                ));
-                store = Some(made.clone());
-                made
-            })
-            .map_err(|e| fail("throttle", e))?;
-        state.throttle = store;
-        gateway = gateway.throttle(layer);
+        #[cfg(feature = "redis")]
+        let in_redis = redis.for_store(RedisStore::Throttle);
+        #[cfg(not(feature = "redis"))]
+        let in_redis: Option<()> = None;
+        match in_redis {
+            #[cfg(feature = "redis")]
+            Some((redis, policy)) => {
+                let layer = builder
+                    .build_with_store(|rules, clock| {
+                        crate::redis::RedisThrottleStore::new(redis.clone(), rules, clock)
+                            .on_failure(policy)
+                    })
+                    .map_err(|e| fail("throttle", e))?;
+                // The memory store is kept for a later configuration without Redis.
+                state.throttle = previous.throttle.clone();
+                gateway = gateway.throttle(layer);
+            }
+            _ => {
+                let mut store = None;
+                let layer = builder
+                    .build_with_store(|rules, clock| {
+                        let made = Arc::new(crate::throttle::MemoryStore::carrying_over(
+                            rules,
+                            capacity,
+                            clock.clone(),
+                            previous.throttle.as_deref(),
+                        ));
+                        store = Some(made.clone());
+                        made
+                    })
+                    .map_err(|e| fail("throttle", e))?;
+                state.throttle = store;
+                gateway = gateway.throttle(layer);
+            }
+        }
     } else {
         // Kept for a later configuration that throttles again.
         state.throttle = previous.throttle.clone();
@@ -591,6 +710,7 @@ pub(crate) async fn build(
     // (keys made at runtime and quota counts are not lost to a reload that drops plans).
     let mut keys = Vec::new();
     let mut removed = Vec::new();
+    let mut key_target = KeyTarget::None;
     state.keys = previous.keys.clone();
     state.quotas = previous.quotas.clone();
     state.plan_throttle = previous.plan_throttle.clone();
@@ -613,25 +733,59 @@ pub(crate) async fn build(
         if let Some(clock) = &handlers.clock {
             builder = builder.clock(clock.clone());
         }
-        let key_store = previous.keys.clone().unwrap_or_default();
-        // The counts are worth more than a changed retention, which applies from a restart.
-        let quotas = previous
-            .quotas
-            .clone()
-            .unwrap_or_else(|| Arc::new(MemoryQuotaStore::new(retention)));
-        let mut plan_store = None;
-        let plans = builder
-            .build_with(key_store.clone(), quotas.clone(), |rules, clock| {
-                let made = Arc::new(crate::throttle::MemoryStore::carrying_over(
-                    rules,
-                    capacity,
-                    clock.clone(),
-                    previous.plan_throttle.as_deref(),
-                ));
-                plan_store = Some(made.clone());
-                made
-            })
-            .map_err(|e| fail("usage", e))?;
+        #[cfg(feature = "redis")]
+        let in_redis = redis.for_store(RedisStore::Usage);
+        #[cfg(not(feature = "redis"))]
+        let in_redis: Option<()> = None;
+        let step: Arc<dyn GatewayStep> = match in_redis {
+            #[cfg(feature = "redis")]
+            Some((redis, policy)) => {
+                let mut key_store = crate::redis::RedisKeyStore::new(redis.clone());
+                if let Some(keys) = config.redis.as_ref().and_then(|r| r.remember_keys) {
+                    key_store = key_store.remember_keys(keys);
+                }
+                let quotas = crate::redis::RedisQuotaStore::new(redis.clone())
+                    .retention_days(retention)
+                    .on_failure(policy);
+                let plans = builder
+                    .build_with(key_store.clone(), quotas, |rules, clock| {
+                        crate::redis::RedisThrottleStore::new(redis.clone(), rules, clock)
+                            .on_failure(policy)
+                    })
+                    .map_err(|e| fail("usage", e))?;
+                key_target = KeyTarget::Redis(key_store);
+                state.plans = Some(ConfiguredPlans::Redis(plans.clone()));
+                Arc::new(plans.layer().keep_inner_body())
+            }
+            _ => {
+                let key_store = previous.keys.clone().unwrap_or_default();
+                // The counts are worth more than a changed retention, which applies from a
+                // restart.
+                let quotas = previous
+                    .quotas
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(MemoryQuotaStore::new(retention)));
+                let mut plan_store = None;
+                let plans = builder
+                    .build_with(key_store.clone(), quotas.clone(), |rules, clock| {
+                        let made = Arc::new(crate::throttle::MemoryStore::carrying_over(
+                            rules,
+                            capacity,
+                            clock.clone(),
+                            previous.plan_throttle.as_deref(),
+                        ));
+                        plan_store = Some(made.clone());
+                        made
+                    })
+                    .map_err(|e| fail("usage", e))?;
+                key_target = KeyTarget::Memory(key_store.clone());
+                state.keys = Some(key_store);
+                state.quotas = Some(quotas);
+                state.plan_throttle = plan_store;
+                state.plans = Some(ConfiguredPlans::Memory(plans.clone()));
+                Arc::new(plans.layer().keep_inner_body())
+            }
+        };
         state.config_keys = BTreeSet::new();
         for (index, record) in records.into_iter().enumerate() {
             let key =
@@ -644,12 +798,8 @@ pub(crate) async fn build(
             .difference(&state.config_keys)
             .cloned()
             .collect();
-        state.keys = Some(key_store);
-        state.quotas = Some(quotas);
-        state.plan_throttle = plan_store;
-        state.plans = Some(plans.clone());
         if config.routes.is_empty() {
-            gateway = gateway.usage(plans.layer());
+            gateway = gateway.usage_step(step);
         } else {
             let mut routes = RouteTable::new();
             for route in config.routes.iter().filter(|route| route.api_key) {
@@ -657,10 +807,10 @@ pub(crate) async fn build(
                 let _ = routes.insert(&route.route, ());
             }
             if !routes.is_empty() {
-                gateway = gateway.usage_step(OnRoutes {
+                gateway = gateway.usage_step(Arc::new(OnRoutes {
                     routes: Arc::new(routes),
-                    step: Arc::new(plans.layer().keep_inner_body()),
-                });
+                    step,
+                }));
             }
         }
     }
@@ -681,15 +831,42 @@ pub(crate) async fn build(
         if let Some(clock) = &handlers.clock {
             builder = builder.clock(clock.clone());
         }
-        let store = match &previous.cache {
-            Some((bytes, store)) if *bytes == max_bytes => store.clone(),
-            _ => crate::cache::MemoryStore::new(max_bytes),
-        };
-        let layer = builder
-            .build_with(store.clone())
-            .map_err(|e| fail("cache", e))?;
-        state.cache = Some((max_bytes, store));
-        gateway = gateway.cache(layer);
+        #[cfg(feature = "redis")]
+        let in_redis = redis.for_store(RedisStore::Cache);
+        #[cfg(not(feature = "redis"))]
+        let in_redis: Option<()> = None;
+        match in_redis {
+            #[cfg(feature = "redis")]
+            Some((connection, _)) => {
+                let store = match &previous.redis_cache {
+                    Some((described, bytes, store))
+                        if *described == redis.described && *bytes == max_bytes =>
+                    {
+                        store.clone()
+                    }
+                    _ => {
+                        crate::redis::RedisCacheStore::with_max_bytes(connection.clone(), max_bytes)
+                    }
+                };
+                let layer = builder
+                    .build_with(store.clone())
+                    .map_err(|e| fail("cache", e))?;
+                state.redis_cache = Some((redis.described.clone(), max_bytes, store));
+                state.cache = previous.cache.clone();
+                gateway = gateway.cache(layer);
+            }
+            _ => {
+                let store = match &previous.cache {
+                    Some((bytes, store)) if *bytes == max_bytes => store.clone(),
+                    _ => crate::cache::MemoryStore::new(max_bytes),
+                };
+                let layer = builder
+                    .build_with(store.clone())
+                    .map_err(|e| fail("cache", e))?;
+                state.cache = Some((max_bytes, store));
+                gateway = gateway.cache(layer);
+            }
+        }
     } else {
         state.cache = previous.cache.clone();
     }
@@ -724,6 +901,7 @@ pub(crate) async fn build(
         state,
         keys,
         removed,
+        key_target,
     })
 }
 
@@ -743,6 +921,94 @@ fn method_not_allowed(methods: &[Method]) -> Response<Body> {
         Err(_) => rejection,
     };
     rejection.into_response_with(Body::from)
+}
+
+/// The Redis connection a configuration asks for, and what it is used for.
+#[cfg(feature = "redis")]
+struct RedisUse {
+    /// The connection's settings, secrets included (kept in memory only), to tell whether a
+    /// reload can keep the connection.
+    described: String,
+    connection: Option<crate::redis::Redis>,
+    stores: Vec<RedisStore>,
+    policy: crate::redis::FailurePolicy,
+}
+
+#[cfg(feature = "redis")]
+impl RedisUse {
+    /// The connection and failure policy when `store` lives in Redis.
+    fn for_store(
+        &self,
+        store: RedisStore,
+    ) -> Option<(&crate::redis::Redis, crate::redis::FailurePolicy)> {
+        let connection = self.connection.as_ref()?;
+        self.stores
+            .contains(&store)
+            .then_some((connection, self.policy))
+    }
+}
+
+/// Connects (lazily: a gateway starts while Redis is down, its stores following their
+/// failure policies) to the configuration's Redis, or keeps the previous connection when its
+/// settings are the same.
+#[cfg(feature = "redis")]
+fn connect(
+    config: &GatewayConfig,
+    previous: &State,
+    state: &mut State,
+) -> Result<RedisUse, ConfigError> {
+    let Some(section) = &config.redis else {
+        return Ok(RedisUse {
+            described: String::new(),
+            connection: None,
+            stores: Vec::new(),
+            policy: crate::redis::FailurePolicy::Report,
+        });
+    };
+    let url = section.url.reveal().map_err(|e| fail("redis.url", e))?;
+    let key_secret = match &section.key_secret {
+        Some(secret) => Some(secret.reveal().map_err(|e| fail("redis.key_secret", e))?),
+        None => None,
+    };
+    let described = format!(
+        "{url}\n{:?}\n{:?}\n{key_secret:?}",
+        section.prefix, section.timeout
+    );
+    let connection = match &previous.redis {
+        Some((was, connection)) if *was == described => connection.clone(),
+        _ => {
+            let mut settings = crate::redis::RedisConfig::new(url);
+            if let Some(prefix) = &section.prefix {
+                settings = settings.prefix(prefix.clone());
+            }
+            if let Some(timeout) = section.timeout {
+                settings = settings.timeout(timeout.0);
+            }
+            if let Some(secret) = &key_secret {
+                settings = settings.key_secret(secret);
+            }
+            // The error names what is wrong with the URL, never the URL (nor its password).
+            settings.connect_lazy().map_err(|e| {
+                fail(
+                    "redis.url",
+                    format!("not a usable Redis URL ({:?})", e.kind()),
+                )
+            })?
+        }
+    };
+    state.redis = Some((described.clone(), connection.clone()));
+    let policy = match section.local_fallback_instances {
+        Some(instances) => crate::redis::FailurePolicy::LocalFallback {
+            instances: instances.max(1),
+        },
+        None => crate::redis::FailurePolicy::Report,
+    };
+    Ok(RedisUse {
+        described,
+        connection: Some(connection),
+        stores: section.stores.clone(),
+        policy,
+    })
 }
 
 /// The router of one deployment: each route's integration, by method and path; a request no

@@ -50,8 +50,24 @@
 //! authorizers) are checked when the gateway is built, before it serves.
 //!
 //! Secrets never need to be in the file: an HMAC key is read from an environment variable
-//! (`hmac_secret_env`) or a file (`hmac_secret_file`), API keys are stored as hashes. Relative
-//! paths of key files are relative to the configuration file's directory.
+//! (`hmac_secret_env`) or a file (`hmac_secret_file`), a Redis URL with its password from
+//! either (`url: { env: REDIS_URL }`, `url: { file: secrets/redis-url }`), API keys are stored
+//! as hashes. Relative paths of key and secret files are relative to the configuration file's
+//! directory.
+//!
+//! # Several instances
+//!
+//! With the `redis` feature, a `redis` section puts the state several gateway instances
+//! share in Redis: throttles, the usage plans' keys, quotas and plan throttles, and a second
+//! cache level (`stores` picks which). Limits then hold across the instances, and a reload
+//! keeps all of it, since it lives in Redis.
+//!
+//! ```yaml
+//! redis:
+//!   url: { env: REDIS_URL }
+//!   prefix: shop
+//!   local_fallback_instances: 4   # Redis down: enforce a quarter of each limit per instance
+//! ```
 //!
 //! # The order of the steps
 //!
@@ -119,6 +135,115 @@ pub struct GatewayConfig {
     /// ([`GatewayHandle::layer`]), and usage plans apply to every request.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Redis (or Valkey) for the state several instances share: throttles, usage plans'
+    /// keys, quotas and plan throttles, and a shared cache level (feature `redis`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[serde(default)]
+    pub redis: Option<RedisSection>,
+}
+
+/// A secret: written inline (`"redis://:pw@host"`, for development), or read from an
+/// environment variable (`{ env: REDIS_URL }`) or a file (`{ file: /run/secrets/redis }`,
+/// without its trailing newline) when the gateway is built, so it need not be in the file.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Secret {
+    /// The value itself.
+    Inline(String),
+    /// An environment variable's value.
+    Env {
+        /// The variable.
+        env: String,
+    },
+    /// A file's contents.
+    File {
+        /// The file; relative to the configuration file's directory when read with
+        /// [`GatewayConfig::from_file`].
+        file: std::path::PathBuf,
+    },
+}
+
+/// Never the value: a logged configuration leaks no secret.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("Secret(<inline>)"),
+            Secret::Env { env } => write!(f, "Secret(env {env:?})"),
+            Secret::File { file } => write!(f, "Secret(file {:?})", file.display()),
+        }
+    }
+}
+
+impl Secret {
+    /// The secret's value.
+    ///
+    /// # Errors
+    ///
+    /// The variable is not set, or the file cannot be read; the message names which.
+    pub fn reveal(&self) -> Result<String, String> {
+        match self {
+            Secret::Inline(value) => Ok(value.clone()),
+            Secret::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env:?} is not set"))
+            }
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|error| format!("cannot read {:?}: {error}", file.display())),
+        }
+    }
+}
+
+/// Redis for the state several gateway instances share.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:6379/0`, with a password (`redis://:password@host`) best read from the
+    /// environment or a file.
+    pub url: Secret,
+    /// The prefix of every key, so several gateways can share one Redis (default `tollgate`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// How long one call may take before it counts as a failure (default `50ms`).
+    #[serde(default)]
+    pub timeout: Option<crate::core::HumanDuration>,
+    /// A secret mixed into the hashes that name client keys in Redis; the same on every
+    /// instance.
+    #[serde(default)]
+    pub key_secret: Option<Secret>,
+    /// Which state lives in Redis: `throttle`, `usage`, `cache` (default: all three).
+    #[serde(default = "all_stores")]
+    pub stores: Vec<RedisStore>,
+    /// When Redis cannot answer, keep enforcing throttles and quotas in memory with each
+    /// limit divided by this many instances (default: none; the layers' `on_store_error`
+    /// decides, which admits by default).
+    #[serde(default)]
+    pub local_fallback_instances: Option<u32>,
+    /// Keys this instance has seen that it may still accept while Redis is down (default 0:
+    /// a key that cannot be looked up is refused with 503).
+    #[serde(default)]
+    pub remember_keys: Option<usize>,
+}
+
+/// State that can live in Redis.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisStore {
+    /// The coarse throttle's and the routes' rules.
+    Throttle,
+    /// API keys, quotas and plan throttles.
+    Usage,
+    /// The cache's shared second level.
+    Cache,
+}
+
+#[cfg(feature = "redis")]
+fn all_stores() -> Vec<RedisStore> {
+    vec![RedisStore::Throttle, RedisStore::Usage, RedisStore::Cache]
 }
 
 /// The authorizer and the policy of routes that set none.
@@ -261,6 +386,16 @@ impl GatewayConfig {
     /// Makes the relative paths of key and secret files relative to `base` (the
     /// configuration file's directory), as [`from_file`](Self::from_file) does.
     pub fn resolve_paths(&mut self, base: &Path) {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &mut self.redis {
+            for secret in std::iter::once(&mut redis.url).chain(redis.key_secret.as_mut()) {
+                if let Secret::File { file } = secret {
+                    if file.is_relative() {
+                        *file = base.join(&*file);
+                    }
+                }
+            }
+        }
         let Some(AuthSection {
             authorizer: AuthorizerConfig::Jwt(jwt),
             ..
