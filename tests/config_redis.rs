@@ -95,21 +95,43 @@ fn assert_refused(reply: &Reply, problem: &str) {
     assert_eq!(reply.problem(), problem, "{reply:?}");
 }
 
+/// Two instances built from one configuration ([`shop`] with a quota of 6), served.
+struct Shop {
+    a: GatewayHandle,
+    a_addr: std::net::SocketAddr,
+    b_addr: std::net::SocketAddr,
+    reports: Arc<AtomicUsize>,
+    _url: UrlFile,
+}
+
+impl Shop {
+    async fn start(server: &RedisServer, name: &str) -> Self {
+        let url = UrlFile::new(server, name);
+        let reports = Arc::new(AtomicUsize::new(0));
+        let a = GatewayHandle::new(shop(&url, 6, ""), handlers(&reports))
+            .await
+            .unwrap();
+        let b = GatewayHandle::new(shop(&url, 6, ""), handlers(&reports))
+            .await
+            .unwrap();
+        let (a_addr, b_addr) = (serve_axum(a.router()).await, serve_axum(b.router()).await);
+        Self {
+            a,
+            a_addr,
+            b_addr,
+            reports,
+            _url: url,
+        }
+    }
+}
+
 #[tokio::test]
 async fn two_instances_from_one_file_share_quota_throttle_and_keys() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let url = UrlFile::new(&server, "shared");
-    let reports = Arc::new(AtomicUsize::new(0));
-    let a = GatewayHandle::new(shop(&url, 6, ""), handlers(&reports))
-        .await
-        .unwrap();
-    let b = GatewayHandle::new(shop(&url, 6, ""), handlers(&reports))
-        .await
-        .unwrap();
-    let (a_addr, b_addr) = (serve_axum(a.router()).await, serve_axum(b.router()).await);
-    let client = Client::new();
+    let shop = Shop::start(&server, "shared").await;
+    let (a_addr, b_addr, client) = (shop.a_addr, shop.b_addr, Client::new());
 
     // The quota of 6 is one for both instances: 3 on each, then both refuse.
     for addr in [a_addr, b_addr, a_addr, b_addr, a_addr, b_addr] {
@@ -132,7 +154,7 @@ async fn two_instances_from_one_file_share_quota_throttle_and_keys() {
     assert_refused(&client.get(a_addr, "/limited", &[]).await, THROTTLED);
 
     // A key made on one instance works on the other at once.
-    let plans = a.plans().expect("the configuration has plans");
+    let plans = shop.a.plans().expect("the configuration has plans");
     let (_, secret) = plans.create_key(NewKey::new("basic")).await.unwrap();
     let reply = client.with_key(b_addr, "/orders", secret.expose()).await;
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -143,16 +165,8 @@ async fn a_response_cached_through_one_instance_is_a_hit_on_the_other() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let url = UrlFile::new(&server, "cache");
-    let reports = Arc::new(AtomicUsize::new(0));
-    let a = GatewayHandle::new(shop(&url, 6, ""), handlers(&reports))
-        .await
-        .unwrap();
-    let b = GatewayHandle::new(shop(&url, 6, ""), handlers(&reports))
-        .await
-        .unwrap();
-    let (a_addr, b_addr) = (serve_axum(a.router()).await, serve_axum(b.router()).await);
-    let client = Client::new();
+    let shop = Shop::start(&server, "cache").await;
+    let (a_addr, b_addr, client) = (shop.a_addr, shop.b_addr, Client::new());
 
     // The cache key holds the host: both instances serve one site.
     let host = [("host", "shop.example")];
@@ -171,7 +185,7 @@ async fn a_response_cached_through_one_instance_is_a_hit_on_the_other() {
     let on_b = client.get(b_addr, "/report", &host).await;
     assert_eq!(on_b.header("x-cache-status"), "HIT", "{on_b:?}");
     assert_eq!(on_b.text(), "report 1", "{on_b:?}");
-    assert_eq!(reports.load(Ordering::SeqCst), 1);
+    assert_eq!(shop.reports.load(Ordering::SeqCst), 1);
 }
 
 /// How many cache entries Redis holds under the test's prefix (an inline `KEYS` command).
