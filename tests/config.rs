@@ -872,13 +872,16 @@ routes:
     }
 }
 
-/// Handlers for aggregates: `product` echoes the id in its path, `reviews` always fails.
+/// Handlers for aggregates: `product` echoes the id of its path (a path parameter, under a
+/// route or a backend's path template alike), `reviews` always fails.
 fn aggregate_handlers() -> Handlers {
     Handlers::new()
-        .handler("product", |uri: Uri| async move {
-            let id = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
-            axum::Json(json!({ "id": id, "name": "lamp" }))
-        })
+        .handler(
+            "product",
+            |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                axum::Json(json!({ "id": id, "name": "lamp" }))
+            },
+        )
         .handler("reviews", || async {
             (http::StatusCode::INTERNAL_SERVER_ERROR, "reviews are down")
         })
@@ -888,6 +891,8 @@ fn aggregate_handlers() -> Handlers {
 async fn an_aggregate_of_named_handlers_answers_without_its_failing_optional_backend() {
     let yaml = r#"
 routes:
+  - route: GET /products/{id}
+    integration: { handler: product }
   - route: GET /products/{id}/details
     integration:
       aggregate:
@@ -903,6 +908,13 @@ routes:
 "#;
     let addr = serve(yaml, aggregate_handlers()).await;
 
+    // One handler reads its path parameter as a route's integration and as a backend.
+    let reply = call(addr, "/products/7", &[]).await;
+    assert_eq!(
+        reply.json(),
+        json!({ "id": "7", "name": "lamp" }),
+        "{reply:?}"
+    );
     let reply = call(addr, "/products/7/details", &[]).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.header("x-tollgate-completed"), "false");

@@ -61,6 +61,9 @@ where
 #[must_use]
 pub struct Handlers {
     handlers: BTreeMap<String, Handler>,
+    /// The names registered with `handler`: axum handlers, which read path parameters from
+    /// axum's routing.
+    axum_handlers: BTreeSet<String>,
     authorizers: BTreeMap<String, CustomAuthorizer>,
     clock: Option<SharedClock>,
 }
@@ -81,28 +84,50 @@ impl Handlers {
     }
 
     /// An axum handler (an async function of extractors) under `name`. Path parameters are
-    /// the route's: a handler of `GET /products/{id}` extracts `Path(id)`. Called as an
-    /// aggregate's backend (`service: <name>`), a handler sees the backend's `path` but no
-    /// route parameters: read the URI or the query there, or register an axum `Router` that
-    /// routes that path with [`service`](Self::service).
-    pub fn handler<H, T>(self, name: impl Into<String>, handler: H) -> Self
+    /// the template's: a handler of the route `GET /products/{id}` extracts `Path(id)`, and
+    /// so does one an aggregate's backend calls with `path: /products/{id}`.
+    pub fn handler<H, T>(mut self, name: impl Into<String>, handler: H) -> Self
     where
         H: axum::handler::Handler<T, ()>,
         T: 'static,
     {
-        self.service(name, handler.with_state(()))
+        let name = name.into();
+        self.axum_handlers.insert(name.clone());
+        self.handlers.insert(name, boxed(handler.with_state(())));
+        self
     }
 
-    /// A tower service under `name` (an axum `Router` too): cloneable, thread-safe, never
-    /// failing, taking axum bodies.
+    /// A tower service under `name`: cloneable, thread-safe, never failing, taking axum
+    /// bodies. An axum `Router` is one, but under a route with path parameters axum hands it
+    /// the route's parameters as well as its own (its `Path` extractors then fail): give such
+    /// a route a handler, or the router a path without parameters.
     pub fn service<S>(mut self, name: impl Into<String>, service: S) -> Self
     where
         S: Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
         S::Response: IntoResponse,
         S::Future: Send + 'static,
     {
-        self.handlers.insert(name.into(), boxed(service));
+        let name = name.into();
+        self.axum_handlers.remove(&name);
+        self.handlers.insert(name, boxed(service));
         self
+    }
+
+    /// The handler named `name`, as an aggregate's backend calling it with `path` (a
+    /// template, with a query perhaps) sees it: an axum handler behind a router of that one
+    /// template, so that it finds its path parameters as it would under a route.
+    fn backend(&self, name: &str, path: Option<&str>) -> Option<Handler> {
+        let handler = self.handlers.get(name)?.clone();
+        let template = path.unwrap_or("/").split('?').next().unwrap_or("/");
+        // A template axum would refuse (it panics) is served as it is: the handler then
+        // reads the URI rather than path parameters.
+        let routable = RouteTable::new().with(template, ()).is_ok();
+        if !self.axum_handlers.contains(name) || !routable || !template.contains('{') {
+            return Some(handler);
+        }
+        Some(boxed(
+            Router::new().route(template, axum::routing::any_service(handler)),
+        ))
     }
 
     /// A custom authorizer `auth.authorizer: { custom: <name> }` names.
@@ -1049,8 +1074,17 @@ fn routes(
                 if aggregate.route.is_none() {
                     aggregate.route = Some(path.to_owned());
                 }
+                // The builder asks for the in-process backends' services in their order.
+                let mut paths = aggregate
+                    .backends
+                    .iter()
+                    .filter(|backend| backend.service.is_some())
+                    .map(|backend| backend.path.clone())
+                    .collect::<Vec<_>>()
+                    .into_iter();
                 let local = |name: &str| {
-                    handlers.handlers.get(name).cloned().map(|handler| {
+                    let path = paths.next().flatten();
+                    handlers.backend(name, path.as_deref()).map(|handler| {
                         handler.map_request(|request: Request<Full<Bytes>>| request.map(Body::new))
                     })
                 };

@@ -130,13 +130,7 @@ impl GatewayHandle {
     pub async fn reload(&self, config: GatewayConfig) -> Result<(), ConfigError> {
         let _one_at_a_time = self.inner.reloading.lock().await;
         let previous = self.current();
-        let mut built = match build(&config, &self.inner.handlers, Some(&previous.state)).await {
-            Ok(built) => built,
-            Err(error) => {
-                tracing::warn!(error = %error, "tollgate: configuration refused; the running one stays");
-                return Err(error);
-            }
-        };
+        let mut built = build(&config, &self.inner.handlers, Some(&previous.state)).await?;
         built.adopt_keys().await;
         let generation = previous.generation + 1;
         let current = Arc::new(Current {
@@ -236,9 +230,11 @@ impl GatewayHandle {
                     continue;
                 }
                 seen = now;
-                // Refusals are logged by `reload`; a file that cannot be read is logged here.
                 if let Err(error) = handle.reload_file(&path).await {
-                    tracing::debug!(error = %error, "tollgate: watched configuration not applied");
+                    tracing::warn!(
+                        error = %error,
+                        "tollgate: the changed configuration file was refused; the running configuration stays"
+                    );
                 }
             }
         });
