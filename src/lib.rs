@@ -63,7 +63,6 @@ mod gateway;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use gateway::{Gateway, GatewayBuilder, GatewayFuture, GatewayService, GatewayStep};
 
-/// The whole gateway from a configuration file, with hot reload.
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
