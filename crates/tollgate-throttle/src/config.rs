@@ -123,6 +123,12 @@ impl ThrottleConfig {
         Ok(builder)
     }
 
+    /// What `key` counts by, with this configuration's trusted proxies; `route` keys need a
+    /// rule's routes, so they are refused here.
+    pub fn key_extractor(&self, key: &KeyConfig) -> Result<Arc<dyn KeyExtractor>, ThrottleError> {
+        self.extractor(key, None, &|message| ThrottleError::Config(message))
+    }
+
     fn rule(&self, config: &RuleConfig) -> Result<Rule, ThrottleError> {
         let error =
             |message: String| ThrottleError::Config(format!("rule {:?}: {message}", config.name));

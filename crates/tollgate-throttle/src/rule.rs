@@ -29,7 +29,8 @@ pub struct Rule {
     pub(crate) rate: Rate,
     pub(crate) burst: Option<u32>,
     pub(crate) extractor: Arc<dyn KeyExtractor>,
-    pub(crate) routes: Option<RouteTable<()>>,
+    /// The routes, each marked whether the rule covers it.
+    pub(crate) routes: Option<RouteTable<bool>>,
     pub(crate) shadow: bool,
     pub(crate) on_missing_key: MissingKey,
     pub(crate) capacity: Option<usize>,
@@ -100,6 +101,20 @@ impl Rule {
 
     /// Applies the rule only to requests matching `routes`.
     pub fn routes(mut self, routes: RouteTable<()>) -> Self {
+        let mut covered = RouteTable::new();
+        for (route, ()) in routes.iter() {
+            // Each was a valid route of a table without conflicts.
+            let _ = covered.insert(route, true);
+        }
+        self.routes = Some(covered);
+        self
+    }
+
+    /// Applies the rule to requests whose route, of all those in `routes`, is one marked
+    /// `true`. The others are the application's routes the rule does not cover, listed so that
+    /// a request a more specific route takes (`GET /items/special` beside a covered
+    /// `GET /items/{id}`) is not counted, as the application would not route it there.
+    pub fn routes_among(mut self, routes: RouteTable<bool>) -> Self {
         self.routes = Some(routes);
         self
     }
@@ -197,9 +212,11 @@ impl Rule {
 
     #[inline]
     pub(crate) fn applies_to(&self, request: &RequestHead<'_>) -> bool {
-        self.routes
-            .as_ref()
-            .is_none_or(|routes| routes.at(request.method, request.uri.path()).is_some())
+        self.routes.as_ref().is_none_or(|routes| {
+            routes
+                .at(request.method, request.uri.path())
+                .is_some_and(|route| *route.value())
+        })
     }
 
     #[inline]

@@ -125,7 +125,7 @@ struct RuleState {
 }
 
 /// A rule as far as its state is concerned: a rule with the same name, rate, burst, capacity,
-/// routes and reporting keeps its state when a store is rebuilt from another.
+/// covered routes and reporting keeps its state when a store is rebuilt from another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct RuleIdentity {
     name: Box<str>,
@@ -143,10 +143,14 @@ impl RuleIdentity {
             interval: rule.rate.interval(),
             burst: rule.burst_size().get(),
             capacity: rule.capacity.unwrap_or(default_capacity),
-            routes: rule
-                .routes
-                .as_ref()
-                .map(|routes| routes.iter().map(|(route, ())| route.into()).collect()),
+            // The routes it covers: routes listed only to be told apart may come and go.
+            routes: rule.routes.as_ref().map(|routes| {
+                routes
+                    .iter()
+                    .filter(|(_, covered)| **covered)
+                    .map(|(route, _)| route.into())
+                    .collect()
+            }),
             reports_remaining: rule.reports_remaining(),
         }
     }
@@ -166,7 +170,7 @@ impl MemoryStore {
     }
 
     /// State for `rules` as [`new`](Self::new) makes it, except that a rule `previous` also
-    /// has — the same name, rate, burst, capacity, routes and reporting; the key it counts by
+    /// has — the same name, rate, burst, capacity, covered routes and reporting; the key it counts by
     /// is not compared — keeps the state it has
     /// there, shared from then on: what a configuration reload uses, so that clients do not
     /// get a fresh allowance because an unrelated rule changed. `previous` should read the
