@@ -110,6 +110,11 @@ pub struct PlanConfig {
     /// The stages the plan may be used on.
     #[serde(default)]
     pub stages: Option<Vec<String>>,
+    /// The application's other routes, which keep the plan's own throttle: listed so that a
+    /// route override's template does not also take their requests (not read from files; a
+    /// gateway's configuration fills it with its routes).
+    #[serde(skip)]
+    pub other_routes: Vec<String>,
 }
 
 impl ThrottleConfig {
@@ -142,6 +147,9 @@ impl UsageConfig {
             }
             if let Some(quota) = config.quota {
                 plan = plan.quota(quota.limit, quota.period);
+            }
+            for route in config.other_routes {
+                plan = plan.plan_throttle_route(route);
             }
             for (route, throttle) in config.routes {
                 plan = plan.route_throttle(route, throttle.rate, throttle.burst());

@@ -244,7 +244,7 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
     #[inline]
     fn rule_for(&self, plan: &PlanState, method: &Method, path: &str) -> Option<usize> {
         match plan.routes.at(method, path) {
-            Some(route) => Some(*route.value()),
+            Some(route) => route.value().or(plan.rule),
             None => plan.rule,
         }
     }

@@ -45,7 +45,8 @@ pub struct UsagePlan {
     pub(crate) name: String,
     pub(crate) throttle: Option<PlanThrottle>,
     pub(crate) quota: Option<Quota>,
-    pub(crate) routes: Vec<(String, PlanThrottle)>,
+    /// Route overrides; `None` for a route that keeps the plan's own throttle.
+    pub(crate) routes: Vec<(String, Option<PlanThrottle>)>,
     pub(crate) stages: Option<Arc<[String]>>,
 }
 
@@ -86,7 +87,15 @@ impl UsagePlan {
     /// allowance, apart from the plan's.
     pub fn route_throttle(mut self, route: impl Into<String>, rate: Rate, burst: u32) -> Self {
         self.routes
-            .push((route.into(), PlanThrottle { rate, burst }));
+            .push((route.into(), Some(PlanThrottle { rate, burst })));
+        self
+    }
+
+    /// `route` keeps the plan's own throttle: a route of the application listed so that a
+    /// request it takes (`GET /items/special`) is not counted under another route's override
+    /// whose template also matches it (`GET /items/{id}`).
+    pub fn plan_throttle_route(mut self, route: impl Into<String>) -> Self {
+        self.routes.push((route.into(), None));
         self
     }
 

@@ -91,7 +91,8 @@ pub(crate) struct PlanState {
     /// The plan throttle's rule, by index into `Shared::rules`.
     pub(crate) rule: Option<usize>,
     /// Route overrides: rule indices by route.
-    pub(crate) routes: RouteTable<usize>,
+    /// Route overrides' rules; `None` for a route on the plan's own throttle.
+    pub(crate) routes: RouteTable<Option<usize>>,
     pub(crate) throttled: Rejection,
     pub(crate) quota_exceeded: Rejection,
     /// `RateLimit-Policy` when no throttle rule applies: the quota's alone.
@@ -365,7 +366,9 @@ impl UsagePlansBuilder {
                 .transpose()?;
             let mut routes = RouteTable::new();
             for (route, throttle) in &plan.routes {
-                let index = rule_for(route_rule_name(&id, route), *throttle)?;
+                let index = throttle
+                    .map(|throttle| rule_for(route_rule_name(&id, route), throttle))
+                    .transpose()?;
                 routes
                     .insert(route, index)
                     .map_err(|source| UsageError::Route {

@@ -110,9 +110,10 @@ pub(crate) fn key_id(presented: &[u8]) -> Option<&str> {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash([u8; 32]);
 
-/// A key hash that could not be read.
+/// A key hash that could not be read. The value is not repeated: what was written there may be
+/// a key itself, and errors are logged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(r#"expected a key hash like "sha256:" followed by 64 hex digits, found {0:?}"#)]
+#[error(r#"expected a key hash like "sha256:" followed by 64 hex digits, found {0}"#)]
 pub struct KeyHashError(String);
 
 impl KeyHash {
@@ -160,7 +161,13 @@ impl FromStr for KeyHash {
     type Err = KeyHashError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let error = || KeyHashError(input.to_owned());
+        let error = || {
+            KeyHashError(if input.starts_with("sha256:") {
+                format!("\"sha256:\" and {} other characters", input.len() - 7)
+            } else {
+                format!("{} characters without the \"sha256:\" prefix", input.len())
+            })
+        };
         let hex = input.strip_prefix("sha256:").ok_or_else(error)?;
         if hex.len() != 64 {
             return Err(error());
