@@ -1137,3 +1137,132 @@ async fn a_configuration_without_routes_throttles_the_applications_router() {
     let reply = call(addr, "/hello", &[]).await;
     assert_eq!(reply.status, 200, "{reply:?}");
 }
+
+/// A custom authorizer that lets `Bearer let-me-in` through.
+fn let_me_in() -> CustomAuthorizer {
+    CustomAuthorizer::builder([IdentitySource::Header(http::header::AUTHORIZATION)])
+        .from_fn(|identity| {
+            let response = match identity.header("authorization") {
+                Some("Bearer let-me-in") => Allow::new("user-42").into(),
+                _ => AuthorizerResponse::Unauthorized,
+            };
+            std::future::ready(Ok::<_, BoxError>(response))
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_request_is_judged_by_the_route_that_serves_it_not_a_wider_template() {
+    // `GET /items/secret` is more specific than the anonymous `GET /items/{id}`: it serves the
+    // request, so its policy (credentials) applies, and the wider route's throttle does not.
+    let yaml = r#"
+auth:
+  authorizer: { custom: sessions }
+routes:
+  - route: GET /items/{id}
+    integration: { mock: { body: public } }
+    auth: { anonymous: true }
+    throttle: { rate: 1/min, burst: 1 }
+  - route: GET /items/secret
+    integration: { mock: { body: secret } }
+"#;
+    let handlers = Handlers::new().authorizer("sessions", let_me_in());
+    let addr = serve(yaml, handlers).await;
+
+    let refused = call(addr, "/items/secret", &[]).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    let key = [("authorization", "Bearer let-me-in")];
+    for _ in 0..3 {
+        let allowed = call(addr, "/items/secret", &key).await;
+        assert_eq!(allowed.status, 200, "{allowed:?}");
+        assert_eq!(allowed.text(), "secret");
+    }
+    assert_eq!(call(addr, "/items/7", &[]).await.text(), "public");
+    let throttled = call(addr, "/items/8", &[]).await;
+    assert_eq!(throttled.status, 429, "{throttled:?}");
+}
+
+#[tokio::test]
+async fn routes_of_one_path_and_different_methods_or_parameter_names_all_serve() {
+    // axum's router refuses these side by side (one tree for every method); the gateway's
+    // table takes them, method first.
+    let yaml = r#"
+routes:
+  - { route: "GET\t/p/{id}", integration: { mock: { body: get } } }
+  - { route: "POST /p/{name}", integration: { mock: { body: post } } }
+  - { route: "GET /x/{*rest}", integration: { mock: { body: rest } } }
+  - { route: "POST /x/{id}", integration: { mock: { body: one } } }
+"#;
+    let addr = serve(yaml, Handlers::new()).await;
+    let client = Client::new();
+    assert_eq!(call(addr, "/p/1", &[]).await.text(), "get");
+    assert_eq!(client.send("POST", addr, "/p/1", &[]).await.text(), "post");
+    assert_eq!(call(addr, "/x/a/b", &[]).await.text(), "rest");
+    assert_eq!(client.send("POST", addr, "/x/7", &[]).await.text(), "one");
+    let refused = client.send("DELETE", addr, "/p/1", &[]).await;
+    assert_eq!(refused.status, 405, "{refused:?}");
+    assert_eq!(refused.header("allow"), "GET, HEAD");
+}
+
+#[test]
+fn templates_the_router_cannot_serve_are_refused_at_load() {
+    let yaml = r#"
+routes:
+  - { route: GET /users/:id, integration: { mock: {} } }
+  - { route: GET /static/*, integration: { mock: {} } }
+  - { route: "GET /files/{name}.json", integration: { mock: {} } }
+"#;
+    let error = GatewayConfig::from_yaml(yaml).unwrap_err();
+    let paths: Vec<_> = error.problems().iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["routes[0].route", "routes[1].route", "routes[2].route"],
+        "{error}"
+    );
+    assert!(
+        error.problems()[0].message.contains("{id}"),
+        "{}",
+        error.problems()[0].message
+    );
+    assert!(
+        error.problems()[2].message.contains("whole segment"),
+        "{}",
+        error.problems()[2].message
+    );
+}
+
+#[test]
+fn one_deployment_name_with_two_sets_of_variables_is_refused() {
+    let yaml = r#"
+stages:
+  default_stage: prod
+  stages:
+    beta: { deployment: v2, base_paths: [/beta], variables: { o: b } }
+    prod: { variables: { o: p }, canary: { deployment: v2, percent: 100, variables: { o: c } } }
+routes:
+  - { route: GET /orders, integration: { handler: "orders-${stageVariables.o}" } }
+"#;
+    let error = GatewayConfig::from_yaml(yaml).unwrap_err();
+    assert_eq!(error.problems().len(), 1, "{error}");
+    assert_eq!(error.problems()[0].path, "stages.prod.canary");
+    assert!(
+        error.problems()[0].message.contains("stages.beta"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_key_written_where_its_hash_belongs_is_not_repeated_in_the_error() {
+    let yaml = r#"
+usage:
+  plans: { basic: {} }
+  keys:
+    - { id: acme, plan: basic, created: "2026-01-01T00:00:00Z", hash: tg_acme_PLAINTEXTSECRET }
+"#;
+    let error = GatewayConfig::from_yaml(yaml).unwrap_err().to_string();
+    assert!(error.contains("usage.keys[0].hash"), "{error}");
+    assert!(
+        !error.contains("PLAINTEXTSECRET"),
+        "the key leaked: {error}"
+    );
+}

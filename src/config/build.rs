@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
-use axum::routing::{MethodFilter, MethodRouter};
+use axum::routing::MethodFilter;
 use axum::Router;
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -25,7 +25,7 @@ use crate::auth::jwt::JwtAuthorizer;
 use crate::auth::{AuthConfig, CustomAuthorizer, KeysConfig};
 use crate::core::{RouteTable, SharedClock};
 use crate::gateway::{GatewayFuture, GatewayService, GatewayStep};
-use crate::throttle::{RuleConfig, DEFAULT_CAPACITY};
+use crate::throttle::{Rule, DEFAULT_CAPACITY};
 use crate::usage::{ApiKey, KeyStore, MemoryKeyStore, MemoryQuotaStore, DEFAULT_RETENTION_DAYS};
 use crate::Gateway;
 
@@ -113,20 +113,23 @@ impl Handlers {
         self
     }
 
-    /// The handler named `name`, as an aggregate's backend calling it with `path` (a
-    /// template, with a query perhaps) sees it: an axum handler behind a router of that one
-    /// template, so that it finds its path parameters as it would under a route.
-    fn backend(&self, name: &str, path: Option<&str>) -> Option<Handler> {
+    /// The handler named `name`, serving requests to `template` (a route's, or an aggregate
+    /// backend's path): an axum handler behind a router of that one template, so that it
+    /// finds the template's path parameters. A template axum's router would refuse (it
+    /// panics) is served without one; its handler reads the URI instead.
+    fn routed(&self, name: &str, template: &str) -> Option<Handler> {
         let handler = self.handlers.get(name)?.clone();
-        let template = path.unwrap_or("/").split('?').next().unwrap_or("/");
-        // A template axum would refuse (it panics) is served as it is: the handler then
-        // reads the URI rather than path parameters.
-        let routable = RouteTable::new().with(template, ()).is_ok();
-        if !self.axum_handlers.contains(name) || !routable || !template.contains('{') {
+        let routable = template.starts_with('/')
+            && template.contains('{')
+            && whole_segment_template(template)
+            && RouteTable::new().with(template, ()).is_ok();
+        if !self.axum_handlers.contains(name) || !routable {
             return Some(handler);
         }
         Some(boxed(
-            Router::new().route(template, axum::routing::any_service(handler)),
+            Router::new()
+                .without_v07_checks()
+                .route(template, axum::routing::any_service(handler)),
         ))
     }
 
@@ -252,13 +255,38 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
     let deployments = deployments(config);
     for (index, route) in config.routes.iter().enumerate() {
         let at = |field: &str| format!("routes[{index}].{field}");
-        if let Err(error) = table.insert(&route.route, ()) {
-            problems.push(Problem::at(at("route"), error));
-        } else if method_filter(&route.route).is_err() {
-            problems.push(Problem::at(
-                at("route"),
-                format!("{:?}: the method is not one a route can serve", route.route),
-            ));
+        match normalized(&route.route) {
+            Err(error) => problems.push(Problem::at(at("route"), error)),
+            Ok(text) => {
+                if let Err(error) = table.insert(&text, ()) {
+                    problems.push(Problem::at(at("route"), error));
+                } else if method_filter(&text).is_err() {
+                    problems.push(Problem::at(
+                        at("route"),
+                        format!("{:?}: the method is not one a route can serve", route.route),
+                    ));
+                } else if template(&text)
+                    .split('/')
+                    .any(|segment| segment.starts_with([':', '*']))
+                {
+                    problems.push(Problem::at(
+                        at("route"),
+                        format!(
+                            "{:?}: write path parameters as {{id}} and {{*rest}}, not :id and *rest",
+                            route.route
+                        ),
+                    ));
+                } else if !whole_segment_template(template(&text)) {
+                    problems.push(Problem::at(
+                        at("route"),
+                        format!(
+                            "{:?}: a path parameter must be a whole segment, {{name}} (or \
+                             {{*name}} at the end)",
+                            route.route
+                        ),
+                    ));
+                }
+            }
         }
         if route.auth.is_some() && config.auth.is_none() {
             problems.push(Problem::at(
@@ -273,7 +301,7 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
             ));
         }
         if let Some(cache) = &config.cache {
-            if route.cache.is_some() && cache.routes.contains_key(&route.route) {
+            if route.cache.is_some() && mentions(cache.routes.keys(), &route.route) {
                 problems.push(Problem::at(
                     at("cache"),
                     format!(
@@ -301,7 +329,7 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
                     at(&format!("plan_throttles.{plan}")),
                     format!("no plan {plan:?} in usage.plans"),
                 )),
-                Some(Some(found)) if found.routes.contains_key(&route.route) => {
+                Some(Some(found)) if mentions(found.routes.keys(), &route.route) => {
                     problems.push(Problem::at(
                         at(&format!("plan_throttles.{plan}")),
                         format!(
@@ -382,6 +410,25 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
             }
         }
     }
+    // A deployment's routes are built once, from its variables.
+    let mut seen: BTreeMap<&str, &Deployment> = BTreeMap::new();
+    for deployment in &deployments {
+        match seen.get(deployment.name.as_str()) {
+            Some(first) if first.variables != deployment.variables => {
+                problems.push(Problem::at(
+                    deployment.field.clone(),
+                    format!(
+                        "deployment {:?} is also {}'s, with other variables; give one of them another name",
+                        deployment.name, first.field
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(&deployment.name, deployment);
+            }
+        }
+    }
     if let Some(stages) = &config.stages {
         if let Some(default) = &stages.default_stage {
             if !stages.stages.contains_key(default) {
@@ -393,6 +440,46 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// A route's text as the route tables write it, `METHOD /template` (`*` for any method), so
+/// that every table and the dispatch read it alike.
+fn normalized(route: &str) -> Result<String, crate::core::RouteTableError> {
+    let table = RouteTable::new().with(route, ())?;
+    let text = table
+        .iter()
+        .next()
+        .map_or_else(String::new, |(text, ())| text.to_owned());
+    Ok(text)
+}
+
+/// Whether every parameter of `template` is a whole segment (`{id}`, or `{*rest}` last): what
+/// axum's router accepts, where route tables accept more (`{name}.json`).
+fn whole_segment_template(template: &str) -> bool {
+    let segments: Vec<&str> = template.split('/').collect();
+    segments.iter().enumerate().all(|(index, segment)| {
+        if !segment.contains(['{', '}']) {
+            return true;
+        }
+        let Some(name) = segment
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+        else {
+            return false;
+        };
+        let name = match name.strip_prefix('*') {
+            Some(rest) if index == segments.len() - 1 => rest,
+            Some(_) => return false,
+            None => name,
+        };
+        !name.is_empty() && !name.contains(['{', '}', '*'])
+    })
+}
+
+/// Whether `routes` (as written in a section) has `route`, however each is spaced.
+fn mentions<'a>(mut routes: impl Iterator<Item = &'a String>, route: &str) -> bool {
+    let route = normalized(route).unwrap_or_else(|_| route.to_owned());
+    routes.any(|other| normalized(other).is_ok_and(|other| other == route))
 }
 
 /// The axum method filter of a route's method (`*` or none: any).
@@ -454,8 +541,11 @@ pub(crate) struct State {
     plan_throttle: Option<Arc<crate::throttle::MemoryStore>>,
     keys: Option<Arc<MemoryKeyStore>>,
     quotas: Option<Arc<MemoryQuotaStore>>,
-    /// The ids of the keys the configuration put in the store.
+    /// The ids of the keys the configuration put in the memory key store.
     config_keys: BTreeSet<String>,
+    /// The ids of the keys the configuration put in Redis.
+    #[cfg(feature = "redis")]
+    redis_config_keys: BTreeSet<String>,
     cache: Option<(u64, crate::cache::MemoryStore)>,
     /// The JWT authorizer and its configuration, as `Debug` writes it.
     jwt: Option<(String, Arc<JwtAuthorizer>)>,
@@ -577,7 +667,8 @@ impl Built {
 /// A step that runs only for requests to some routes: the usage plans on routes with
 /// `api_key: true`.
 struct OnRoutes {
-    routes: Arc<RouteTable<()>>,
+    /// Every route, marked whether the step runs for it.
+    routes: Arc<RouteTable<bool>>,
     step: Arc<dyn GatewayStep>,
 }
 
@@ -586,7 +677,10 @@ impl GatewayStep for OnRoutes {
         let with_step = self.step.wrap(inner.clone());
         let routes = self.routes.clone();
         GatewayService::from_fn(move |request: Request<Body>| -> GatewayFuture {
-            let service = if routes.at(request.method(), request.uri().path()).is_some() {
+            let service = if routes
+                .at(request.method(), request.uri().path())
+                .is_some_and(|route| *route.value())
+            {
                 &with_step
             } else {
                 &inner
@@ -600,6 +694,27 @@ fn fail(path: impl Into<String>, error: impl fmt::Display) -> ConfigError {
     ConfigError::one(path, error)
 }
 
+/// `config` with every route written as the route tables write it (validated already).
+fn with_normalized_routes(config: &GatewayConfig) -> GatewayConfig {
+    let mut config = config.clone();
+    for route in &mut config.routes {
+        if let Ok(text) = normalized(&route.route) {
+            route.route = text;
+        }
+    }
+    config
+}
+
+/// Every route of `routes`, marked by `pick`.
+fn marked(routes: &[RouteConfig], pick: impl Fn(&RouteConfig) -> bool) -> RouteTable<bool> {
+    let mut table = RouteTable::new();
+    for route in routes {
+        // Validated: every route inserts.
+        let _ = table.insert(&route.route, pick(route));
+    }
+    table
+}
+
 /// Builds `config` with the application's `handlers`, carrying `previous`'s state over.
 /// Nothing `previous` serves changes until the result is adopted (keys included).
 pub(crate) async fn build(
@@ -608,6 +723,7 @@ pub(crate) async fn build(
     previous: Option<&State>,
 ) -> Result<Built, ConfigError> {
     config.validate()?;
+    let config = &with_normalized_routes(config);
     let empty = State::default();
     let previous = previous.unwrap_or(&empty);
     let mut state = State::default();
@@ -615,29 +731,33 @@ pub(crate) async fn build(
     #[cfg(feature = "redis")]
     let redis = connect(config, previous, &mut state)?;
 
-    // 1. The coarse throttle, with the routes' own rules.
-    let mut throttle = config.throttle.clone().unwrap_or_default();
+    // 1. The coarse throttle, with the routes' own rules. A route's rule covers its route and
+    // no other, even where another route's template also matches (a more specific route
+    // beside it): the rule lists every route, its own marked.
+    let throttle = config.throttle.clone().unwrap_or_default();
     let mut taken: BTreeSet<String> = throttle.rules.iter().map(|r| r.name.clone()).collect();
-    for route in &config.routes {
+    let mut route_rules = Vec::new();
+    for (index, route) in config.routes.iter().enumerate() {
         if let Some(own) = &route.throttle {
             let name = rule_name(&route.route, &taken);
             taken.insert(name.clone());
-            throttle.rules.push(RuleConfig {
-                name,
-                rate: own.rate,
-                burst: own.burst,
-                key: own.key.clone(),
-                fallback: None,
-                routes: Some(vec![route.route.clone()]),
-                shadow: false,
-                on_missing_key: Default::default(),
-                capacity: None,
-            });
+            let key = throttle
+                .key_extractor(&own.key)
+                .map_err(|e| fail(format!("routes[{index}].throttle.key"), e))?;
+            let mut rule = Rule::with_shared_extractor(name, own.rate, key)
+                .routes_among(marked(&config.routes, |other| other.route == route.route));
+            if let Some(burst) = own.burst {
+                rule = rule.burst(burst);
+            }
+            route_rules.push(rule);
         }
     }
-    if !throttle.rules.is_empty() {
+    if !throttle.rules.is_empty() || !route_rules.is_empty() {
         let capacity = throttle.capacity.unwrap_or(DEFAULT_CAPACITY);
         let mut builder = throttle.builder().map_err(|e| fail("throttle", e))?;
+        for rule in route_rules {
+            builder = builder.rule(rule);
+        }
         if let Some(clock) = &handlers.clock {
             builder = builder.clock(clock.clone());
         }
@@ -683,13 +803,14 @@ pub(crate) async fn build(
 
     // 2. The authorizer, with the routes' policies.
     if let Some(auth) = &config.auth {
+        // Every route, with its policy or the default: a request is judged by the route that
+        // serves it, never by another whose template also matches.
         let mut routes = RouteTable::new();
         for (index, route) in config.routes.iter().enumerate() {
-            if let Some(policy) = &route.auth {
-                routes
-                    .insert(&route.route, policy.clone())
-                    .map_err(|e| fail(format!("routes[{index}].route"), e))?;
-            }
+            let policy = route.auth.clone().unwrap_or_else(|| auth.default.clone());
+            routes
+                .insert(&route.route, policy)
+                .map_err(|e| fail(format!("routes[{index}].route"), e))?;
         }
         let policies = AuthConfig {
             routes,
@@ -740,15 +861,39 @@ pub(crate) async fn build(
     state.quotas = previous.quotas.clone();
     state.plan_throttle = previous.plan_throttle.clone();
     state.config_keys = previous.config_keys.clone();
+    #[cfg(feature = "redis")]
+    {
+        state.redis_config_keys = previous.redis_config_keys.clone();
+    }
     if let Some(usage) = &config.usage {
         let mut usage = usage.clone();
         let records = std::mem::take(&mut usage.keys);
+        for plan in usage.plans.values_mut() {
+            plan.routes = std::mem::take(&mut plan.routes)
+                .into_iter()
+                .map(|(route, throttle)| (normalized(&route).unwrap_or(route), throttle))
+                .collect();
+        }
         for route in &config.routes {
             for (plan, throttle) in &route.plan_throttles {
                 if let Some(plan) = usage.plans.get_mut(plan) {
                     plan.routes.insert(route.route.clone(), *throttle);
                 }
             }
+        }
+        // The routes without an override keep the plan's throttle, even where an override's
+        // template also matches them.
+        for plan in usage.plans.values_mut() {
+            if plan.routes.is_empty() {
+                continue;
+            }
+            let others: Vec<String> = config
+                .routes
+                .iter()
+                .map(|route| route.route.clone())
+                .filter(|route| !plan.routes.contains_key(route))
+                .collect();
+            plan.other_routes.extend(others);
         }
         let capacity = usage
             .throttle_capacity
@@ -811,27 +956,27 @@ pub(crate) async fn build(
                 Arc::new(plans.layer().keep_inner_body())
             }
         };
-        state.config_keys = BTreeSet::new();
+        let mut listed = BTreeSet::new();
         for (index, record) in records.into_iter().enumerate() {
             let key =
                 ApiKey::try_from(record).map_err(|e| fail(format!("usage.keys[{index}]"), e))?;
-            state.config_keys.insert(key.id().to_owned());
+            listed.insert(key.id().to_owned());
             keys.push(key);
         }
-        removed = previous
-            .config_keys
-            .difference(&state.config_keys)
-            .cloned()
-            .collect();
+        // Each store remembers the keys the configuration put in it, so a key dropped while
+        // the other store served is still removed from this one.
+        let (before, now) = match key_target {
+            #[cfg(feature = "redis")]
+            KeyTarget::Redis(_) => (&previous.redis_config_keys, &mut state.redis_config_keys),
+            _ => (&previous.config_keys, &mut state.config_keys),
+        };
+        removed = before.difference(&listed).cloned().collect();
+        *now = listed;
         if config.routes.is_empty() {
             gateway = gateway.usage_step(step);
         } else {
-            let mut routes = RouteTable::new();
-            for route in config.routes.iter().filter(|route| route.api_key) {
-                // Checked by `validate`.
-                let _ = routes.insert(&route.route, ());
-            }
-            if !routes.is_empty() {
+            let routes = marked(&config.routes, |route| route.api_key);
+            if config.routes.iter().any(|route| route.api_key) {
                 gateway = gateway.usage_step(Arc::new(OnRoutes {
                     routes: Arc::new(routes),
                     step,
@@ -843,10 +988,16 @@ pub(crate) async fn build(
     // 4. The cache, with the routes' policies.
     if let Some(cache) = &config.cache {
         let mut cache = cache.clone();
+        // The section's routes, written as the route tables write them, then every route:
+        // a request takes the policy of the route that serves it.
+        cache.routes = cache
+            .routes
+            .into_iter()
+            .map(|(route, policy)| (normalized(&route).unwrap_or(route), policy))
+            .collect();
         for route in &config.routes {
-            if let Some(policy) = &route.cache {
-                cache.routes.insert(route.route.clone(), policy.clone());
-            }
+            let policy = route.cache.clone().unwrap_or_default();
+            cache.routes.entry(route.route.clone()).or_insert(policy);
         }
         let max_bytes = cache.max_bytes.unwrap_or(crate::cache::DEFAULT_MAX_BYTES);
         if max_bytes == 0 {
@@ -909,7 +1060,8 @@ pub(crate) async fn build(
         routers.insert(deployment.name, router);
     }
     let service = match &config.stages {
-        None => gateway.wrap(routers.remove("").unwrap_or_default()),
+        // Without stages there is one deployment, unnamed.
+        None => gateway.wrap(routers.remove("").expect("one deployment without stages")),
         Some(stages) => {
             let mut builder = stages
                 .builder(|deployment| routers.get(deployment).cloned())
@@ -1036,35 +1188,36 @@ fn connect(
     })
 }
 
-/// The router of one deployment: each route's integration, by method and path; a request no
-/// route matches is a problem+json 404.
+/// The routes of one deployment, dispatched by the same route table the gateway's steps
+/// consult, so a request is judged (authorized, throttled, cached) by the route that serves
+/// it. A path with routes for other methods is a problem+json 405 with `Allow`; a path with
+/// none a problem+json 404.
 fn routes(
     routes: &[RouteConfig],
     deployment: &Deployment,
     handlers: &Handlers,
     client: &HttpClient,
-) -> Result<Router, ConfigError> {
+) -> Result<Handler, ConfigError> {
     // Deployments other than the only one are named in errors.
     let whose = if deployment.field.is_empty() {
         String::new()
     } else {
         format!(" (deployment {:?}, {})", deployment.name, deployment.field)
     };
-    let mut paths: BTreeMap<&str, (MethodRouter, Vec<Method>, bool)> = BTreeMap::new();
+    let mut table = RouteTable::new();
+    let mut methods: BTreeMap<&str, Vec<Method>> = BTreeMap::new();
     for (index, route) in routes.iter().enumerate() {
         let at = |field: &str| format!("routes[{index}].integration.{field}");
         let integration = for_deployment(&route.integration, &deployment.variables)
             .map_err(|(field, error)| fail(at(&field), error))?;
         let path = template(&route.route);
         let service: Handler = match integration {
-            IntegrationConfig::Handler(name) => {
-                handlers.handlers.get(&name).cloned().ok_or_else(|| {
-                    fail(
-                        at("handler"),
-                        format!("no handler named {name:?}{whose}; {}", handlers.names()),
-                    )
-                })?
-            }
+            IntegrationConfig::Handler(name) => handlers.routed(&name, path).ok_or_else(|| {
+                fail(
+                    at("handler"),
+                    format!("no handler named {name:?}{whose}; {}", handlers.names()),
+                )
+            })?,
             IntegrationConfig::Upstream(upstream) => boxed(
                 upstream
                     .build(Some(client.clone()))
@@ -1084,7 +1237,9 @@ fn routes(
                     .into_iter();
                 let local = |name: &str| {
                     let path = paths.next().flatten();
-                    handlers.backend(name, path.as_deref()).map(|handler| {
+                    let template = path.as_deref().unwrap_or("/");
+                    let template = template.split('?').next().unwrap_or("/");
+                    handlers.routed(name, template).map(|handler| {
                         handler.map_request(|request: Request<Full<Bytes>>| request.map(Body::new))
                     })
                 };
@@ -1096,36 +1251,61 @@ fn routes(
             }
             IntegrationConfig::Mock(mock) => boxed(mock.build().map_err(|e| fail(at("mock"), e))?),
         };
-        let filter = method_filter(&route.route)
-            .map_err(|()| fail(format!("routes[{index}].route"), "invalid method"))?;
-        let (entry, mut methods, mut any) = paths.remove(path).unwrap_or_default();
-        let entry = match filter {
-            Some(filter) => {
-                let method = route.route.split_once(' ').map_or("", |(m, _)| m);
-                methods.extend(Method::from_bytes(method.as_bytes()));
-                entry.on_service(filter, service)
-            }
-            None => {
-                any = true;
-                entry.fallback_service(service)
-            }
-        };
-        paths.insert(path, (entry, methods, any));
+        table
+            .insert(&route.route, service)
+            .map_err(|e| fail(format!("routes[{index}].route"), e))?;
+        let method = route
+            .route
+            .split_once(' ')
+            .map_or("*", |(method, _)| method);
+        methods.entry(path).or_default().extend(
+            Method::from_bytes(method.as_bytes())
+                .ok()
+                .filter(|_| method != "*"),
+        );
     }
-    let mut router = Router::new();
-    for (path, (entry, methods, any)) in paths {
-        let entry = if any {
-            entry
-        } else {
-            entry.fallback(move || ready(method_not_allowed(&methods)))
-        };
-        router = router.route(path, entry);
+    // The methods each template is served for, to answer 405 on the others.
+    let mut allowed = RouteTable::new();
+    for (path, methods) in methods {
+        // Templates of the same shape (`/p/{id}`, `/p/{name}`) conflict here: the first
+        // stands for both.
+        let _ = allowed.insert(path, methods);
     }
-    Ok(router.fallback(|| async {
-        crate::Rejection::not_found()
-            .with_detail("no route matches the request")
-            .into_response::<Body>()
-    }))
+    let dispatch = Arc::new(Dispatch {
+        routes: table,
+        allowed,
+    });
+    Ok(boxed(tower::service_fn(move |request: Request<Body>| {
+        dispatch.call(request)
+    })))
+}
+
+/// A deployment's routes and, by template, the methods they serve.
+struct Dispatch {
+    routes: RouteTable<Handler>,
+    allowed: RouteTable<Vec<Method>>,
+}
+
+impl Dispatch {
+    fn call(
+        &self,
+        request: Request<Body>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
+    > {
+        let (method, path) = (request.method(), request.uri().path());
+        if let Some(route) = self.routes.at(method, path) {
+            return Box::pin(route.value().clone().oneshot(request));
+        }
+        let response = match self.allowed.at(method, path) {
+            // Every method of an any-method route is served, so these are method routes.
+            Some(template) if !template.value().is_empty() => method_not_allowed(template.value()),
+            _ => crate::Rejection::not_found()
+                .with_detail("no route matches the request")
+                .into_response_with(Body::from),
+        };
+        Box::pin(ready(Ok(response)))
+    }
 }
 
 #[cfg(test)]
@@ -1187,6 +1367,20 @@ mod tests {
             ))
             .build();
         assert!(layer.is_ok(), "{:?}", layer.err());
+    }
+
+    #[test]
+    fn routes_are_written_one_way_and_parameters_are_whole_segments() {
+        assert_eq!(normalized("GET\t/x").unwrap(), "GET /x");
+        assert_eq!(normalized("  POST   /orders ").unwrap(), "POST /orders");
+        assert_eq!(normalized("/any").unwrap(), "* /any");
+        assert!(whole_segment_template("/products/{id}/details"));
+        assert!(whole_segment_template("/files/{*rest}"));
+        assert!(whole_segment_template("/plain/path"));
+        assert!(!whole_segment_template("/files/{name}.json"));
+        assert!(!whole_segment_template("/files/{*rest}/more"));
+        assert!(!whole_segment_template("/{}"));
+        assert!(!whole_segment_template("/{{literal}}"));
     }
 
     #[test]

@@ -73,8 +73,15 @@
 //!
 //! Requests go through the stage router (when `stages` is set), then the throttle, the
 //! authorizer, the usage plan (on routes with `api_key: true`), the cache, and the route's
-//! integration — the order of [`Gateway`](crate::Gateway), which this builds. A request no
-//! route matches is 404 after the throttle and the authorizer.
+//! integration — the order of [`Gateway`](crate::Gateway), which this builds.
+//!
+//! Every step looks the request up in the same route table as the dispatch to the
+//! integration: routes of the request's method first, then `*` routes, a static segment before
+//! a parameter. So a request is throttled, authorized, metered and cached by the route that
+//! serves it, never by a wider template beside it (`GET /items/{id}` lends nothing to
+//! `GET /items/special`). A path no route matches is a problem+json 404, after the throttle and
+//! the authorizer (whose default policy applies to it); a path served only for other methods
+//! is a 405 with `Allow`.
 //!
 //! # Reloading
 //!
@@ -82,8 +89,9 @@
 //! them only if it is valid; requests already in flight finish on the configuration they
 //! started with. State survives where the configuration did not change it: a throttle rule
 //! or a plan with the same name, rate and burst keeps its clients' allowances, quota counts
-//! are kept for every key, keys created at runtime stay, the cache keeps its entries (purge
-//! what a changed policy must not serve), and an unchanged JWT authorizer whose keys are
+//! are kept for every key, keys created at runtime stay, the cache keeps its entries while its
+//! `max_bytes` is unchanged (purge what a changed policy must not serve), state in Redis
+//! stays where it is, and an unchanged JWT authorizer whose keys are
 //! fetched (JWKS, discovery) keeps them and its verified tokens; one with a secret or key
 //! file reads the file again, so a reload picks up a rotated secret. [`GatewayHandle::watch`] reloads when the file changes.
 
@@ -146,8 +154,7 @@ pub struct GatewayConfig {
 /// A secret: written inline (`"redis://:pw@host"`, for development), or read from an
 /// environment variable (`{ env: REDIS_URL }`) or a file (`{ file: /run/secrets/redis }`,
 /// without its trailing newline) when the gateway is built, so it need not be in the file.
-#[derive(Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone)]
 pub enum Secret {
     /// The value itself.
     Inline(String),
@@ -162,6 +169,32 @@ pub enum Secret {
         /// [`GatewayConfig::from_file`].
         file: std::path::PathBuf,
     },
+}
+
+/// A string, `{ env: NAME }` or `{ file: path }`; any other field is refused.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case", deny_unknown_fields)]
+        enum Source {
+            Env(String),
+            File(std::path::PathBuf),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Inline(String),
+            Source(Source),
+        }
+        match Raw::deserialize(deserializer) {
+            Ok(Raw::Inline(value)) => Ok(Secret::Inline(value)),
+            Ok(Raw::Source(Source::Env(env))) => Ok(Secret::Env { env }),
+            Ok(Raw::Source(Source::File(file))) => Ok(Secret::File { file }),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a string, { env: NAME } or { file: path }",
+            )),
+        }
+    }
 }
 
 /// Never the value: a logged configuration leaks no secret.
@@ -441,10 +474,11 @@ impl GatewayConfig {
         Self::parse(text, Format::Json)
     }
 
-    /// Checks what can be checked without the application: routes that parse and do not
-    /// repeat, and every cross-reference (plans, stages, stage variables, the authorizer a
-    /// route's policy needs). The `from_*` readers call it; call it yourself on a
-    /// configuration built in code.
+    /// Checks what can be checked without the application: routes that parse, do not repeat
+    /// and can be served, and every cross-reference (plans, stages, stage variables, the
+    /// sections a route's overrides need). The `from_*` readers call it; call it yourself on
+    /// a configuration built in code. Building can still fail on what only the application
+    /// and the machine know: handlers and custom authorizers by name, secrets, key files.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = build::problems(self);
         if problems.is_empty() {

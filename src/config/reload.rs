@@ -195,8 +195,9 @@ impl GatewayHandle {
     }
 
     /// The configuration's steps (throttle, authorizer, usage, cache; no stages and no
-    /// routes) as a layer for the application's own router, following reloads. Usage plans
-    /// then apply to every request.
+    /// routes) as a layer for the application's own router, following reloads. Meant for a
+    /// configuration without `routes`, whose usage plans apply to every request; with routes,
+    /// the steps apply their per-route settings to the paths those routes match.
     pub fn layer(&self) -> GatewayHandleLayer {
         GatewayHandleLayer {
             handle: self.clone(),
@@ -204,7 +205,9 @@ impl GatewayHandle {
     }
 
     /// Reloads the configuration whenever the file at `path` changes from what it is when
-    /// this is called, checking every `interval`; an invalid file is logged (`tracing`, at `warn`) and the running
+    /// this is called, checking every `interval` (at least a millisecond) and applying a
+    /// change once two checks in a row find the same file (so within two intervals, and never
+    /// half written); an invalid file is logged (`tracing`, at `warn`) and the running
     /// configuration stays. Watching stops when the returned [`Watcher`] is dropped.
     /// Needs a tokio runtime.
     pub fn watch(&self, path: impl Into<PathBuf>, interval: Duration) -> Watcher {
@@ -212,8 +215,12 @@ impl GatewayHandle {
         let handle = self.clone();
         // The file as it is now, read before returning: a change made the moment after this
         // call is one to apply.
-        let mut seen = stamp(&path);
+        let mut applied = stamp(&path);
+        let interval = interval.max(Duration::from_millis(1));
         let task = tokio::spawn(async move {
+            // A change is applied once two checks in a row see the same file, so a file caught
+            // half written is not taken for the new configuration.
+            let mut last = applied.clone();
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.tick().await;
@@ -226,10 +233,12 @@ impl GatewayHandle {
                         .ok()
                         .flatten()
                 };
-                if now == seen {
+                let settled = now == last;
+                last = now;
+                if !settled || last == applied {
                     continue;
                 }
-                seen = now;
+                applied = last.clone();
                 if let Err(error) = handle.reload_file(&path).await {
                     tracing::warn!(
                         error = %error,
