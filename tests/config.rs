@@ -1266,3 +1266,34 @@ usage:
         "the key leaked: {error}"
     );
 }
+
+#[tokio::test]
+async fn a_plan_throttle_on_a_wider_template_leaves_a_more_specific_route_on_the_plans_own() {
+    let yaml = format!(
+        r#"
+usage:
+  plans:
+    basic: {{ throttle: {{ rate: 100/s, burst: 100 }} }}
+  keys:
+    - {{ id: acme, plan: basic, created: "2026-01-01T00:00:00Z", hash: "{SHOP_KEY_HASH}" }}
+routes:
+  - route: GET /items/{{id}}
+    integration: {{ mock: {{ body: item }} }}
+    api_key: true
+    plan_throttles: {{ basic: {{ rate: 1/min, burst: 1 }} }}
+  - route: GET /items/special
+    integration: {{ mock: {{ body: special }} }}
+    api_key: true
+"#
+    );
+    let addr = serve(&yaml, Handlers::new().clock(ManualClock::new())).await;
+    let key = [("x-api-key", SHOP_KEY)];
+    for _ in 0..3 {
+        let reply = call(addr, "/items/special", &key).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.text(), "special");
+    }
+    assert_eq!(call(addr, "/items/1", &key).await.status, 200);
+    let throttled = call(addr, "/items/2", &key).await;
+    assert_eq!(throttled.status, 429, "{throttled:?}");
+}
