@@ -3,7 +3,9 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -27,7 +29,8 @@ struct Current {
 
 struct Inner {
     handlers: Handlers,
-    current: RwLock<Arc<Current>>,
+    /// Read on every request without a lock; replaced whole by a reload.
+    current: ArcSwap<Current>,
     /// One reload at a time, so each carries over the state of the one before.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -89,7 +92,7 @@ impl GatewayHandle {
         Ok(Self {
             inner: Arc::new(Inner {
                 handlers,
-                current: RwLock::new(Arc::new(current)),
+                current: ArcSwap::from_pointee(current),
                 reloading: tokio::sync::Mutex::new(()),
             }),
         })
@@ -112,11 +115,7 @@ impl GatewayHandle {
     }
 
     fn current(&self) -> Arc<Current> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.current.load_full()
     }
 
     /// Replaces the configuration: `config` is checked and built first, and if anything is
@@ -140,11 +139,7 @@ impl GatewayHandle {
             state: built.state,
             config: Arc::new(config),
         });
-        *self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = current;
+        self.inner.current.store(current);
         tracing::info!(generation, "tollgate: configuration reloaded");
         Ok(())
     }
@@ -184,7 +179,9 @@ impl GatewayHandle {
     /// always the latest configuration's.
     pub fn service(&self) -> GatewayService {
         let handle = self.clone();
-        GatewayService::from_fn(move |request| handle.current().service.clone().call(request))
+        GatewayService::from_fn(move |request| {
+            handle.inner.current.load().service.clone().call(request)
+        })
     }
 
     /// [`service`](Self::service) as an axum `Router`, to serve with `axum::serve` (with
@@ -288,21 +285,17 @@ where
         let app = GatewayService::new(inner);
         let handle = self.handle.clone();
         // The steps wrapped around the application once per configuration, not per request.
-        let wrapped: RwLock<Option<(u64, GatewayService)>> = RwLock::new(None);
+        let wrapped: ArcSwapOption<(u64, GatewayService)> = ArcSwapOption::empty();
         GatewayService::from_fn(move |request| {
+            let generation = handle.inner.current.load().generation;
+            if let Some(cached) = &*wrapped.load() {
+                if cached.0 == generation {
+                    return cached.1.clone().call(request);
+                }
+            }
             let current = handle.current();
-            let cached = wrapped
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .filter(|(generation, _)| *generation == current.generation)
-                .map(|(_, service)| service.clone());
-            let mut service = cached.unwrap_or_else(|| {
-                let service = current.gateway.wrap(app.clone());
-                *wrapped.write().unwrap_or_else(PoisonError::into_inner) =
-                    Some((current.generation, service.clone()));
-                service
-            });
+            let mut service = current.gateway.wrap(app.clone());
+            wrapped.store(Some(Arc::new((current.generation, service.clone()))));
             service.call(request)
         })
     }
