@@ -128,12 +128,17 @@ struct Step {
 /// that takes requests with axum bodies and never fails, in the order a hosted gateway
 /// applies them (outermost first):
 ///
-/// 1. `throttle`: the coarse limits, per client IP or global, which protect everything
+/// 1. `cors` (feature `access`): tower-http's CORS layer; a browser's preflight, which
+///    carries no credentials, is answered here, so it is never throttled, refused by the
+///    authorizer or counted against a quota, and every later refusal carries the CORS headers
+///    a browser needs to read it;
+/// 2. `ip_filter` (feature `access`): IP allow and deny lists; 403;
+/// 3. `throttle`: the coarse limits, per client IP or global, which protect everything
 ///    behind them;
-/// 2. `authorizer`: who is calling (`Principal`); 401 or 403;
-/// 3. `usage`: the API key's plan, its throttle and quota;
-/// 4. `cache`: a hit is answered here, a miss goes on;
-/// 5. the application's own layers (`layer`), in the order added, then the application
+/// 4. `authorizer`: who is calling (`Principal`); 401 or 403;
+/// 5. `usage`: the API key's plan, its throttle and quota;
+/// 6. `cache`: a hit is answered here, a miss goes on;
+/// 7. the application's own layers (`layer`), in the order added, then the application
 ///    itself (the integration).
 ///
 /// Every step is optional; the order is the builder's, whatever the order of the calls, so a
@@ -234,8 +239,8 @@ impl Gateway {
             })
     }
 
-    /// The names of the steps, outermost first: `throttle`, `authorizer`, `usage`, `cache`,
-    /// then `layer` for each of the application's own.
+    /// The names of the steps, outermost first: `cors`, `ip_filter`, `throttle`, `authorizer`,
+    /// `usage`, `cache`, then `layer` for each of the application's own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.steps.iter().map(|step| step.name)
     }
@@ -293,6 +298,8 @@ where
 #[derive(Default)]
 #[must_use]
 pub struct GatewayBuilder {
+    cors: Option<Step>,
+    ip_filter: Option<Step>,
     throttle: Option<Step>,
     authorizer: Option<Step>,
     usage: Option<Step>,
@@ -319,7 +326,24 @@ fn step(name: &'static str, layer: impl GatewayStep) -> Option<Step> {
 }
 
 impl GatewayBuilder {
-    /// The coarse throttle (step 1); a second call replaces the first.
+    /// CORS (step 1), tower-http's layer: preflights are answered before any other step; a
+    /// second call replaces the first.
+    #[cfg(feature = "access")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "access")))]
+    pub fn cors(mut self, layer: crate::access::cors::CorsLayer) -> Self {
+        self.cors = step("cors", layer);
+        self
+    }
+
+    /// IP allow and deny lists (step 2); a second call replaces the first.
+    #[cfg(feature = "access")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "access")))]
+    pub fn ip_filter<M>(mut self, layer: crate::access::IpFilterLayer<M>) -> Self {
+        self.ip_filter = step("ip_filter", layer.keep_inner_body());
+        self
+    }
+
+    /// The coarse throttle (step 3); a second call replaces the first.
     #[cfg(feature = "throttle")]
     #[cfg_attr(docsrs, doc(cfg(feature = "throttle")))]
     pub fn throttle<St, M>(mut self, layer: crate::throttle::ThrottleLayer<St, M>) -> Self
@@ -331,7 +355,7 @@ impl GatewayBuilder {
         self
     }
 
-    /// The authorizer (step 2); a second call replaces the first.
+    /// The authorizer (step 4); a second call replaces the first.
     #[cfg(feature = "auth")]
     #[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
     pub fn authorizer<A, M>(mut self, layer: crate::auth::AuthLayer<A, M>) -> Self
@@ -342,7 +366,7 @@ impl GatewayBuilder {
         self
     }
 
-    /// The usage plans' layer (step 3), from `UsagePlans::layer`; a second call replaces the
+    /// The usage plans' layer (step 5), from `UsagePlans::layer`; a second call replaces the
     /// first.
     #[cfg(feature = "usage")]
     #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
@@ -354,7 +378,7 @@ impl GatewayBuilder {
         self
     }
 
-    /// The response cache (step 4); a second call replaces the first.
+    /// The response cache (step 6); a second call replaces the first.
     #[cfg(feature = "cache")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     pub fn cache<St>(mut self, layer: crate::cache::CacheLayer<St>) -> Self
@@ -377,7 +401,7 @@ impl GatewayBuilder {
     }
 
     /// A layer of the application's own, after every gateway step and before the application
-    /// (step 5): it sees only requests the gateway let through and the cache did not answer,
+    /// (step 7): it sees only requests the gateway let through and the cache did not answer,
     /// with their `Principal`. Layers added this way run in the order added, outermost first.
     pub fn layer(mut self, layer: impl GatewayStep) -> Self {
         self.own.extend(step("layer", layer));
@@ -385,10 +409,17 @@ impl GatewayBuilder {
     }
 
     fn steps(&self) -> impl Iterator<Item = &Step> {
-        [&self.throttle, &self.authorizer, &self.usage, &self.cache]
-            .into_iter()
-            .flatten()
-            .chain(&self.own)
+        [
+            &self.cors,
+            &self.ip_filter,
+            &self.throttle,
+            &self.authorizer,
+            &self.usage,
+            &self.cache,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(&self.own)
     }
 
     /// The gateway, its steps in their fixed order.

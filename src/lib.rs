@@ -18,6 +18,7 @@
 //! | `stage` (default) | [`stage`] | stage and version routing: base paths, hosts, version headers and media types, sticky canaries with runtime control, deprecation and sunset |
 //! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
 //! | `aggregate` (default) | [`aggregate`] | fan-out aggregation with JSON pipelines and deterministic merges, a streaming HTTP upstream proxy, mock integrations |
+//! | `access` (default) | [`access`] | IP allow and deny lists by CIDR behind trusted proxies; tower-http's CORS, which `Gateway` answers before every other step |
 //! | `redis` | [`redis`] | Redis (or Valkey) stores shared by several gateway instances: throttles (a request's rules in one round trip), exact quotas with daily usage, API keys, a shared cache level with purges published to every instance; failure policies and circuit breakers (needs Rust 1.88) |
 //! | `config` | [`config`] | the whole gateway from a YAML, TOML or JSON file: routes and their integrations, every layer's settings and per-route overrides, errors with field paths and lines, cross-references checked at load; served by a handle that reloads it without dropping a request (needs Rust 1.89) |
 //! | `axum` | — | [`Gateway`], every layer as one in a fixed order; axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
@@ -99,6 +100,11 @@ pub use tollgate_stage as stage;
 #[cfg(feature = "aggregate")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aggregate")))]
 pub use tollgate_aggregate as aggregate;
+
+/// Access control: IP allow and deny lists, and CORS.
+#[cfg(feature = "access")]
+#[cfg_attr(docsrs, doc(cfg(feature = "access")))]
+pub use tollgate_access as access;
 
 /// Redis stores shared by several gateway instances.
 #[cfg(feature = "redis")]

@@ -1297,3 +1297,58 @@ routes:
     let throttled = call(addr, "/items/2", &key).await;
     assert_eq!(throttled.status, 429, "{throttled:?}");
 }
+
+#[tokio::test]
+async fn cors_and_ip_lists_come_first() {
+    let yaml = r#"
+cors:
+  allow_origins: ["https://shop.example"]
+  allow_methods: [GET]
+  allow_headers: [authorization]
+ip_filter:
+  deny: ["127.0.0.1"]
+routes:
+  - route: GET /hello
+    integration: { mock: { body: hello } }
+"#;
+    let addr = serve(yaml, Handlers::new()).await;
+    // The preflight is answered by CORS, before the IP lists refuse this client.
+    let preflight = Client::new()
+        .send(
+            "OPTIONS",
+            addr,
+            "/hello",
+            &[
+                ("origin", "https://shop.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        )
+        .await;
+    assert_eq!(preflight.status, 200, "{preflight:?}");
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        "https://shop.example"
+    );
+    // The test client connects from 127.0.0.1, which is denied; the refusal carries CORS.
+    let refused = call(addr, "/hello", &[("origin", "https://shop.example")]).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(refused.problem(), "urn:tollgate:problem:forbidden");
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        "https://shop.example"
+    );
+}
+
+#[test]
+fn cors_and_ip_lists_that_cannot_be_built_are_refused_at_load() {
+    let yaml = r#"
+cors:
+  allow_origins: ["*"]
+  allow_credentials: true
+ip_filter:
+  allow: ["10.0.0.0/33"]
+"#;
+    let error = GatewayConfig::from_yaml(yaml).unwrap_err();
+    let paths: Vec<_> = error.problems().iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["cors", "ip_filter"], "{error}");
+}

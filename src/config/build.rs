@@ -250,6 +250,12 @@ fn for_deployment(
 /// Everything wrong with `config` that can be known without the application.
 pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
+    if let Some(Err(error)) = config.cors.as_ref().map(|cors| cors.build()) {
+        problems.push(Problem::at("cors", error));
+    }
+    if let Some(Err(error)) = config.ip_filter.as_ref().map(|filter| filter.build()) {
+        problems.push(Problem::at("ip_filter", error));
+    }
     let plans = config.usage.as_ref().map(|usage| &usage.plans);
     let mut table = RouteTable::new();
     let deployments = deployments(config);
@@ -730,6 +736,14 @@ pub(crate) async fn build(
     let mut gateway = Gateway::builder();
     #[cfg(feature = "redis")]
     let redis = connect(config, previous, &mut state)?;
+
+    // 0. CORS and the IP lists, before everything else.
+    if let Some(cors) = &config.cors {
+        gateway = gateway.cors(cors.build().map_err(|e| fail("cors", e))?);
+    }
+    if let Some(filter) = &config.ip_filter {
+        gateway = gateway.ip_filter(filter.build().map_err(|e| fail("ip_filter", e))?);
+    }
 
     // 1. The coarse throttle, with the routes' own rules. A route's rule covers its route and
     // no other, even where another route's template also matches (a more specific route
