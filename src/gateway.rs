@@ -117,6 +117,28 @@ where
     }
 }
 
+/// tower-http's request-id layers as one: set (or keep) the id, and echo it.
+#[cfg(feature = "observe")]
+#[derive(Clone, Debug)]
+struct RequestIdLayer {
+    header: http::HeaderName,
+}
+
+#[cfg(feature = "observe")]
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = tower_http::request_id::SetRequestId<
+        tower_http::request_id::PropagateRequestId<S>,
+        tower_http::request_id::MakeRequestUuid,
+    >;
+
+    // Set outside, so that the id made for a request without one is there to be echoed.
+    fn layer(&self, inner: S) -> Self::Service {
+        use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+        let propagate = PropagateRequestIdLayer::new(self.header.clone()).layer(inner);
+        SetRequestIdLayer::new(self.header.clone(), MakeRequestUuid).layer(propagate)
+    }
+}
+
 /// One step of the gateway, named for `Debug` and for errors.
 #[derive(Clone)]
 struct Step {
@@ -128,6 +150,9 @@ struct Step {
 /// that takes requests with axum bodies and never fails, in the order a hosted gateway
 /// applies them (outermost first):
 ///
+/// 0. `request_id` (feature `observe`): tower-http's request-id layers give every request an
+///    `x-request-id` (a UUID when the client sent none), which every later step, the
+///    application and an HTTP upstream see, and echo it in the response, refusals included;
 /// 1. `cors` (feature `access`): tower-http's CORS layer; a browser's preflight, which
 ///    carries no credentials, is answered here, so it is never throttled, refused by the
 ///    authorizer or counted against a quota, and every later refusal carries the CORS headers
@@ -239,8 +264,9 @@ impl Gateway {
             })
     }
 
-    /// The names of the steps, outermost first: `cors`, `ip_filter`, `throttle`, `authorizer`,
-    /// `usage`, `cache`, then `layer` for each of the application's own.
+    /// The names of the steps, outermost first: `request_id`, `cors`, `ip_filter`,
+    /// `throttle`, `authorizer`, `usage`, `cache`, then `layer` for each of the application's
+    /// own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.steps.iter().map(|step| step.name)
     }
@@ -298,6 +324,7 @@ where
 #[derive(Default)]
 #[must_use]
 pub struct GatewayBuilder {
+    request_id: Option<Step>,
     cors: Option<Step>,
     ip_filter: Option<Step>,
     throttle: Option<Step>,
@@ -326,6 +353,22 @@ fn step(name: &'static str, layer: impl GatewayStep) -> Option<Step> {
 }
 
 impl GatewayBuilder {
+    /// Request ids (step 0) in `x-request-id`: kept when the client sent one, a UUID v4
+    /// otherwise, and echoed in every response.
+    #[cfg(feature = "observe")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
+    pub fn request_id(self) -> Self {
+        self.request_id_header(http::HeaderName::from_static("x-request-id"))
+    }
+
+    /// Request ids (step 0) in `header` instead of `x-request-id`.
+    #[cfg(feature = "observe")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
+    pub fn request_id_header(mut self, header: http::HeaderName) -> Self {
+        self.request_id = step("request_id", RequestIdLayer { header });
+        self
+    }
+
     /// CORS (step 1), tower-http's layer: preflights are answered before any other step; a
     /// second call replaces the first.
     #[cfg(feature = "access")]
@@ -410,6 +453,7 @@ impl GatewayBuilder {
 
     fn steps(&self) -> impl Iterator<Item = &Step> {
         [
+            &self.request_id,
             &self.cors,
             &self.ip_filter,
             &self.throttle,

@@ -1352,3 +1352,46 @@ ip_filter:
     let paths: Vec<_> = error.problems().iter().map(|p| p.path.as_str()).collect();
     assert_eq!(paths, ["cors", "ip_filter"], "{error}");
 }
+
+#[tokio::test]
+async fn request_ids_are_made_kept_echoed_on_refusals_and_passed_to_an_upstream() {
+    // The upstream answers with the request id it was sent.
+    let upstream = serve_axum(Router::new().route(
+        "/echo",
+        get(|headers: http::HeaderMap| async move {
+            headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned()
+        }),
+    ))
+    .await;
+    let yaml = format!(
+        r#"
+request_id: {{}}
+throttle:
+  rules: [{{ name: everyone, rate: 1/min, burst: 2, key: global }}]
+routes:
+  - route: GET /echo
+    integration: {{ upstream: {{ url: "http://{upstream}" }} }}
+"#
+    );
+    let addr = serve(&yaml, Handlers::new().clock(ManualClock::new())).await;
+
+    // Made when absent: a UUID, the one the upstream saw, echoed.
+    let made = call(addr, "/echo", &[]).await;
+    assert_eq!(made.status, 200, "{made:?}");
+    let id = made.header("x-request-id").to_owned();
+    assert_eq!(id.len(), 36, "{made:?}");
+    assert_eq!(id.matches('-').count(), 4, "{id}");
+    assert_eq!(made.text(), id);
+    // Kept when the client sent one.
+    let kept = call(addr, "/echo", &[("x-request-id", "trace-42")]).await;
+    assert_eq!(kept.header("x-request-id"), "trace-42");
+    assert_eq!(kept.text(), "trace-42");
+    // Echoed on the gateway's own refusals.
+    let refused = call(addr, "/echo", &[("x-request-id", "trace-43")]).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.header("x-request-id"), "trace-43");
+}

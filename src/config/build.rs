@@ -250,6 +250,14 @@ fn for_deployment(
 /// Everything wrong with `config` that can be known without the application.
 pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
+    if let Some(header) = config.request_id.as_ref().and_then(|r| r.header.as_ref()) {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            problems.push(Problem::at(
+                "request_id.header",
+                format!("{header:?} is not a header name"),
+            ));
+        }
+    }
     if let Some(Err(error)) = config.cors.as_ref().map(|cors| cors.build()) {
         problems.push(Problem::at("cors", error));
     }
@@ -737,7 +745,13 @@ pub(crate) async fn build(
     #[cfg(feature = "redis")]
     let redis = connect(config, previous, &mut state)?;
 
-    // 0. CORS and the IP lists, before everything else.
+    // 0. Request ids, CORS and the IP lists, before everything else.
+    if let Some(request_id) = &config.request_id {
+        let header = request_id.header.as_deref().unwrap_or("x-request-id");
+        let header = http::HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| fail("request_id.header", "not a header name"))?;
+        gateway = gateway.request_id_header(header);
+    }
     if let Some(cors) = &config.cors {
         gateway = gateway.cors(cors.build().map_err(|e| fail("cors", e))?);
     }

@@ -71,7 +71,8 @@
 //!
 //! # The order of the steps
 //!
-//! Requests go through the stage router (when `stages` is set), then CORS (`cors`: a
+//! Requests go through the stage router (when `stages` is set), then the request id
+//! (`request_id`), CORS (`cors`: a
 //! preflight is answered here), the IP lists (`ip_filter`), the throttle, the authorizer, the
 //! usage plan (on routes with `api_key: true`), the cache, and the route's integration — the
 //! order of [`Gateway`](crate::Gateway), which this builds.
@@ -121,6 +122,11 @@ use crate::usage::UsageConfig;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// Request ids, the first step: `{}` for `x-request-id`, or `{ header: x-correlation-id }`.
+    /// Kept when the client sent one, a UUID otherwise, passed to the integration (and an
+    /// HTTP upstream) and echoed in every response.
+    #[serde(default)]
+    pub request_id: Option<RequestIdConfig>,
     /// CORS, answered before every other step (a browser's preflight is never throttled,
     /// authorized or counted): `{ allow_origins: [...], allow_methods: [...], ... }`.
     #[serde(default)]
@@ -286,6 +292,15 @@ pub enum RedisStore {
 #[cfg(feature = "redis")]
 fn all_stores() -> Vec<RedisStore> {
     vec![RedisStore::Throttle, RedisStore::Usage, RedisStore::Cache]
+}
+
+/// Request ids: which header carries them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConfig {
+    /// The header (default `x-request-id`).
+    #[serde(default)]
+    pub header: Option<String>,
 }
 
 /// The authorizer and the policy of routes that set none.
