@@ -153,11 +153,12 @@ struct Step {
 /// 0. `request_id` (feature `observe`): tower-http's request-id layers give every request an
 ///    `x-request-id` (a UUID when the client sent none), which every later step, the
 ///    application and an HTTP upstream see, and echo it in the response, refusals included;
-/// 1. `cors` (feature `access`): tower-http's CORS layer; a browser's preflight, which
-///    carries no credentials, is answered here, so it is never throttled, refused by the
-///    authorizer or counted against a quota, and every later refusal carries the CORS headers
-///    a browser needs to read it;
-/// 2. `ip_filter` (feature `access`): IP allow and deny lists; 403;
+/// 1. `ip_filter` (feature `access`): IP allow and deny lists; 403, to every method (a
+///    denied client cannot even preflight);
+/// 2. `cors` (feature `access`): tower-http's CORS layer; a browser's preflight, which
+///    carries no credentials, is answered here (tower-http takes every `OPTIONS` for one), so
+///    it is never throttled, refused by the authorizer or counted against a quota, and every
+///    later refusal carries the CORS headers a browser needs to read it;
 /// 3. `throttle`: the coarse limits, per client IP or global, which protect everything
 ///    behind them;
 /// 4. `authorizer`: who is calling (`Principal`); 401 or 403;
@@ -264,7 +265,7 @@ impl Gateway {
             })
     }
 
-    /// The names of the steps, outermost first: `request_id`, `cors`, `ip_filter`,
+    /// The names of the steps, outermost first: `request_id`, `ip_filter`, `cors`,
     /// `throttle`, `authorizer`, `usage`, `cache`, then `layer` for each of the application's
     /// own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -369,8 +370,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// CORS (step 1), tower-http's layer: preflights are answered before any other step; a
-    /// second call replaces the first.
+    /// CORS (step 2), tower-http's layer: preflights are answered before the throttle, the
+    /// authorizer and the usage plan; a second call replaces the first.
     #[cfg(feature = "access")]
     #[cfg_attr(docsrs, doc(cfg(feature = "access")))]
     pub fn cors(mut self, layer: crate::access::cors::CorsLayer) -> Self {
@@ -378,7 +379,7 @@ impl GatewayBuilder {
         self
     }
 
-    /// IP allow and deny lists (step 2); a second call replaces the first.
+    /// IP allow and deny lists (step 1); a second call replaces the first.
     #[cfg(feature = "access")]
     #[cfg_attr(docsrs, doc(cfg(feature = "access")))]
     pub fn ip_filter<M>(mut self, layer: crate::access::IpFilterLayer<M>) -> Self {
@@ -454,8 +455,8 @@ impl GatewayBuilder {
     fn steps(&self) -> impl Iterator<Item = &Step> {
         [
             &self.request_id,
-            &self.cors,
             &self.ip_filter,
+            &self.cors,
             &self.throttle,
             &self.authorizer,
             &self.usage,

@@ -19,7 +19,7 @@
 //! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
 //! | `aggregate` (default) | [`aggregate`] | fan-out aggregation with JSON pipelines and deterministic merges, a streaming HTTP upstream proxy, mock integrations |
 //! | `observe` (default) | — | request ids in `Gateway` (tower-http's `SetRequestId` and `PropagateRequestId`), the first step |
-//! | `access` (default) | [`access`] | IP allow and deny lists by CIDR behind trusted proxies; tower-http's CORS, which `Gateway` answers before every other step |
+//! | `access` (default) | [`access`] | IP allow and deny lists by CIDR behind trusted proxies; tower-http's CORS, which `Gateway` answers before the throttle, the authorizer and the quota |
 //! | `redis` | [`redis`] | Redis (or Valkey) stores shared by several gateway instances: throttles (a request's rules in one round trip), exact quotas with daily usage, API keys, a shared cache level with purges published to every instance; failure policies and circuit breakers (needs Rust 1.88) |
 //! | `config` | [`config`] | the whole gateway from a YAML, TOML or JSON file: routes and their integrations, every layer's settings and per-route overrides, errors with field paths and lines, cross-references checked at load; served by a handle that reloads it without dropping a request (needs Rust 1.89) |
 //! | `axum` | — | [`Gateway`], every layer as one in a fixed order; axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |

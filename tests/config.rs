@@ -1299,44 +1299,56 @@ routes:
 }
 
 #[tokio::test]
-async fn cors_and_ip_lists_come_first() {
+async fn the_ip_lists_then_cors_come_first() {
     let yaml = r#"
 cors:
   allow_origins: ["https://shop.example"]
   allow_methods: [GET]
   allow_headers: [authorization]
 ip_filter:
-  deny: ["127.0.0.1"]
+  deny: ["127.0.0.9"]
+throttle:
+  rules: [{ name: everyone, rate: 1/min, burst: 1, key: global }]
 routes:
   - route: GET /hello
     integration: { mock: { body: hello } }
 "#;
-    let addr = serve(yaml, Handlers::new()).await;
-    // The preflight is answered by CORS, before the IP lists refuse this client.
-    let preflight = Client::new()
-        .send(
-            "OPTIONS",
-            addr,
-            "/hello",
-            &[
-                ("origin", "https://shop.example"),
-                ("access-control-request-method", "GET"),
-            ],
-        )
-        .await;
-    assert_eq!(preflight.status, 200, "{preflight:?}");
+    let addr = serve(yaml, Handlers::new().clock(ManualClock::new())).await;
+    let preflight = |client: Client| async move {
+        client
+            .send(
+                "OPTIONS",
+                addr,
+                "/hello",
+                &[
+                    ("origin", "https://shop.example"),
+                    ("access-control-request-method", "GET"),
+                ],
+            )
+            .await
+    };
+    // Preflights are answered by CORS, before the throttle (burst 1) spends anything.
+    for _ in 0..3 {
+        let answered = preflight(Client::new()).await;
+        assert_eq!(answered.status, 200, "{answered:?}");
+        assert_eq!(
+            answered.header("access-control-allow-origin"),
+            "https://shop.example"
+        );
+    }
+    let origin = [("origin", "https://shop.example")];
+    let served = call(addr, "/hello", &origin).await;
+    assert_eq!(served.text(), "hello", "{served:?}");
+    let throttled = call(addr, "/hello", &origin).await;
+    assert_eq!(throttled.status, 429, "{throttled:?}");
     assert_eq!(
-        preflight.header("access-control-allow-origin"),
+        throttled.header("access-control-allow-origin"),
         "https://shop.example"
     );
-    // The test client connects from 127.0.0.1, which is denied; the refusal carries CORS.
-    let refused = call(addr, "/hello", &[("origin", "https://shop.example")]).await;
-    assert_eq!(refused.status, 403, "{refused:?}");
-    assert_eq!(refused.problem(), "urn:tollgate:problem:forbidden");
-    assert_eq!(
-        refused.header("access-control-allow-origin"),
-        "https://shop.example"
-    );
+    // A denied client is refused first, even its preflight.
+    let denied = preflight(Client::from_ip("127.0.0.9")).await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert_eq!(denied.problem(), "urn:tollgate:problem:forbidden");
 }
 
 #[test]

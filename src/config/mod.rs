@@ -72,10 +72,10 @@
 //! # The order of the steps
 //!
 //! Requests go through the stage router (when `stages` is set), then the request id
-//! (`request_id`), CORS (`cors`: a
-//! preflight is answered here), the IP lists (`ip_filter`), the throttle, the authorizer, the
-//! usage plan (on routes with `api_key: true`), the cache, and the route's integration — the
-//! order of [`Gateway`](crate::Gateway), which this builds.
+//! (`request_id`), the IP lists (`ip_filter`), CORS (`cors`: a preflight is answered here),
+//! the throttle, the authorizer, the usage plan (on routes with `api_key: true`), the cache,
+//! and the route's integration — the order of [`Gateway`](crate::Gateway), which this
+//! builds.
 //!
 //! Every step looks the request up in the same route table as the dispatch to the
 //! integration: routes of the request's method first, then `*` routes, a static segment before
@@ -127,12 +127,12 @@ pub struct GatewayConfig {
     /// HTTP upstream) and echoed in every response.
     #[serde(default)]
     pub request_id: Option<RequestIdConfig>,
-    /// CORS, answered before every other step (a browser's preflight is never throttled,
+    /// CORS, answered right after the IP lists (a browser's preflight is never throttled,
     /// authorized or counted): `{ allow_origins: [...], allow_methods: [...], ... }`.
     #[serde(default)]
     pub cors: Option<crate::access::CorsConfig>,
     /// IP allow and deny lists by CIDR, on the client's address behind the trusted proxies;
-    /// a refused client gets 403 before the throttle.
+    /// a refused client gets 403 before CORS and the throttle.
     #[serde(default)]
     pub ip_filter: Option<crate::access::IpFilterConfig>,
     /// The coarse throttle's rules (per client IP, global, by header): the first step.

@@ -230,7 +230,13 @@ impl IpFilterBuilder {
                 refused: Rejection::forbidden()
                     .with_detail("the client's address may not call this API")
                     .prerendered(),
-                unknown: Rejection::internal(&MissingPeer).prerendered(),
+                // Not `Rejection::internal`, which logs as it is made: the missing peer is
+                // logged when a request comes without one.
+                unknown: Rejection::new(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    tollgate_core::ProblemType::Internal,
+                )
+                .prerendered(),
             }),
             mode: PhantomData,
         })

@@ -4,10 +4,11 @@
 //! - [`IpFilterLayer`]: IP allow and deny lists by CIDR, on the client's address as trusted
 //!   proxies report it (Amazon API Gateway's resource policies on `aws:SourceIp`, Kong's
 //!   ip-restriction). Refused clients get a 403 problem+json.
-//! - [`cors`]: tower-http's CORS layer, re-exported. `tollgate::Gateway` puts it before every
-//!   other step, so a browser's preflight (which carries no credentials) is answered without
-//!   being throttled, authorized or counted against a quota, and refusals (401, 429) carry
-//!   the CORS headers a browser needs to read them.
+//! - [`cors`]: tower-http's CORS layer, re-exported. `tollgate::Gateway` puts it right after
+//!   the IP lists and before the throttle, the authorizer and the usage plan, so a browser's
+//!   preflight (which carries no credentials) is answered without being throttled, refused or
+//!   counted against a quota, and refusals (401, 429) carry the CORS headers a browser needs
+//!   to read them. tower-http answers every `OPTIONS` request as a preflight.
 #![warn(missing_docs)]
 #![deny(unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
