@@ -31,6 +31,10 @@ use crate::template::{
 };
 use crate::upstream::{deadline_after, header_name, UpstreamError};
 
+/// The request headers every backend call carries besides its `forward_headers`: W3C trace
+/// context (`traceparent`, `tracestate`) and the request id (`x-request-id`).
+pub const TRACE_HEADERS: [&str; 3] = ["traceparent", "tracestate", "x-request-id"];
+
 /// `X-Tollgate-Completed`: `true` when every backend answered, `false` when an optional one
 /// failed.
 pub const X_TOLLGATE_COMPLETED: HeaderName = HeaderName::from_static("x-tollgate-completed");
@@ -477,12 +481,19 @@ fn compile(
             .collection
             .unwrap_or_else(|| Pipeline::default().collection),
     };
-    let forward_headers = backend
+    let mut forward_headers: Vec<HeaderName> = backend
         .forward_headers
         .iter()
         .map(|header| header_name(header))
         .collect::<Result<_, _>>()
         .map_err(|error| invalid(error.to_string()))?;
+    // Every call carries the request's trace context and id, so one trace spans the fan-out.
+    for name in TRACE_HEADERS {
+        let name = HeaderName::from_static(name);
+        if !forward_headers.contains(&name) {
+            forward_headers.push(name);
+        }
+    }
     let mut claims = ClaimHeaders::default();
     for (claim, header) in backend.claims {
         claims.push(

@@ -178,7 +178,8 @@ impl Backend {
         self
     }
 
-    /// Passes these headers of the incoming request on to the backend (default: none).
+    /// Passes these headers of the incoming request on to the backend (default: none besides
+    /// [`TRACE_HEADERS`](crate::TRACE_HEADERS), which every call carries).
     pub fn forward_headers<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -59,7 +59,8 @@ mod template;
 mod upstream;
 
 pub use aggregate::{
-    Aggregate, AggregateBuilder, AggregateError, AggregateFuture, X_TOLLGATE_COMPLETED,
+    Aggregate, AggregateBuilder, AggregateError, AggregateFuture, TRACE_HEADERS,
+    X_TOLLGATE_COMPLETED,
 };
 pub use backend::{Backend, DEFAULT_MAX_BODY};
 pub use body::{Download, TotalTimeout};

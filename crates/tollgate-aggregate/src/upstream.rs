@@ -193,7 +193,8 @@ impl HttpUpstreamBuilder {
     }
 
     /// Forwards only these request headers (plus `Content-Type` and `Content-Length`, which
-    /// the body needs). By default every end-to-end header is forwarded.
+    /// the body needs, and [`TRACE_HEADERS`](crate::TRACE_HEADERS)). By default every
+    /// end-to-end header is forwarded.
     pub fn forward_headers<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -274,7 +275,20 @@ impl HttpUpstreamBuilder {
         };
         let forward = self
             .forward
-            .map(|names| names.iter().map(|name| header_name(name)).collect())
+            .map(|names| {
+                let mut names: Vec<HeaderName> = names
+                    .iter()
+                    .map(|name| header_name(name))
+                    .collect::<Result<_, _>>()?;
+                // The trace context and the request id travel whatever the list.
+                for name in crate::TRACE_HEADERS {
+                    let name = HeaderName::from_static(name);
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                Ok::<_, UpstreamError>(names)
+            })
             .transpose()?;
         let mut claims = ClaimHeaders::default();
         for (claim, header) in self.claims {

@@ -1366,6 +1366,32 @@ async fn forward_query_appends_the_requests_query_string() {
 }
 
 #[tokio::test]
+async fn every_backend_call_carries_the_trace_context_and_the_request_id() {
+    let aggregate = Aggregate::builder()
+        .backend(Backend::http("profile", serve(echo()).await).allow(["headers"]))
+        .build()
+        .unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = get_with(
+        serve_gateway(aggregate).await,
+        "/",
+        &[
+            ("traceparent", traceparent),
+            ("tracestate", "vendor=1"),
+            ("x-request-id", "r-2"),
+            ("x-other", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let headers = &reply.json()["headers"];
+    assert_eq!(headers["traceparent"], json!([traceparent]));
+    assert_eq!(headers["tracestate"], json!(["vendor=1"]));
+    assert_eq!(headers["x-request-id"], json!(["r-2"]));
+    assert!(headers.get("x-other").is_none(), "{headers}");
+}
+
+#[tokio::test]
 async fn only_the_headers_named_in_forward_headers_reach_the_backend() {
     let aggregate = Aggregate::builder()
         .backend(
