@@ -621,7 +621,10 @@ async fn forward_headers_passes_only_the_listed_headers_and_those_describing_the
         &[
             ("accept", "application/json"),
             ("x-request-id", "r-1"),
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             ("content-type", "application/json"),
             ("content-encoding", "identity"),
             ("authorization", "Bearer secret"),
