@@ -139,6 +139,83 @@ impl<S> Layer<S> for RequestIdLayer {
     }
 }
 
+/// Counts and times each request ([`GatewayBuilder::metrics`]).
+#[cfg(feature = "observe")]
+#[derive(Clone, Copy, Debug)]
+struct MetricsLayer;
+
+#[cfg(feature = "observe")]
+impl Layer<GatewayService> for MetricsLayer {
+    type Service = Metrics;
+
+    fn layer(&self, inner: GatewayService) -> Metrics {
+        Metrics { inner }
+    }
+}
+
+#[cfg(feature = "observe")]
+#[derive(Clone, Debug)]
+struct Metrics {
+    inner: GatewayService,
+}
+
+#[cfg(feature = "observe")]
+impl Service<Request<Body>> for Metrics {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> GatewayFuture {
+        let method = method_label(request.method());
+        let started = std::time::Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let status = response.status().as_u16().to_string();
+            let decision = response
+                .extensions()
+                .get::<crate::ProblemType>()
+                .map_or("allowed", |problem| problem.slug());
+            metrics::counter!(
+                "tollgate_requests_total",
+                "method" => method,
+                "status" => status.clone(),
+                "decision" => decision
+            )
+            .increment(1);
+            metrics::histogram!(
+                "tollgate_request_duration_seconds",
+                "method" => method,
+                "status" => status
+            )
+            .record(started.elapsed().as_secs_f64());
+            Ok(response)
+        })
+    }
+}
+
+/// The method as a label: the standard ones by name, any other as `other`, so a client
+/// cannot grow the label set.
+#[cfg(feature = "observe")]
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// One step of the gateway, named for `Debug` and for errors.
 #[derive(Clone)]
 struct Step {
@@ -153,6 +230,8 @@ struct Step {
 /// 0. `request_id` (feature `observe`): tower-http's request-id layers give every request an
 ///    `x-request-id` (a UUID when the client sent none), which every later step, the
 ///    application and an HTTP upstream see, and echo it in the response, refusals included;
+///    Then `metrics` (feature `observe`): every request counted and timed, by method, status
+///    and decision, whichever step answered it;
 /// 1. `ip_filter` (feature `access`): IP allow and deny lists; 403, to every method (a
 ///    denied client cannot even preflight);
 /// 2. `cors` (feature `access`): tower-http's CORS layer; a browser's preflight, which
@@ -265,7 +344,7 @@ impl Gateway {
             })
     }
 
-    /// The names of the steps, outermost first: `request_id`, `ip_filter`, `cors`,
+    /// The names of the steps, outermost first: `request_id`, `metrics`, `ip_filter`, `cors`,
     /// `throttle`, `authorizer`, `usage`, `cache`, then `layer` for each of the application's
     /// own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -326,6 +405,7 @@ where
 #[must_use]
 pub struct GatewayBuilder {
     request_id: Option<Step>,
+    metrics: Option<Step>,
     cors: Option<Step>,
     ip_filter: Option<Step>,
     throttle: Option<Step>,
@@ -367,6 +447,19 @@ impl GatewayBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
     pub fn request_id_header(mut self, header: http::HeaderName) -> Self {
         self.request_id = step("request_id", RequestIdLayer { header });
+        self
+    }
+
+    /// Request metrics (after the request id), through the `metrics` facade:
+    /// `tollgate_requests_total{method, status, decision}` and
+    /// `tollgate_request_duration_seconds{method, status}`, the time until the response's
+    /// head. `decision` is `allowed`, or the refusal's problem type (`throttled`,
+    /// `quota-exceeded`, `unauthorized`, `forbidden`, `not-found`, ...) whichever step
+    /// refused; methods outside the standard ones are counted as `other`.
+    #[cfg(feature = "observe")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
+    pub fn metrics(mut self) -> Self {
+        self.metrics = step("metrics", MetricsLayer);
         self
     }
 
@@ -455,6 +548,7 @@ impl GatewayBuilder {
     fn steps(&self) -> impl Iterator<Item = &Step> {
         [
             &self.request_id,
+            &self.metrics,
             &self.ip_filter,
             &self.cors,
             &self.throttle,

@@ -1407,3 +1407,15 @@ routes:
     assert_eq!(refused.status, 429, "{refused:?}");
     assert_eq!(refused.header("x-request-id"), "trace-43");
 }
+
+#[tokio::test]
+async fn metrics_and_request_ids_are_steps_of_the_configured_gateway() {
+    let yaml = "request_id: {}\nmetrics: true\nroutes:\n  - { route: GET /a, integration: { mock: {} } }\n";
+    let config = GatewayConfig::from_yaml(yaml).unwrap();
+    let handle = GatewayHandle::new(config, Handlers::new()).await.unwrap();
+    let shown = format!("{handle:?}");
+    assert!(
+        shown.contains(r#"steps: ["request_id", "metrics"]"#),
+        "{shown}"
+    );
+}

@@ -752,6 +752,9 @@ pub(crate) async fn build(
             .map_err(|_| fail("request_id.header", "not a header name"))?;
         gateway = gateway.request_id_header(header);
     }
+    if config.metrics {
+        gateway = gateway.metrics();
+    }
     if let Some(cors) = &config.cors {
         gateway = gateway.cors(cors.build().map_err(|e| fail("cors", e))?);
     }

@@ -127,6 +127,11 @@ pub struct GatewayConfig {
     /// HTTP upstream) and echoed in every response.
     #[serde(default)]
     pub request_id: Option<RequestIdConfig>,
+    /// Request metrics through the `metrics` facade (`tollgate_requests_total{method, status,
+    /// decision}`, `tollgate_request_duration_seconds`), after the request id (default
+    /// `false`).
+    #[serde(default)]
+    pub metrics: bool,
     /// CORS, answered right after the IP lists (a browser's preflight is never throttled,
     /// authorized or counted): `{ allow_origins: [...], allow_methods: [...], ... }`.
     #[serde(default)]

@@ -358,10 +358,13 @@ impl Rejection {
         self.into_response_with(ResponseBody::full)
     }
 
-    /// Renders the refusal with the problem document made into a body by `body`.
+    /// Renders the refusal with the problem document made into a body by `body`. The
+    /// response's extensions hold its [`ProblemType`], for the layers outside (metrics, access
+    /// logs) to tell a refusal from an answer without reading the body.
     pub fn into_response_with<B>(self, body: impl FnOnce(Bytes) -> B) -> Response<B> {
         let mut response = Response::new(body(self.to_json()));
         *response.status_mut() = self.status;
+        response.extensions_mut().insert(self.problem);
         let headers = response.headers_mut();
         *headers = self.headers;
         headers.insert(
@@ -414,6 +417,10 @@ mod tests {
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[RETRY_AFTER], "2");
         assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            response.extensions().get::<ProblemType>(),
+            Some(&ProblemType::Throttled)
+        );
     }
 
     #[test]
