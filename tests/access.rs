@@ -18,16 +18,15 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, Method, Response, StatusCode};
 use http_body_util::{Empty, Full};
-use support::{serve_axum, serve_hyper, Calls, Client, Reply};
+use support::{
+    counting_authorizer, serve_axum, serve_hyper, Calls, Client, KeyedPlan, Reply, ALICE,
+};
 use tollgate::access::cors::CorsLayer;
 use tollgate::access::IpFilterLayer;
-use tollgate::auth::{
-    Allow, AuthLayer, AuthorizerResponse, BoxError, CustomAuthorizer, IdentitySource,
-};
+use tollgate::auth::{AuthLayer, CustomAuthorizer};
 use tollgate::key::{ClientIp, Global};
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
-use tollgate::usage::{Day, NewKey, QuotaPeriod, UsagePlan, UsagePlans};
-use tollgate::{Clock, ForwardedHeader, Gateway, ManualClock, PeerAddr, TrustedProxies};
+use tollgate::{ForwardedHeader, Gateway, PeerAddr, TrustedProxies};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 
 const FORBIDDEN: &str = "urn:tollgate:problem:forbidden";
@@ -38,9 +37,6 @@ const QUOTA_EXCEEDED: &str = "urn:tollgate:problem:quota-exceeded";
 
 /// How long one client call may take before the test fails instead of hanging.
 const CALL_LIMIT: Duration = Duration::from_secs(5);
-
-/// The caller the custom authorizer allows; any other token is refused.
-const ALICE: &str = "Bearer alice";
 
 /// The browser application's origin, the one CORS allows.
 const APP_ORIGIN: &str = "https://app.example";
@@ -411,29 +407,24 @@ fn building_a_filter_logs_no_error() {
 /// A gateway's steps, each counting what reaches it, on one manual clock (noon UTC), with a
 /// usage plan `basic` whose daily quota is `quota`, and one key on it.
 struct Fixture {
-    clock: ManualClock,
-    plans: UsagePlans,
-    key_id: String,
-    key: String,
+    keyed: KeyedPlan,
     authorizer_calls: Calls,
     handler_calls: Calls,
 }
 
+/// The plan, its key and the clock.
+impl std::ops::Deref for Fixture {
+    type Target = KeyedPlan;
+
+    fn deref(&self) -> &KeyedPlan {
+        &self.keyed
+    }
+}
+
 impl Fixture {
     async fn new(quota: u32) -> Self {
-        let noon = Day::from_ymd(2026, 3, 10).unwrap().start() + Duration::from_secs(12 * 3600);
-        let clock = ManualClock::starting_at(noon);
-        let plans = UsagePlans::builder()
-            .clock(clock.clone())
-            .plan(UsagePlan::new("basic").quota(quota, QuotaPeriod::Day))
-            .build()
-            .unwrap();
-        let (key, secret) = plans.create_key(NewKey::new("basic")).await.unwrap();
         Self {
-            clock,
-            plans,
-            key_id: key.id().to_owned(),
-            key: secret.expose().to_owned(),
+            keyed: KeyedPlan::new(quota).await,
             authorizer_calls: Calls::default(),
             handler_calls: Calls::default(),
         }
@@ -448,34 +439,13 @@ impl Fixture {
             .unwrap()
     }
 
-    /// A custom authorizer whose function counts its calls: `ALICE` is allowed, any other
-    /// token refused.
+    /// The counting authorizer: `ALICE` is allowed, any other token refused.
     fn authorizer(&self) -> AuthLayer<CustomAuthorizer> {
-        let calls = self.authorizer_calls.clone();
-        let authorizer = CustomAuthorizer::builder([IdentitySource::Header(AUTHORIZATION)])
-            // No decision cache, so every request that reaches the authorizer calls it.
-            .ttl(Duration::ZERO)
-            .from_fn(move |identity| {
-                calls.next();
-                let response = match identity.header("authorization") {
-                    Some(ALICE) => AuthorizerResponse::Allow(Allow::new("alice")),
-                    _ => AuthorizerResponse::Unauthorized,
-                };
-                std::future::ready(Ok::<_, BoxError>(response))
-            })
-            .unwrap();
-        AuthLayer::new(authorizer)
+        counting_authorizer(self.authorizer_calls.clone())
     }
 
     fn app(&self) -> Router {
         widgets(&self.handler_calls)
-    }
-
-    /// The key's usage today: units used and left.
-    async fn usage_today(&self) -> (u64, Option<u64>) {
-        let today = Day::of(self.clock.system_time());
-        let report = self.plans.usage(&self.key_id, today, today).await.unwrap();
-        (report.days[0].used, report.days[0].remaining)
     }
 }
 

@@ -18,15 +18,15 @@ use axum::Router;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, DATE};
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
-use support::{serve_axum, serve_hyper, Calls, Client, Reply};
-use tollgate::auth::{
-    Allow, AuthLayer, AuthorizerResponse, BoxError, CustomAuthorizer, IdentitySource,
+use support::{
+    counting_authorizer, serve_axum, serve_hyper, Calls, Client, KeyedPlan, Reply, ALICE, MALLORY,
 };
+use tollgate::auth::{AuthLayer, CustomAuthorizer};
 use tollgate::cache::{CacheLayer, CachePolicy, Sharing};
 use tollgate::key::ClientIp;
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
-use tollgate::usage::{Day, NewKey, QuotaPeriod, UsagePlan, UsagePlans};
-use tollgate::{Clock, Gateway, GatewayStep, ManualClock, Principal, TrustedProxies};
+use tollgate::usage::NewKey;
+use tollgate::{Gateway, GatewayStep, ManualClock, Principal, TrustedProxies};
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, Layer, Service, ServiceBuilder};
 
@@ -39,9 +39,7 @@ const QUOTA_EXCEEDED: &str = "urn:tollgate:problem:quota-exceeded";
 /// How long one client call may take before the test fails instead of hanging.
 const CALL_LIMIT: Duration = Duration::from_secs(5);
 
-/// The caller the authorizer allows, the one it denies (403), and a token it refuses (401).
-const ALICE: &str = "Bearer alice";
-const MALLORY: &str = "Bearer mallory";
+/// A token the counting authorizer refuses (401).
 const FORGED: &str = "Bearer forged";
 
 /// What the application's own layer saw: how many requests, and whose (`subject key plan`).
@@ -60,34 +58,29 @@ impl Seen {
 /// Every step of a gateway, each counting what reaches it, on one manual clock (noon UTC, so
 /// a daily quota resets in exactly 12 hours).
 struct Fixture {
-    clock: ManualClock,
+    keyed: KeyedPlan,
     burst: u32,
-    plans: UsagePlans,
-    key_id: String,
-    key: String,
     authorizer_calls: Calls,
     handler_calls: Calls,
     seen: Seen,
+}
+
+/// The plan, its key and the clock.
+impl std::ops::Deref for Fixture {
+    type Target = KeyedPlan;
+
+    fn deref(&self) -> &KeyedPlan {
+        &self.keyed
+    }
 }
 
 impl Fixture {
     /// A coarse throttle of `burst` requests per client (one more each second) and a usage
     /// plan `basic` with a daily `quota`, with one key on it.
     async fn new(burst: u32, quota: u32) -> Self {
-        let noon = Day::from_ymd(2026, 3, 10).unwrap().start() + Duration::from_secs(12 * 3600);
-        let clock = ManualClock::starting_at(noon);
-        let plans = UsagePlans::builder()
-            .clock(clock.clone())
-            .plan(UsagePlan::new("basic").quota(quota, QuotaPeriod::Day))
-            .build()
-            .unwrap();
-        let (key, secret) = plans.create_key(NewKey::new("basic")).await.unwrap();
         Self {
-            clock,
+            keyed: KeyedPlan::new(quota).await,
             burst,
-            plans,
-            key_id: key.id().to_owned(),
-            key: secret.expose().to_owned(),
             authorizer_calls: Calls::default(),
             handler_calls: Calls::default(),
             seen: Seen::default(),
@@ -108,25 +101,9 @@ impl Fixture {
             .unwrap()
     }
 
-    /// A custom authorizer whose function counts its calls: `ALICE` is allowed, `MALLORY`
-    /// denied, any other token refused.
+    /// The counting authorizer: `ALICE` is allowed, `MALLORY` denied, any other token refused.
     fn authorizer(&self) -> AuthLayer<CustomAuthorizer> {
-        let calls = self.authorizer_calls.clone();
-        let authorizer =
-            CustomAuthorizer::builder([IdentitySource::Header(http::header::AUTHORIZATION)])
-                // No decision cache, so every request that reaches the authorizer calls it.
-                .ttl(Duration::ZERO)
-                .from_fn(move |identity| {
-                    calls.next();
-                    let response = match identity.header("authorization") {
-                        Some(ALICE) => AuthorizerResponse::Allow(Allow::new("alice")),
-                        Some(MALLORY) => AuthorizerResponse::Deny,
-                        _ => AuthorizerResponse::Unauthorized,
-                    };
-                    std::future::ready(Ok::<_, BoxError>(response))
-                })
-                .unwrap();
-        AuthLayer::new(authorizer)
+        counting_authorizer(self.authorizer_calls.clone())
     }
 
     /// A minute's cache shared by every caller, so a second key's hit shows the entry is there.
@@ -212,13 +189,6 @@ impl Fixture {
         let mut headers = vec![("x-api-key", key)];
         headers.extend(authorization.map(|token| ("authorization", token)));
         fetch(addr, "/widgets", &headers).await
-    }
-
-    /// The key's usage today: units used and left.
-    async fn usage_today(&self) -> (u64, Option<u64>) {
-        let today = Day::of(self.clock.system_time());
-        let report = self.plans.usage(&self.key_id, today, today).await.unwrap();
-        (report.days[0].used, report.days[0].remaining)
     }
 }
 

@@ -15,3 +15,8 @@ mod jwt;
 #[cfg(feature = "jwt")]
 #[allow(unused_imports)] // each test binary uses its own part of this module
 pub use jwt::{bearer, bearer_with_scopes, jwt};
+#[cfg(all(feature = "auth", feature = "usage"))]
+mod steps;
+#[cfg(all(feature = "auth", feature = "usage"))]
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use steps::{counting_authorizer, KeyedPlan, ALICE, MALLORY};
