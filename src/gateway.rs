@@ -117,105 +117,6 @@ where
     }
 }
 
-/// tower-http's request-id layers as one: set (or keep) the id, and echo it.
-#[cfg(feature = "observe")]
-#[derive(Clone, Debug)]
-struct RequestIdLayer {
-    header: http::HeaderName,
-}
-
-#[cfg(feature = "observe")]
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = tower_http::request_id::SetRequestId<
-        tower_http::request_id::PropagateRequestId<S>,
-        tower_http::request_id::MakeRequestUuid,
-    >;
-
-    // Set outside, so that the id made for a request without one is there to be echoed.
-    fn layer(&self, inner: S) -> Self::Service {
-        use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-        let propagate = PropagateRequestIdLayer::new(self.header.clone()).layer(inner);
-        SetRequestIdLayer::new(self.header.clone(), MakeRequestUuid).layer(propagate)
-    }
-}
-
-/// Counts and times each request ([`GatewayBuilder::metrics`]).
-#[cfg(feature = "observe")]
-#[derive(Clone, Copy, Debug)]
-struct MetricsLayer;
-
-#[cfg(feature = "observe")]
-impl Layer<GatewayService> for MetricsLayer {
-    type Service = Metrics;
-
-    fn layer(&self, inner: GatewayService) -> Metrics {
-        Metrics { inner }
-    }
-}
-
-#[cfg(feature = "observe")]
-#[derive(Clone, Debug)]
-struct Metrics {
-    inner: GatewayService,
-}
-
-#[cfg(feature = "observe")]
-impl Service<Request<Body>> for Metrics {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = GatewayFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> GatewayFuture {
-        let method = method_label(request.method());
-        let started = std::time::Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            let status = response.status().as_u16().to_string();
-            let decision = response
-                .extensions()
-                .get::<crate::ProblemType>()
-                .map_or("allowed", |problem| problem.slug());
-            metrics::counter!(
-                "tollgate_requests_total",
-                "method" => method,
-                "status" => status.clone(),
-                "decision" => decision
-            )
-            .increment(1);
-            metrics::histogram!(
-                "tollgate_request_duration_seconds",
-                "method" => method,
-                "status" => status
-            )
-            .record(started.elapsed().as_secs_f64());
-            Ok(response)
-        })
-    }
-}
-
-/// The method as a label: the standard ones by name, any other as `other`, so a client
-/// cannot grow the label set.
-#[cfg(feature = "observe")]
-fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "other",
-    }
-}
-
 /// One step of the gateway, named for `Debug` and for errors.
 #[derive(Clone)]
 struct Step {
@@ -230,8 +131,9 @@ struct Step {
 /// 0. `request_id` (feature `observe`): tower-http's request-id layers give every request an
 ///    `x-request-id` (a UUID when the client sent none), which every later step, the
 ///    application and an HTTP upstream see, and echo it in the response, refusals included;
-///    Then `metrics` (feature `observe`): every request counted and timed, by method, status
-///    and decision, whichever step answered it;
+///    then `access_log` (feature `observe`): one `tracing` event per request with what every
+///    step decided; then `metrics` (feature `observe`): every request counted and timed, by
+///    method, route, status and decision, whichever step answered it;
 /// 1. `ip_filter` (feature `access`): IP allow and deny lists; 403, to every method (a
 ///    denied client cannot even preflight);
 /// 2. `cors` (feature `access`): tower-http's CORS layer; a browser's preflight, which
@@ -344,7 +246,8 @@ impl Gateway {
             })
     }
 
-    /// The names of the steps, outermost first: `request_id`, `metrics`, `ip_filter`, `cors`,
+    /// The names of the steps, outermost first: `request_id`, `access_log`, `metrics`,
+    /// `ip_filter`, `cors`,
     /// `throttle`, `authorizer`, `usage`, `cache`, then `layer` for each of the application's
     /// own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -405,6 +308,7 @@ where
 #[must_use]
 pub struct GatewayBuilder {
     request_id: Option<Step>,
+    access_log: Option<Step>,
     metrics: Option<Step>,
     cors: Option<Step>,
     ip_filter: Option<Step>,
@@ -446,20 +350,32 @@ impl GatewayBuilder {
     #[cfg(feature = "observe")]
     #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
     pub fn request_id_header(mut self, header: http::HeaderName) -> Self {
-        self.request_id = step("request_id", RequestIdLayer { header });
+        self.request_id = step("request_id", crate::observe::RequestIdLayer { header });
         self
     }
 
-    /// Request metrics (after the request id), through the `metrics` facade:
-    /// `tollgate_requests_total{method, status, decision}` and
-    /// `tollgate_request_duration_seconds{method, status}`, the time until the response's
-    /// head. `decision` is `allowed`, or the refusal's problem type (`throttled`,
+    /// Request metrics (after the request id and the access log), through the `metrics`
+    /// facade: `tollgate_requests_total{method, route, status, decision}` and
+    /// `tollgate_request_duration_seconds{method, route, status}`, the time until the
+    /// response's head. `route` is the path template that served the request (axum's
+    /// `MatchedPath` when the gateway is added with `Router::layer`, or the configured route),
+    /// `unmatched` when none did. `decision` is `allowed`, or the refusal's problem type (`throttled`,
     /// `quota-exceeded`, `unauthorized`, `forbidden`, `not-found`, ...) whichever step
     /// refused; methods outside the standard ones are counted as `other`.
     #[cfg(feature = "observe")]
     #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
     pub fn metrics(mut self) -> Self {
-        self.metrics = step("metrics", MetricsLayer);
+        self.metrics = step("metrics", crate::observe::MetricsLayer);
+        self
+    }
+
+    /// The access log (after the request id, before the metrics): one `tracing` event per
+    /// request, whichever step answered it, with what every step decided (see
+    /// [`observe`](crate::observe) for the fields); a second call replaces the first.
+    #[cfg(feature = "observe")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
+    pub fn access_log(mut self, layer: crate::observe::AccessLogLayer) -> Self {
+        self.access_log = step("access_log", layer);
         self
     }
 
@@ -548,6 +464,7 @@ impl GatewayBuilder {
     fn steps(&self) -> impl Iterator<Item = &Step> {
         [
             &self.request_id,
+            &self.access_log,
             &self.metrics,
             &self.ip_filter,
             &self.cors,

@@ -69,6 +69,10 @@ pub use gateway::{Gateway, GatewayBuilder, GatewayFuture, GatewayService, Gatewa
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
 
+#[cfg(feature = "observe")]
+#[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
+pub mod observe;
+
 /// Shared types of every layer (`tollgate-core`).
 pub use tollgate_core as core;
 

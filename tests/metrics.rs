@@ -1,5 +1,5 @@
 //! The gateway's request metrics over real loopback TCP: every request counted by method,
-//! status and decision (which step refused it, if one did) and timed, read back from a
+//! route, status and decision (which step refused it, if one did) and timed, read back from a
 //! recorder installed for this test binary.
 
 mod support;
@@ -82,6 +82,9 @@ async fn every_request_is_counted_by_status_and_decision_and_timed() {
     assert_eq!(refused.status, 429, "{refused:?}");
     let unusual = client.send("BREW", addr, "/hello", &[]).await;
     assert_eq!(unusual.status, 429, "{unusual:?}");
+    // No route serves it: throttled all the same, and counted under `unmatched`.
+    let elsewhere = client.get(addr, "/hello/../elsewhere", &[]).await;
+    assert_eq!(elsewhere.status, 429, "{elsewhere:?}");
 
     let snapshot: Vec<_> = snapshotter
         .snapshot()
@@ -91,6 +94,7 @@ async fn every_request_is_counted_by_status_and_decision_and_timed() {
         .collect();
     let allowed = [
         ("method", "GET"),
+        ("route", "/hello"),
         ("status", "200"),
         ("decision", "allowed"),
     ];
@@ -100,10 +104,14 @@ async fn every_request_is_counted_by_status_and_decision_and_timed() {
         ("status", "429"),
         ("decision", "throttled"),
     ];
-    assert_eq!(counter(&snapshot, &throttled), 1);
+    assert_eq!(counter(&snapshot, &throttled), 2);
     // A method outside the standard ones cannot grow the label set.
     assert_eq!(counter(&snapshot, &[("method", "other")]), 1);
     assert_eq!(counter(&snapshot, &[("method", "BREW")]), 0);
     assert_eq!(timings(&snapshot, "200"), 1);
-    assert_eq!(timings(&snapshot, "429"), 2);
+    assert_eq!(timings(&snapshot, "429"), 3);
+    // Labelled by the route's template, never by the path a client made up.
+    assert_eq!(counter(&snapshot, &[("route", "/hello")]), 3);
+    assert_eq!(counter(&snapshot, &[("route", "unmatched")]), 1);
+    assert_eq!(counter(&snapshot, &[("route", "/hello/../elsewhere")]), 0);
 }

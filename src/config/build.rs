@@ -752,6 +752,17 @@ pub(crate) async fn build(
             .map_err(|_| fail("request_id.header", "not a header name"))?;
         gateway = gateway.request_id_header(header);
     }
+    if let Some(log) = &config.access_log {
+        let client_ip =
+            crate::key::ClientIp::new(log.trusted_proxies.clone()).header(log.forwarded_header);
+        let mut layer = crate::observe::AccessLogLayer::new().client_ip(client_ip);
+        if let Some(header) = config.request_id.as_ref().and_then(|r| r.header.as_deref()) {
+            if let Ok(header) = http::HeaderName::from_bytes(header.as_bytes()) {
+                layer = layer.request_id_header(header);
+            }
+        }
+        gateway = gateway.access_log(layer);
+    }
     if config.metrics {
         gateway = gateway.metrics();
     }
@@ -1326,6 +1337,9 @@ impl Dispatch {
     > {
         let (method, path) = (request.method(), request.uri().path());
         if let Some(route) = self.routes.at(method, path) {
+            crate::core::AccessRecord::update(request.extensions(), |fields| {
+                fields.route = Some(route.template().into());
+            });
             return Box::pin(route.value().clone().oneshot(request));
         }
         let response = match self.allowed.at(method, path) {

@@ -72,7 +72,7 @@
 //! # The order of the steps
 //!
 //! Requests go through the stage router (when `stages` is set), then the request id
-//! (`request_id`), the IP lists (`ip_filter`), CORS (`cors`: a preflight is answered here),
+//! (`request_id`), the access log (`access_log`) and the metrics (`metrics`), the IP lists (`ip_filter`), CORS (`cors`: a preflight is answered here),
 //! the throttle, the authorizer, the usage plan (on routes with `api_key: true`), the cache,
 //! and the route's integration — the order of [`Gateway`](crate::Gateway), which this
 //! builds.
@@ -127,9 +127,15 @@ pub struct GatewayConfig {
     /// HTTP upstream) and echoed in every response.
     #[serde(default)]
     pub request_id: Option<RequestIdConfig>,
-    /// Request metrics through the `metrics` facade (`tollgate_requests_total{method, status,
-    /// decision}`, `tollgate_request_duration_seconds`), after the request id (default
-    /// `false`).
+    /// The access log, after the request id: one `tracing` event per request (target
+    /// `tollgate::access`; [`observe`](crate::observe) lists the fields). `{}` takes the TCP
+    /// peer for the client; `{ trusted_proxies: [...], forwarded_header: forwarded }` reads
+    /// the client behind your proxies.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+    /// Request metrics through the `metrics` facade (`tollgate_requests_total{method, route,
+    /// status, decision}`, `tollgate_request_duration_seconds{method, route, status}`), after
+    /// the access log (default `false`).
     #[serde(default)]
     pub metrics: bool,
     /// CORS, answered right after the IP lists (a browser's preflight is never throttled,
@@ -306,6 +312,19 @@ pub struct RequestIdConfig {
     /// The header (default `x-request-id`).
     #[serde(default)]
     pub header: Option<String>,
+}
+
+/// The `access_log` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// Proxies whose forwarding headers name the client (default: none, the TCP peer is the
+    /// client).
+    #[serde(default)]
+    pub trusted_proxies: crate::TrustedProxies,
+    /// The forwarding header those proxies write (default `x-forwarded-for`).
+    #[serde(default)]
+    pub forwarded_header: crate::ForwardedHeader,
 }
 
 /// The authorizer and the policy of routes that set none.

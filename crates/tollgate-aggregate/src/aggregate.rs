@@ -18,7 +18,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Map, Value};
 use tokio::sync::{watch, Semaphore};
-use tollgate_core::{has_dot_segment, Principal, Rejection};
+use tollgate_core::{has_dot_segment, AccessRecord, Principal, Rejection};
 use tower::Service;
 
 use crate::backend::{Backend, BackendBody, LocalCall, Location};
@@ -605,7 +605,16 @@ impl<B> Service<Request<B>> for Aggregate {
         let endpoint = Arc::clone(&self.endpoint);
         // The incoming body is not read: backends get their own bodies from templates.
         let (parts, _body) = request.into_parts();
-        Box::pin(async move { Ok(endpoint.answer(parts).await) })
+        let record = AccessRecord::of(&parts.extensions).cloned();
+        Box::pin(async move {
+            let started = Instant::now();
+            let response = endpoint.answer(parts).await;
+            if let Some(record) = record {
+                // The fan-out, from its start until its last backend answered (or was given up).
+                record.note(|fields| fields.add_upstream(started.elapsed()));
+            }
+            Ok(response)
+        })
     }
 }
 

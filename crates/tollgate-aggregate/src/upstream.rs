@@ -16,8 +16,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use tollgate_core::{
-    has_dot_segment, remove_hop_by_hop, Principal, Rejection, RequestHead, ResponseBody,
-    TrustedProxies,
+    has_dot_segment, remove_hop_by_hop, AccessRecord, Principal, Rejection, RequestHead,
+    ResponseBody, TrustedProxies,
 };
 use tower::Service;
 
@@ -558,6 +558,7 @@ where
             host: requested_host(&parts.headers, &parts.uri),
         };
         let principal = parts.extensions.get::<Principal>().cloned();
+        let record = AccessRecord::of(&parts.extensions).cloned();
         inner.headers(&mut parts.headers, &hop, principal.as_ref());
 
         let (upload, mut progress) = Upload::new(body);
@@ -591,10 +592,15 @@ where
                     () = stalled => None,
                 }
             };
+            let started = std::time::Instant::now();
             let outcome = match total {
                 Some(at) => tokio::time::timeout_at(at, exchange).await.unwrap_or(None),
                 None => exchange.await,
             };
+            if let Some(record) = record {
+                // Until the response's head (or the gateway gave up on it).
+                record.note(|fields| fields.add_upstream(started.elapsed()));
+            }
             let response = match outcome {
                 Some(Ok(response)) => response,
                 Some(Err(error)) => return Ok(failed(&inner, &error).into_response()),

@@ -6,7 +6,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use serde_json::Value;
 use tollgate_core::{
-    BearerError, BodyMode, Principal, Rejection, RequestHead, RouteTable, WrapBody,
+    AccessRecord, BearerError, BodyMode, Principal, Rejection, RequestHead, RouteTable, WrapBody,
 };
 use tower::Service;
 
@@ -138,6 +138,9 @@ impl<A> Shared<A> {
                 tracing::trace!(subject = principal.subject(), "tollgate auth: allowed");
                 count(Outcome::Allowed);
                 self.write_claim_headers(request.headers_mut(), Some(&principal));
+                AccessRecord::update(request.extensions(), |fields| {
+                    fields.principal = Some(principal.clone());
+                });
                 request.extensions_mut().insert(principal);
                 Ok(())
             }

@@ -12,6 +12,7 @@
 //!   header, the principal, the API key, the matched route, or everyone together).
 //! - [`RouteTable`]: method + path template to settings, for per-route overrides.
 //! - [`Clock`]: the time source, so windows and TTLs are testable without sleeping.
+//! - [`AccessRecord`]: where each layer notes what it decided, for the access log.
 //!
 //! # Example
 //!
@@ -40,6 +41,7 @@ pub mod key;
 mod path;
 mod principal;
 pub mod ratelimit;
+mod record;
 mod rejection;
 mod route;
 mod stage;
@@ -54,6 +56,7 @@ pub use key::{
 };
 pub use path::{has_dot_segment, is_dot_segment};
 pub use principal::{Principal, PrincipalBuilder};
+pub use record::{AccessFields, AccessRecord};
 pub use rejection::{retry_after_seconds, BearerError, ProblemType, Rejection};
 pub use route::{RouteMatch, RouteTable, RouteTableError};
 pub use stage::Stage;

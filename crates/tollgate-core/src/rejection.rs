@@ -29,6 +29,8 @@ pub enum ProblemType {
     Conflict,
     /// The body is not of a media type the route reads (415).
     UnsupportedMediaType,
+    /// The body is larger than the route accepts (413).
+    PayloadTooLarge,
     /// The API version was retired after its sunset date (410).
     Gone,
     /// A rate limit refused the request (429).
@@ -57,6 +59,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Conflict => "conflict",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::PayloadTooLarge => "payload-too-large",
             Self::Gone => "gone",
             Self::Throttled => "throttled",
             Self::QuotaExceeded => "quota-exceeded",
@@ -78,6 +81,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "urn:tollgate:problem:method-not-allowed",
             Self::Conflict => "urn:tollgate:problem:conflict",
             Self::UnsupportedMediaType => "urn:tollgate:problem:unsupported-media-type",
+            Self::PayloadTooLarge => "urn:tollgate:problem:payload-too-large",
             Self::Gone => "urn:tollgate:problem:gone",
             Self::Throttled => "urn:tollgate:problem:throttled",
             Self::QuotaExceeded => "urn:tollgate:problem:quota-exceeded",
@@ -98,6 +102,7 @@ impl ProblemType {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Conflict => "Conflict",
             Self::UnsupportedMediaType => "Unsupported media type",
+            Self::PayloadTooLarge => "Payload too large",
             Self::Gone => "Gone",
             Self::Throttled => "Too many requests",
             Self::QuotaExceeded => "Quota exceeded",
@@ -163,6 +168,9 @@ pub struct Rejection {
     problem: ProblemType,
     detail: Option<Cow<'static, str>>,
     headers: HeaderMap,
+    /// Extension members of the problem document (RFC 9457 §3.2), such as a list of
+    /// violations; boxed, as most refusals have none.
+    members: Option<Box<serde_json::Map<String, serde_json::Value>>>,
     /// The problem document, when rendered ahead of time.
     rendered: Option<Bytes>,
 }
@@ -175,6 +183,8 @@ struct ProblemDocument<'a> {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    members: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Rejection {
@@ -185,6 +195,7 @@ impl Rejection {
             problem,
             detail: None,
             headers: HeaderMap::new(),
+            members: None,
             rendered: None,
         }
     }
@@ -232,6 +243,12 @@ impl Rejection {
             Ok(value) => rejection.with_header(WWW_AUTHENTICATE, value),
             Err(_) => rejection,
         }
+    }
+
+    /// 413: the body is larger than the route accepts (`limit` bytes).
+    pub fn payload_too_large(limit: u64) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemType::PayloadTooLarge)
+            .with_detail(format!("the body is larger than {limit} bytes"))
     }
 
     /// 404: nothing serves this request.
@@ -284,6 +301,29 @@ impl Rejection {
         self.detail = Some(detail.into());
         self.rendered = None;
         self
+    }
+
+    /// Adds an extension member to the problem document (RFC 9457 §3.2), such as `errors`,
+    /// a list of what was wrong with the request. A member named like a standard one (`type`,
+    /// `title`, `status`, `detail`, `instance`) is ignored. Never put secrets here.
+    #[must_use]
+    pub fn with_member(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        let name = name.into();
+        if !matches!(
+            name.as_str(),
+            "type" | "title" | "status" | "detail" | "instance"
+        ) {
+            self.members
+                .get_or_insert_with(Default::default)
+                .insert(name, value);
+            self.rendered = None;
+        }
+        self
+    }
+
+    /// An extension member of the problem document, if set.
+    pub fn member(&self, name: &str) -> Option<&serde_json::Value> {
+        self.members.as_ref()?.get(name)
     }
 
     /// Renders the problem document now, so that this refusal and its clones reuse it: for a
@@ -348,8 +388,9 @@ impl Rejection {
             title: self.problem.title(),
             status: self.status.as_u16(),
             detail: self.detail.as_deref(),
+            members: self.members.as_deref(),
         };
-        // Serialising a struct of strings and an integer cannot fail.
+        // Serialising strings, an integer and JSON values with string keys cannot fail.
         serde_json::to_vec(&document).map_or_else(|_| Bytes::new(), Bytes::from)
     }
 
@@ -477,6 +518,27 @@ mod tests {
         assert_eq!(prerendered.to_json(), rejection.to_json());
         let changed = prerendered.with_detail("expected two tokens");
         assert_eq!(problem(&changed)["detail"], "expected two tokens");
+    }
+
+    #[test]
+    fn members_extend_the_document_and_never_replace_a_standard_member() {
+        let rejection = Rejection::bad_request("2 violations")
+            .prerendered()
+            .with_member("errors", serde_json::json!([{"pointer": "/a"}]))
+            .with_member("status", serde_json::json!(200))
+            .with_member("type", serde_json::json!("about:blank"));
+        let document = problem(&rejection);
+        assert_eq!(document["errors"][0]["pointer"], "/a");
+        assert_eq!(document["status"], 400);
+        assert_eq!(document["type"], "urn:tollgate:problem:bad-request");
+        assert_eq!(rejection.member("errors").unwrap()[0]["pointer"], "/a");
+        assert!(rejection.member("status").is_none());
+        let too_large = Rejection::payload_too_large(1024);
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            problem(&too_large)["type"],
+            "urn:tollgate:problem:payload-too-large"
+        );
     }
 
     #[test]

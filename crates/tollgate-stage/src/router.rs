@@ -10,8 +10,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use tollgate_core::key::PeerIp;
 use tollgate_core::{
-    has_dot_segment, BodyMode, Clock, InnerBody, KeyExtractor, Principal, Rejection, RequestHead,
-    SharedClock, Stage, WrapBody,
+    has_dot_segment, AccessRecord, BodyMode, Clock, InnerBody, KeyExtractor, Principal, Rejection,
+    RequestHead, SharedClock, Stage, WrapBody,
 };
 use tower::{Service, ServiceExt};
 
@@ -984,6 +984,9 @@ where
                 drop(original);
             }
         }
+        AccessRecord::update(request.extensions(), |fields| {
+            fields.stage = Some(side.stage.clone());
+        });
         request.extensions_mut().insert(side.stage.clone());
         let extra = Extra {
             deployment: shared

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Request};
 use tollgate_core::ratelimit::{append_fields, reset_seconds, FieldList, RateLimitFields};
-use tollgate_core::{Clock, Key, Principal, Rejection, Stage};
+use tollgate_core::{AccessRecord, Clock, Key, Principal, Rejection, Stage};
 use tollgate_throttle::{
     AllowedFields, Check, Outcome, StoreError as ThrottleStoreError, StoreFailure, ThrottleStore,
 };
@@ -51,6 +51,9 @@ impl Pass {
                 extensions.insert(self.key.principal().clone());
             }
         }
+        if let Some(record) = AccessRecord::of(request.extensions()) {
+            record.note(|fields| fields.principal = request.extensions().get().cloned());
+        }
     }
 }
 
@@ -61,6 +64,7 @@ struct Facts {
     stage: Option<Stage>,
     method: Method,
     path: Box<str>,
+    record: Option<AccessRecord>,
 }
 
 /// The rate-limit fields of one request.
@@ -107,12 +111,14 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
                     stage: request.extensions().get::<Stage>().cloned(),
                     method: request.method().clone(),
                     path: request.uri().path().into(),
+                    record: AccessRecord::of(request.extensions()).cloned(),
                 };
                 return Decision::Wait(Box::pin(self.clone().after_get(facts, get)));
             }
         };
         let stage = request.extensions().get::<Stage>();
-        let (key, plan) = match self.admit(found, &hash, now, stage) {
+        let record = AccessRecord::of(request.extensions());
+        let (key, plan) = match self.admit(found, &hash, now, stage, record) {
             Ok(admitted) => admitted,
             Err(rejection) => return Decision::Reject(rejection),
         };
@@ -143,7 +149,13 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
     }
 
     async fn after_get(self: Arc<Self>, facts: Facts, get: K::Get) -> Result<Pass, Box<Rejection>> {
-        let (key, plan) = self.admit(get.await, &facts.hash, facts.now, facts.stage.as_ref())?;
+        let (key, plan) = self.admit(
+            get.await,
+            &facts.hash,
+            facts.now,
+            facts.stage.as_ref(),
+            facts.record.as_ref(),
+        )?;
         let mut report = Report::new(facts.now);
         if let Some(rule) = self.rule_for(plan, &facts.method, &facts.path) {
             let result = match self.check_throttle(&key, rule) {
@@ -193,6 +205,7 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
         presented: &KeyHash,
         now: SystemTime,
         stage: Option<&Stage>,
+        record: Option<&AccessRecord>,
     ) -> Result<(Arc<ApiKey>, &PlanState), Box<Rejection>> {
         let counters = self.counters();
         let key = match found {
@@ -208,6 +221,12 @@ impl<K: KeyStore, Q: QuotaStore, T: ThrottleStore> Shared<K, Q, T> {
                 return Err(Box::new(Rejection::unavailable(Duration::from_secs(1))));
             }
         };
+        if let Some(record) = record {
+            record.note(|fields| {
+                fields.api_key_id = Some(key.id_shared().clone());
+                fields.usage_plan = Some(key.plan().into());
+            });
+        }
         let refuse = |rejection: &Rejection, reason: &'static str| {
             counters.forbidden.increment(1);
             tracing::debug!(key = %key.id(), reason, "tollgate usage: key refused");

@@ -1,0 +1,438 @@
+//! Seeing every request: request ids, an access log and request metrics.
+//!
+//! The access log is one structured [`tracing`] event per request, target `tollgate::access`,
+//! level INFO, message `request`, written when the response is complete. Its fields, each
+//! present only when known:
+//!
+//! | field | what it holds |
+//! |---|---|
+//! | `request_id` | the request id header (`x-request-id`, from the gateway's `request_id` step or the client) |
+//! | `client_ip` | the client's IP address, behind the configured trusted proxies |
+//! | `method` | the request method |
+//! | `path` | the request path, without the query string (which may hold credentials) |
+//! | `route` | the path template of the route that served it (`/pets/{id}`) |
+//! | `status` | the response status |
+//! | `latency_ms` | from the request's arrival to the response head, in milliseconds |
+//! | `total_ms` | to the end of the response body, for a streamed body |
+//! | `upstream_ms` | time spent waiting for an HTTP upstream or an aggregate's backends |
+//! | `bytes` | the response body's size |
+//! | `subject` | the caller, as the authorizer verified it |
+//! | `api_key_id` | the id of the API key the usage plan verified — never the key |
+//! | `plan` | that key's usage plan |
+//! | `stage`, `deployment` | the stage and the deployment (`prod`, `prod-canary`) that served it |
+//! | `cache` | the cache's `X-Cache-Status` (`HIT`, `MISS`, `STALE`, `BYPASS`, ...) |
+//! | `decision` | `allowed`, or the refusal's problem type (`throttled`, `quota-exceeded`, `unauthorized`, ...) |
+//! | `rejection` | the refusal's problem type URI (`urn:tollgate:problem:throttled`), when refused |
+//! | `aborted` | `true` when the client went away before the body was sent |
+//!
+//! Credentials never reach the log: no header is logged but the request id, the query string
+//! is dropped, and API keys appear by id only.
+//!
+//! A layer notes what it decided in the request's [`AccessRecord`](crate::core::AccessRecord)
+//! (the authorizer its principal, the usage plan the key id and plan, the stage router the
+//! stage, an upstream its latency, a configured route its template); the access log reads the
+//! rest from the request and the response. On an axum `Router`, a gateway added with
+//! `Router::layer` runs after routing, so the route is axum's `MatchedPath`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::MatchedPath;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http_body::{Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::core::{AccessFields, AccessRecord, ProblemType, RequestHead};
+use crate::gateway::{GatewayFuture, GatewayService};
+use crate::key::ClientIp;
+use crate::TrustedProxies;
+
+/// The default request id header.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The cache's status header, read for the access log's `cache` field.
+const X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
+
+/// The record of `request`: the one an outer layer put there, or a new one.
+fn record_of(request: &mut Request<Body>) -> AccessRecord {
+    if let Some(record) = AccessRecord::of(request.extensions()) {
+        return record.clone();
+    }
+    let record = AccessRecord::new();
+    if let Some(matched) = request.extensions().get::<MatchedPath>() {
+        record.note(|fields| fields.route = Some(matched.as_str().into()));
+    }
+    request.extensions_mut().insert(record.clone());
+    record
+}
+
+/// tower-http's request-id layers as one: set (or keep) the id, and echo it.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestIdLayer {
+    pub(crate) header: HeaderName,
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = tower_http::request_id::SetRequestId<
+        tower_http::request_id::PropagateRequestId<S>,
+        tower_http::request_id::MakeRequestUuid,
+    >;
+
+    // Set outside, so that the id made for a request without one is there to be echoed.
+    fn layer(&self, inner: S) -> Self::Service {
+        use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+        let propagate = PropagateRequestIdLayer::new(self.header.clone()).layer(inner);
+        SetRequestIdLayer::new(self.header.clone(), MakeRequestUuid).layer(propagate)
+    }
+}
+
+/// Counts and times each request ([`GatewayBuilder::metrics`](crate::GatewayBuilder::metrics)).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetricsLayer;
+
+impl Layer<GatewayService> for MetricsLayer {
+    type Service = Metrics;
+
+    fn layer(&self, inner: GatewayService) -> Metrics {
+        Metrics { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Metrics {
+    inner: GatewayService,
+}
+
+impl Service<Request<Body>> for Metrics {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> GatewayFuture {
+        let method = method_label(request.method());
+        let record = record_of(&mut request);
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let status = response.status().as_u16().to_string();
+            let route = record
+                .fields()
+                .route
+                .map_or_else(|| "unmatched".to_owned(), |route| route.to_string());
+            metrics::counter!(
+                "tollgate_requests_total",
+                "method" => method,
+                "route" => route.clone(),
+                "status" => status.clone(),
+                "decision" => decision(&response)
+            )
+            .increment(1);
+            metrics::histogram!(
+                "tollgate_request_duration_seconds",
+                "method" => method,
+                "route" => route,
+                "status" => status
+            )
+            .record(started.elapsed().as_secs_f64());
+            Ok(response)
+        })
+    }
+}
+
+/// `allowed`, or the problem type of the refusal in `response`.
+fn decision<B>(response: &Response<B>) -> &'static str {
+    response
+        .extensions()
+        .get::<ProblemType>()
+        .map_or("allowed", |problem| problem.slug())
+}
+
+/// The method as a label: the standard ones by name, any other as `other`, so a client
+/// cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The access log: one `tracing` event per request (see [the module](self) for its fields).
+///
+/// Put it in a [`Gateway`](crate::Gateway) with
+/// [`GatewayBuilder::access_log`](crate::GatewayBuilder::access_log), where it runs right
+/// after the request id and so logs every request, refused or not. It is also a tower layer of
+/// its own for any service that takes axum bodies.
+///
+/// ```
+/// use tollgate::observe::AccessLogLayer;
+/// use tollgate::{Gateway, TrustedProxies};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let gateway = Gateway::builder()
+///     .request_id()
+///     .access_log(AccessLogLayer::new().trusted_proxies(TrustedProxies::new(["10.0.0.0/8"])?))
+///     .build();
+/// # let _ = gateway;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct AccessLogLayer {
+    client_ip: ClientIp,
+    request_id: Option<HeaderName>,
+}
+
+impl AccessLogLayer {
+    /// An access log that takes the TCP peer for the client and reads `x-request-id`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the client's address from the forwarding headers of these proxies, as the
+    /// throttle's [`ClientIp`] does.
+    #[must_use]
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.client_ip = ClientIp::new(proxies);
+        self
+    }
+
+    /// Finds the client's address with `client_ip` (trusted proxies and their header).
+    #[must_use]
+    pub fn client_ip(mut self, client_ip: ClientIp) -> Self {
+        self.client_ip = client_ip;
+        self
+    }
+
+    /// Reads the request id from `header` rather than `x-request-id`.
+    #[must_use]
+    pub fn request_id_header(mut self, header: HeaderName) -> Self {
+        self.request_id = Some(header);
+        self
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of an [`AccessLogLayer`].
+#[derive(Clone, Debug)]
+pub struct AccessLog<S> {
+    inner: S,
+    layer: AccessLogLayer,
+}
+
+/// What the access log learnt from the request, before it went in.
+#[derive(Debug)]
+struct Entry {
+    started: Instant,
+    record: AccessRecord,
+    request_id: Option<HeaderValue>,
+    request_id_header: HeaderName,
+    client_ip: Option<IpAddr>,
+    method: Method,
+    path: Box<str>,
+}
+
+impl<S> Service<Request<Body>> for AccessLog<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let request_id_header = self.layer.request_id.clone().unwrap_or(X_REQUEST_ID);
+        let entry = Entry {
+            started,
+            record: record_of(&mut request),
+            request_id: request.headers().get(&request_id_header).cloned(),
+            request_id_header,
+            client_ip: self.layer.client_ip.client_ip(&RequestHead::of(&request)),
+            method: request.method().clone(),
+            path: request.uri().path().into(),
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let latency = entry.started.elapsed();
+            let (parts, body) = response.into_parts();
+            let head = Head {
+                status: parts.status.as_u16(),
+                decision: parts.extensions.get::<ProblemType>().copied(),
+                cache: parts.headers.get(X_CACHE_STATUS).cloned(),
+                request_id: parts.headers.get(&entry.request_id_header).cloned(),
+                latency,
+            };
+            let body = match http_body::Body::size_hint(&body).exact() {
+                // The body is in memory: logged now, and the body goes out as it is.
+                Some(bytes) => {
+                    log(&entry, &head, bytes, None, false);
+                    body
+                }
+                None => Body::new(LoggedBody {
+                    body,
+                    log: Some((entry, head)),
+                    bytes: 0,
+                }),
+            };
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
+
+/// What the access log learnt from the response head.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    decision: Option<ProblemType>,
+    cache: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    latency: Duration,
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Writes the access log event.
+fn log(entry: &Entry, head: &Head, bytes: u64, total: Option<Duration>, aborted: bool) {
+    let AccessFields {
+        route,
+        principal,
+        api_key_id,
+        usage_plan,
+        stage,
+        upstream,
+        ..
+    } = entry.record.fields();
+    let request_id = entry.request_id.as_ref().or(head.request_id.as_ref());
+    let api_key_id = api_key_id.or_else(|| principal.as_ref()?.api_key_id_shared().cloned());
+    let plan = usage_plan.or_else(|| Some(principal.as_ref()?.usage_plan_id()?.into()));
+    tracing::info!(
+        target: "tollgate::access",
+        request_id = request_id.and_then(|id| id.to_str().ok()),
+        client_ip = entry.client_ip.map(tracing::field::display),
+        method = entry.method.as_str(),
+        path = &*entry.path,
+        route = route.as_deref(),
+        status = head.status,
+        latency_ms = millis(head.latency),
+        total_ms = total.map(millis),
+        upstream_ms = upstream.map(millis),
+        bytes,
+        subject = principal.as_ref().and_then(|p| p.subject()),
+        api_key_id = api_key_id.as_deref(),
+        plan = plan.as_deref(),
+        stage = stage.as_ref().map(|stage| stage.name()),
+        deployment = stage.as_ref().map(|stage| stage.deployment()),
+        cache = head.cache.as_ref().and_then(|value| value.to_str().ok()),
+        decision = head.decision.map_or("allowed", ProblemType::slug),
+        rejection = head.decision.map(ProblemType::uri),
+        aborted = aborted.then_some(true),
+        "request"
+    );
+}
+
+pin_project! {
+    /// A streamed response body, counted as it goes out; the access log is written when it
+    /// ends, fails or is dropped.
+    struct LoggedBody {
+        #[pin]
+        body: Body,
+        log: Option<(Entry, Head)>,
+        bytes: u64,
+    }
+
+    impl PinnedDrop for LoggedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((entry, head)) = this.log.take() {
+                log(&entry, &head, *this.bytes, Some(entry.started.elapsed()), true);
+            }
+        }
+    }
+}
+
+impl LoggedBody {
+    fn finish(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some((entry, head)) = this.log.take() {
+            log(
+                &entry,
+                &head,
+                *this.bytes,
+                Some(entry.started.elapsed()),
+                false,
+            );
+        }
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.as_mut().project();
+        let frame = std::task::ready!(this.body.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+                if self.body.is_end_stream() {
+                    self.finish();
+                }
+            }
+            // The end, or a failure: the body will say no more.
+            Some(Err(_)) | None => self.finish(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
