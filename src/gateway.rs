@@ -143,7 +143,9 @@ struct Step {
 /// 3. `throttle`: the coarse limits, per client IP or global, which protect everything
 ///    behind them;
 /// 4. `authorizer`: who is calling (`Principal`); 401 or 403;
-/// 5. `usage`: the API key's plan, its throttle and quota;
+/// 5. `usage`: the API key's plan, its throttle and quota; then `validate` (feature
+///    `validate`): the request's headers, query parameters and body, checked against what
+///    its route requires (400 listing every violation, 413 for an oversize body);
 /// 6. `cache`: a hit is answered here, a miss goes on;
 /// 7. the application's own layers (`layer`), in the order added, then the application
 ///    itself (the integration).
@@ -247,9 +249,8 @@ impl Gateway {
     }
 
     /// The names of the steps, outermost first: `request_id`, `access_log`, `metrics`,
-    /// `ip_filter`, `cors`,
-    /// `throttle`, `authorizer`, `usage`, `cache`, then `layer` for each of the application's
-    /// own.
+    /// `ip_filter`, `cors`, `throttle`, `authorizer`, `usage`, `validate`, `cache`, then `layer`
+    /// for each of the application's own.
     pub fn steps(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.steps.iter().map(|step| step.name)
     }
@@ -315,6 +316,7 @@ pub struct GatewayBuilder {
     throttle: Option<Step>,
     authorizer: Option<Step>,
     usage: Option<Step>,
+    validate: Option<Step>,
     cache: Option<Step>,
     own: Vec<Step>,
 }
@@ -431,6 +433,16 @@ impl GatewayBuilder {
         self
     }
 
+    /// Request validation (after the usage plan, before the cache): a request its route
+    /// refuses gets a 400 listing every violation (413 for a body over the limit) and never
+    /// reaches the cache or the application; a second call replaces the first.
+    #[cfg(feature = "validate")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "validate")))]
+    pub fn validate(mut self, layer: crate::validate::ValidateLayer) -> Self {
+        self.validate = step("validate", layer.keep_inner_body());
+        self
+    }
+
     /// The response cache (step 6); a second call replaces the first.
     #[cfg(feature = "cache")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
@@ -471,6 +483,7 @@ impl GatewayBuilder {
             &self.throttle,
             &self.authorizer,
             &self.usage,
+            &self.validate,
             &self.cache,
         ]
         .into_iter()

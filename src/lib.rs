@@ -18,8 +18,9 @@
 //! | `stage` (default) | [`stage`] | stage and version routing: base paths, hosts, version headers and media types, sticky canaries with runtime control, deprecation and sunset |
 //! | `cache` (default) | [`cache`] | the response cache: RFC 9111 rules, per-principal keys, coalesced misses, stale serving, purges by resource, prefix or tag |
 //! | `aggregate` (default) | [`aggregate`] | fan-out aggregation with JSON pipelines and deterministic merges, a streaming HTTP upstream proxy, mock integrations |
-//! | `observe` (default) | — | request ids in `Gateway` (tower-http's `SetRequestId` and `PropagateRequestId`), the first step |
+//! | `observe` (default) | [`observe`] | the gateway's first steps: request ids (tower-http's `SetRequestId` and `PropagateRequestId`), an access log of one `tracing` event per request with what every step decided, and request metrics by method, route, status and decision |
 //! | `access` (default) | [`access`] | IP allow and deny lists by CIDR behind trusted proxies; tower-http's CORS, which `Gateway` answers before the throttle, the authorizer and the quota |
+//! | `validate` | [`validate`] | request validation (Amazon API Gateway's request validator): required headers, typed query parameters and JSON Schema bodies per route, refused with a 400 listing every violation; bodies that are not JSON (415) or too large (413) refused without being buffered |
 //! | `redis` | [`redis`] | Redis (or Valkey) stores shared by several gateway instances: throttles (a request's rules in one round trip), exact quotas with daily usage, API keys, a shared cache level with purges published to every instance; failure policies and circuit breakers (needs Rust 1.88) |
 //! | `config` | [`config`] | the whole gateway from a YAML, TOML or JSON file: routes and their integrations, every layer's settings and per-route overrides, errors with field paths and lines, cross-references checked at load; served by a handle that reloads it without dropping a request (needs Rust 1.89) |
 //! | `axum` | — | [`Gateway`], every layer as one in a fixed order; axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
@@ -110,6 +111,11 @@ pub use tollgate_aggregate as aggregate;
 #[cfg(feature = "access")]
 #[cfg_attr(docsrs, doc(cfg(feature = "access")))]
 pub use tollgate_access as access;
+
+/// Request validation: required headers, typed query parameters and JSON Schema bodies.
+#[cfg(feature = "validate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "validate")))]
+pub use tollgate_validate as validate;
 
 /// Redis stores shared by several gateway instances.
 #[cfg(feature = "redis")]

@@ -1409,13 +1409,192 @@ routes:
 }
 
 #[tokio::test]
-async fn metrics_and_request_ids_are_steps_of_the_configured_gateway() {
-    let yaml = "request_id: {}\nmetrics: true\nroutes:\n  - { route: GET /a, integration: { mock: {} } }\n";
+async fn request_ids_the_access_log_metrics_and_validation_are_steps_of_the_configured_gateway() {
+    let yaml = "request_id: {}\naccess_log: { trusted_proxies: [10.0.0.0/8] }\nmetrics: true\nroutes:\n  - { route: GET /a, integration: { mock: {} }, validate: { headers: [x-a] } }\n";
     let config = GatewayConfig::from_yaml(yaml).unwrap();
     let handle = GatewayHandle::new(config, Handlers::new()).await.unwrap();
     let shown = format!("{handle:?}");
     assert!(
-        shown.contains(r#"steps: ["request_id", "metrics"]"#),
+        shown.contains(r#"steps: ["request_id", "access_log", "metrics", "validate"]"#),
         "{shown}"
     );
+}
+
+/// `POST path` with a JSON `body` and `headers`, over the real client of hyper-util.
+async fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    use hyper_util::client::legacy::Client as HyperClient;
+    use hyper_util::rt::TokioExecutor;
+    let client = HyperClient::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    Reply::of(client.request(request).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_route_checks_its_requests_before_its_handler_and_lists_every_violation() {
+    let yaml = r#"
+routes:
+  - route: POST /orders
+    integration: { handler: orders }
+    validate:
+      headers: [x-client-id]
+      query:
+        limit: { type: integer, min: 1, max: 10 }
+        sort: { enum: [price, name], required: true }
+      body:
+        schema:
+          type: object
+          required: [items]
+          properties:
+            items: { type: array, minItems: 1, items: { type: integer } }
+        max_bytes: 64
+  - route: POST /orders/{id}
+    integration: { handler: orders }
+    validate:
+      query:
+        dry_run: { type: boolean, required: true }
+  # More specific than /orders/{id}, and checks nothing: it is judged by itself.
+  - route: POST /orders/bulk
+    integration: { handler: orders }
+"#;
+    let calls = Calls::default();
+    let counted = calls.clone();
+    let handlers = Handlers::new().handler("orders", move |body: String| {
+        counted.next();
+        async move { body }
+    });
+    let addr = serve(yaml, handlers).await;
+
+    let refused = post_json(addr, "/orders?limit=0&sort=size", &[], r#"{"items":["x"]}"#).await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let errors = refused.json()["errors"].clone();
+    let at: Vec<(String, String)> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["in"].as_str().unwrap().to_owned(),
+                e["pointer"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("header", "/x-client-id"),
+        ("query", "/limit"),
+        ("query", "/sort"),
+        ("body", "/items/0"),
+    ] {
+        assert!(
+            at.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} not in {errors}"
+        );
+    }
+    assert_eq!(calls.count(), 0);
+
+    let too_large = post_json(
+        addr,
+        "/orders?sort=price",
+        &[("x-client-id", "c1")],
+        &format!(r#"{{"items":[{}]}}"#, "1,".repeat(40) + "1"),
+    )
+    .await;
+    assert_eq!(too_large.status, 413, "{too_large:?}");
+    assert_eq!(calls.count(), 0);
+
+    let body = r#"{"items":[1,2]}"#;
+    let passed = post_json(
+        addr,
+        "/orders?sort=price&limit=3",
+        &[("x-client-id", "c1")],
+        body,
+    )
+    .await;
+    assert_eq!(passed.status, 200, "{passed:?}");
+    assert_eq!(passed.text(), body);
+    assert_eq!(calls.count(), 1);
+
+    // Each route by its own checks: /orders/7 needs dry_run; /orders/bulk needs nothing.
+    let missing = post_json(addr, "/orders/7", &[], "{}").await;
+    assert_eq!(missing.status, 400, "{missing:?}");
+    assert_eq!(missing.json()["errors"][0]["pointer"], "/dry_run");
+    let bulk = post_json(addr, "/orders/bulk", &[], "anything").await;
+    assert_eq!(bulk.status, 200, "{bulk:?}");
+    assert_eq!(calls.count(), 2);
+}
+
+#[test]
+fn validation_that_cannot_mean_anything_is_refused_at_load() {
+    let yaml = r#"
+routes:
+  - route: GET /a
+    integration: { mock: {} }
+    validate:
+      headers: ["bad header"]
+      query:
+        n: { type: integer, enum: [a] }
+        s: { min: 1 }
+        r: { type: integer, min: 5, max: 1 }
+      body: { schema: {}, schema_file: a.json, max_bytes: 0 }
+"#;
+    let error = GatewayConfig::from_yaml(yaml).unwrap_err();
+    let paths: Vec<&str> = error.problems().iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].validate.headers[0]",
+            "routes[0].validate.query.n",
+            "routes[0].validate.query.r",
+            "routes[0].validate.query.s",
+            "routes[0].validate.body",
+            "routes[0].validate.body.max_bytes",
+        ],
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_schema_file_is_read_beside_the_configuration_and_a_bad_schema_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tollgate-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("order.json"),
+        r#"{"type":"object","required":["sku"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("gateway.yaml"),
+        "routes:\n  - route: POST /o\n    integration: { handler: o }\n    validate: { body: { schema_file: order.json } }\n",
+    )
+    .unwrap();
+    let config = GatewayConfig::from_file(dir.join("gateway.yaml")).unwrap();
+    let handle = GatewayHandle::new(config, Handlers::new().handler("o", || async { "ok" }))
+        .await
+        .unwrap();
+    let addr = serve_axum(handle.router()).await;
+    let refused = post_json(addr, "/o", &[], "{}").await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(refused.json()["errors"][0]["keyword"], "required");
+    assert_eq!(
+        post_json(addr, "/o", &[], r#"{"sku":"a"}"#).await.status,
+        200
+    );
+
+    // A schema that is not one is refused when the gateway is built, naming the route.
+    let yaml = "routes:\n  - route: POST /o\n    integration: { handler: o }\n    validate: { body: { schema: { type: 12 } } }\n";
+    let config = GatewayConfig::from_yaml(yaml).unwrap();
+    let error = GatewayHandle::new(config, Handlers::new().handler("o", || async { "ok" }))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("POST /o"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

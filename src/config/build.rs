@@ -325,6 +325,13 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
                 ));
             }
         }
+        if let Some(validate) = &route.validate {
+            problems.extend(
+                validation_problems(validate)
+                    .into_iter()
+                    .map(|(field, error)| Problem::at(at(&format!("validate.{field}")), error)),
+            );
+        }
         if route.api_key && plans.is_none() {
             problems.push(Problem::at(
                 at("api_key"),
@@ -702,6 +709,104 @@ impl GatewayStep for OnRoutes {
             service.clone().call(request)
         })
     }
+}
+
+/// What is wrong with a route's `validate`, by field below it.
+fn validation_problems(validate: &super::ValidateConfig) -> Vec<(String, String)> {
+    use super::QueryType;
+    let mut problems = Vec::new();
+    for (index, header) in validate.headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            problems.push((
+                format!("headers[{index}]"),
+                format!("{header:?} is not a header name"),
+            ));
+        }
+    }
+    for (name, param) in &validate.query {
+        let at = format!("query.{name}");
+        if param.one_of.is_some() && param.kind != QueryType::String {
+            problems.push((at.clone(), "`enum` is for string parameters".to_owned()));
+        }
+        if param.one_of.as_ref().is_some_and(Vec::is_empty) {
+            problems.push((at.clone(), "`enum` lists no value".to_owned()));
+        }
+        if (param.min.is_some() || param.max.is_some()) && param.kind != QueryType::Integer {
+            problems.push((
+                at.clone(),
+                "`min` and `max` are for integer parameters".to_owned(),
+            ));
+        }
+        if let (Some(min), Some(max)) = (param.min, param.max) {
+            if min > max {
+                problems.push((at, format!("`min` ({min}) is more than `max` ({max})")));
+            }
+        }
+    }
+    if let Some(body) = &validate.body {
+        if body.schema.is_some() && body.schema_file.is_some() {
+            problems.push((
+                "body".to_owned(),
+                "give `schema` or `schema_file`, not both".to_owned(),
+            ));
+        }
+        if body.max_bytes == Some(0) {
+            problems.push((
+                "body.max_bytes".to_owned(),
+                "must be more than 0".to_owned(),
+            ));
+        }
+    }
+    problems
+}
+
+/// The request validation a route's `validate` describes, its schema file read.
+fn validation(validate: &super::ValidateConfig) -> Result<crate::validate::Validation, String> {
+    use super::QueryType;
+    use crate::validate::{QueryParam, Validation};
+    let mut validation = Validation::new();
+    for header in &validate.headers {
+        validation = validation.header(header);
+    }
+    for (name, param) in &validate.query {
+        let mut query = match (param.kind, &param.one_of) {
+            (_, Some(values)) => QueryParam::one_of(values.iter().cloned()),
+            (QueryType::String, None) => QueryParam::string(),
+            (QueryType::Integer, None) => QueryParam::integer(),
+            (QueryType::Boolean, None) => QueryParam::boolean(),
+        };
+        if let Some(min) = param.min {
+            query = query.min(min);
+        }
+        if let Some(max) = param.max {
+            query = query.max(max);
+        }
+        if param.required {
+            query = query.required();
+        }
+        validation = validation.query(name.clone(), query);
+    }
+    if let Some(body) = &validate.body {
+        let schema = match (&body.schema, &body.schema_file) {
+            (Some(schema), _) => Some(schema.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                Some(
+                    serde_json::from_slice::<serde_json::Value>(&text)
+                        .map_err(|e| format!("{} is not JSON: {e}", file.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        if let Some(schema) = schema {
+            validation = validation.body(schema);
+        }
+        if let Some(limit) = body.max_bytes {
+            validation = validation.max_body_bytes(limit);
+        }
+    }
+    Ok(validation)
 }
 
 fn fail(path: impl Into<String>, error: impl fmt::Display) -> ConfigError {
@@ -1089,9 +1194,26 @@ pub(crate) async fn build(
         state.cache = previous.cache.clone();
     }
 
+    // 5. Request validation, before the cache: a request the route refuses is never
+    // answered from it. Every route is in the table (most with nothing to check), so a
+    // request is judged by the route that serves it, never by a wider template beside it.
+    if config.routes.iter().any(|route| route.validate.is_some()) {
+        let mut builder = crate::validate::ValidateLayer::builder();
+        for (index, route) in config.routes.iter().enumerate() {
+            let checks = match &route.validate {
+                Some(validate) => validation(validate)
+                    .map_err(|e| fail(format!("routes[{index}].validate.body.schema_file"), e))?,
+                None => crate::validate::Validation::new(),
+            };
+            builder = builder.route(&route.route, checks);
+        }
+        let layer = builder.build().map_err(|e| fail("routes", e))?;
+        gateway = gateway.validate(layer);
+    }
+
     let gateway = gateway.build();
 
-    // 5. The routes of each deployment, and the stages in front.
+    // 6. The routes of each deployment, and the stages in front.
     let client = HttpClient::builder().build();
     let mut routers = BTreeMap::new();
     for deployment in deployments(config) {

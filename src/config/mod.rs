@@ -379,6 +379,89 @@ pub struct RouteConfig {
     /// Plan throttles that differ on this route, by plan id.
     #[serde(default)]
     pub plan_throttles: BTreeMap<String, crate::usage::ThrottleConfig>,
+    /// What the route requires of a request (Amazon API Gateway's method request
+    /// validation): headers, typed query parameters and a JSON Schema for the body, checked
+    /// before the integration is called; a failure is a 400 listing every violation.
+    #[serde(default)]
+    pub validate: Option<ValidateConfig>,
+}
+
+/// A route's request validation.
+///
+/// ```yaml
+/// validate:
+///   headers: [x-client-id]
+///   query:
+///     limit: { type: integer, min: 1, max: 100 }
+///     express: { type: boolean }
+///     sort: { enum: [price, name], required: true }
+///   body:
+///     schema_file: order.schema.json     # or schema: { type: object, ... }
+///     max_bytes: 65536
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Headers the request must carry.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Query parameters, by name.
+    #[serde(default)]
+    pub query: BTreeMap<String, QueryParamConfig>,
+    /// The request body: a JSON Schema it must satisfy, and its size limit.
+    #[serde(default)]
+    pub body: Option<BodyConfig>,
+}
+
+/// A query parameter: its type and whether it must be present.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParamConfig {
+    /// `string` (the default), `integer` or `boolean` (`true` or `false`).
+    #[serde(default, rename = "type")]
+    pub kind: QueryType,
+    /// The values allowed (a string parameter only).
+    #[serde(default, rename = "enum")]
+    pub one_of: Option<Vec<String>>,
+    /// The least value (an integer parameter only).
+    #[serde(default)]
+    pub min: Option<i64>,
+    /// The greatest value (an integer parameter only).
+    #[serde(default)]
+    pub max: Option<i64>,
+    /// Whether the request must carry it (default `false`).
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// The type of a query parameter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryType {
+    /// Any text.
+    #[default]
+    String,
+    /// A whole number.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+}
+
+/// A route's request body.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyConfig {
+    /// The JSON Schema (draft 2020-12 unless it names its own `$schema`), inline.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// The JSON Schema in a file; relative to the configuration file's directory when read
+    /// with [`GatewayConfig::from_file`].
+    #[serde(default)]
+    pub schema_file: Option<std::path::PathBuf>,
+    /// The largest body accepted, in bytes (default 1 MiB with a schema); a larger one is
+    /// refused with 413 before it is read.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 /// What serves a route.
@@ -467,6 +550,17 @@ impl GatewayConfig {
     /// Makes the relative paths of key and secret files relative to `base` (the
     /// configuration file's directory), as [`from_file`](Self::from_file) does.
     pub fn resolve_paths(&mut self, base: &Path) {
+        for route in &mut self.routes {
+            let file = route.validate.as_mut().and_then(|validate| {
+                validate
+                    .body
+                    .as_mut()
+                    .and_then(|body| body.schema_file.as_mut())
+            });
+            if let Some(file) = file.filter(|file| file.is_relative()) {
+                *file = base.join(&*file);
+            }
+        }
         #[cfg(feature = "redis")]
         if let Some(redis) = &mut self.redis {
             for secret in std::iter::once(&mut redis.url).chain(redis.key_secret.as_mut()) {
