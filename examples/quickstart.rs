@@ -35,6 +35,10 @@
 //! 300 ms timeout, and every third call they take 1 s: that answer comes after 300 ms with the
 //! profile alone, `X-Tollgate-Completed: false` and an `errors` object saying why.
 //!
+//! `GET /openapi.json` is the OpenAPI 3.1 document of all of the above, for client SDK
+//! generators: the bearer and API key schemes, the stages `v1` and `v2` as servers of
+//! `/orders`, and the problem+json refusals (401, 403, 429) each route can answer.
+//!
 //! Set `TOLLGATE_ADDR` to listen elsewhere.
 
 use std::net::SocketAddr;
@@ -50,6 +54,7 @@ use tollgate::auth::AuthLayer;
 use tollgate::cache::{CacheLayer, CachePolicy};
 use tollgate::core::InnerBody;
 use tollgate::key::ClientIp;
+use tollgate::openapi::{OpenApi, OpenApiError, Operation};
 use tollgate::stage::{Canary, StageError, StageRouter, StageSpec, DEFAULT_OVERRIDE_HEADER};
 use tollgate::throttle::{Rate, Rule, ThrottleLayer};
 use tollgate::usage::{NewKey, QuotaPeriod, UsagePlan, UsagePlans};
@@ -190,19 +195,161 @@ fn demo_identity_provider() -> Result<(Vec<u8>, String), Box<dyn std::error::Err
     Ok((secret, token))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+/// The OpenAPI 3.1 document of the quickstart's routes, for the quickstart listening on
+/// `addr`: `/orders` is on the stages' servers, the other routes on the plain one.
+pub fn openapi(addr: SocketAddr) -> Result<serde_json::Value, OpenApiError> {
+    let string = || serde_json::json!({ "type": "string" });
+    let order = serde_json::json!({
+        "type": "object",
+        "properties": { "id": { "type": "integer" }, "total": { "type": "string" } },
+    });
+    OpenApi::new("tollgate quickstart", env!("CARGO_PKG_VERSION"))
+        .description("The routes of `cargo run --example quickstart`, behind tollgate's layers.")
+        .server(format!("http://{addr}"), "the quickstart")
+        .stage("v1", format!("http://{addr}/v1"))
+        .stage("v2", format!("http://{addr}/v2"))
+        .bearer_jwt()
+        .api_key_header("x-api-key")
+        .route(
+            "GET /hello",
+            Operation::new()
+                .summary("A greeting, throttled per client IP (5/s, burst 5)")
+                .tag("demo")
+                .throttled()
+                .response(200, "A line of text (text/plain)", None),
         )
-        .init();
+        .route(
+            "GET /me",
+            Operation::new()
+                .summary("The caller, as the authorizer verified its bearer token")
+                .tag("demo")
+                .bearer(Vec::<String>::new())
+                .throttled()
+                .response(
+                    200,
+                    "The verified principal",
+                    Some(serde_json::json!({
+                        "type": "object",
+                        "properties": {
+                            "subject": string(),
+                            "scopes": { "type": "array", "items": string() },
+                            "claims": { "type": "object" },
+                        },
+                    })),
+                ),
+        )
+        .route(
+            "GET /api/widgets",
+            Operation::new()
+                .summary("Widgets, for an API key on plan basic or pro")
+                .tag("api")
+                .api_key()
+                .response(
+                    200,
+                    "The widgets, and the key and plan that called",
+                    Some(serde_json::json!({
+                        "type": "object",
+                        "properties": {
+                            "widgets": { "type": "array", "items": string() },
+                            "api_key_id": string(),
+                            "plan": string(),
+                        },
+                    })),
+                ),
+        )
+        .route(
+            "GET /api/slow",
+            Operation::new()
+                .summary("A slow answer (200 ms), cached for 30 s")
+                .tag("api")
+                .cached()
+                .response(
+                    200,
+                    "When the answer was made",
+                    Some(serde_json::json!({
+                        "type": "object",
+                        "properties": { "generated_at_unix_ms": { "type": "integer" } },
+                    })),
+                ),
+        )
+        .route(
+            "GET /orders",
+            Operation::new()
+                .summary("Orders, from stage v1 (deprecated) or v2 (with a 10 % canary)")
+                .description(
+                    "`X-Deployment` names the deployment that answered. Stage v1 sends \
+                     `Deprecation`, `Sunset` and `Link` to v2, and answers 410 after its sunset. \
+                     On v2, `X-Canary: always` or `never` forces a side of the canary.",
+                )
+                .tag("orders")
+                .stages(["v1", "v2"])
+                .header("x-canary", false)
+                .response(
+                    200,
+                    "The orders, with the stage, deployment and stage variable that served them",
+                    Some(serde_json::json!({
+                        "type": "object",
+                        "properties": {
+                            "stage": string(),
+                            "deployment": string(),
+                            "orders_table": string(),
+                            "orders": { "type": "array", "items": order },
+                        },
+                    })),
+                ),
+        )
+        .route(
+            "GET /api/dashboard",
+            Operation::new()
+                .summary("The profile and the recent orders, aggregated into one object")
+                .description(
+                    "`X-Tollgate-Completed: false` and an `errors` member when the optional \
+                     orders were late (300 ms).",
+                )
+                .tag("api")
+                .response(
+                    200,
+                    "The profile's fields and the orders",
+                    Some(serde_json::json!({
+                        "type": "object",
+                        "properties": {
+                            "id": string(),
+                            "name": string(),
+                            "plan": string(),
+                            "orders": { "type": "array", "items": order },
+                            "errors": { "type": "object" },
+                        },
+                    })),
+                ),
+        )
+        .route(
+            "GET /openapi.json",
+            Operation::new()
+                .summary("This document")
+                .tag("meta")
+                .response(
+                    200,
+                    "The OpenAPI 3.1 document",
+                    Some(serde_json::json!({ "type": "object" })),
+                ),
+        )
+        .build()
+}
 
-    let addr: SocketAddr = std::env::var("TOLLGATE_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:3000".into())
-        .parse()
-        .map_err(|e| format!("TOLLGATE_ADDR must be host:port, such as 127.0.0.1:3000 ({e})"))?;
+/// The quickstart's routes behind their layers, and the demo credentials made for them.
+pub struct App {
+    /// Every route; serve it with connect info, for the throttle's client IP.
+    pub router: Router,
+    /// A bearer token for `/me`, valid for an hour.
+    pub token: String,
+    /// An API key on plan `basic`.
+    pub basic_key: String,
+    /// An API key on plan `pro`.
+    pub pro_key: String,
+}
 
+/// Builds the quickstart to be served at `addr` (named in its OpenAPI document).
+pub async fn app(addr: SocketAddr) -> Result<App, Box<dyn std::error::Error>> {
     // No proxy in front of the quickstart, so the connection's peer is the client.
     let per_client = Rule::new(
         "per-client",
@@ -254,19 +401,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/slow", get(slow))
         .route_layer(cache);
 
-    let app = Router::new()
+    let document = Json(openapi(addr)?);
+    let router = Router::new()
         .route("/hello", get(|| async { "Hello from behind tollgate!\n" }))
         .route("/me", get(me).route_layer(auth))
         .layer(throttle)
         .merge(api)
         .merge(slow)
         .route_service("/api/dashboard", dashboard()?)
+        // Not throttled, so an SDK generator can always fetch it.
+        .route(
+            "/openapi.json",
+            get(move || std::future::ready(document.clone())),
+        )
         // Whatever no route above matches goes to the stages: /v1/... and /v2/... (and a
         // problem+json 404 for paths no stage serves).
         .fallback_service(stages()?);
+    Ok(App {
+        router,
+        token,
+        basic_key: basic_key.expose().to_owned(),
+        pro_key: pro_key.expose().to_owned(),
+    })
+}
 
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let addr: SocketAddr = std::env::var("TOLLGATE_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:3000".into())
+        .parse()
+        .map_err(|e| format!("TOLLGATE_ADDR must be host:port, such as 127.0.0.1:3000 ({e})"))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let App {
+        router,
+        token,
+        basic_key,
+        pro_key,
+    } = app(addr).await?;
+
     println!("tollgate quickstart listening on http://{addr}");
     println!();
     println!("Try:");
@@ -282,7 +461,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("      401 with WWW-Authenticate: Bearer");
     println!(
         "  curl -i http://{addr}/api/widgets -H 'x-api-key: {}'",
-        basic_key.expose()
+        basic_key
     );
     println!(
         "      200 on plan basic, with RateLimit-Policy: \"basic\";q=2;w=1, \"quota\";q=20;w=86400"
@@ -291,7 +470,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("      a third request within the second: 429 throttled; the 21st of the day: 429 quota-exceeded");
     println!(
         "  curl -i http://{addr}/api/widgets -H 'x-api-key: {}'",
-        pro_key.expose()
+        pro_key
     );
     println!("      200 on plan pro (50/s, burst 20, 10,000 a day)");
     println!("  curl -i http://{addr}/api/widgets");
@@ -320,12 +499,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "      every third call the orders take 1 s, past their 300 ms timeout: after 300 ms the"
     );
     println!("      profile alone, x-tollgate-completed: false, \"errors\":{{\"orders\":{{\"error\":\"timeout\"}}}}");
+    println!("  curl -s http://{addr}/openapi.json");
+    println!("      the OpenAPI 3.1 document of these routes, for client SDK generators");
     println!();
     println!("Press Ctrl-C to stop.");
 
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async {
         let _ = tokio::signal::ctrl_c().await;

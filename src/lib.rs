@@ -23,6 +23,7 @@
 //! | `validate` | [`validate`] | request validation (Amazon API Gateway's request validator): required headers, typed query parameters and JSON Schema bodies per route, refused with a 400 listing every violation; bodies that are not JSON (415) or too large (413) refused without being buffered |
 //! | `redis` | [`redis`] | Redis (or Valkey) stores shared by several gateway instances: throttles (a request's rules in one round trip), exact quotas with daily usage, API keys, a shared cache level with purges published to every instance; failure policies and circuit breakers (needs Rust 1.88) |
 //! | `config` | [`config`] | the whole gateway from a YAML, TOML or JSON file: routes and their integrations, every layer's settings and per-route overrides, errors with field paths and lines, cross-references checked at load; served by a handle that reloads it without dropping a request (needs Rust 1.89) |
+//! | `openapi` (default) | [`openapi`] | an OpenAPI 3.1 document of the routes, for client SDK generators: security schemes, stages as servers, and the problem+json refusals (401, 403, 429, 400, 413, 415) each layer adds |
 //! | `axum` | — | [`Gateway`], every layer as one in a fixed order; axum extractors for [`Principal`] and [`Stage`], axum's `ConnectInfo` and `MatchedPath` as key sources |
 //! | `full` | — | everything |
 //!
@@ -69,6 +70,10 @@ pub use gateway::{Gateway, GatewayBuilder, GatewayFuture, GatewayService, Gatewa
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+
+#[cfg(feature = "openapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
+pub mod openapi;
 
 #[cfg(feature = "observe")]
 #[cfg_attr(docsrs, doc(cfg(feature = "observe")))]

@@ -465,7 +465,7 @@ pub(super) fn problems(config: &GatewayConfig) -> Vec<Problem> {
 
 /// A route's text as the route tables write it, `METHOD /template` (`*` for any method), so
 /// that every table and the dispatch read it alike.
-fn normalized(route: &str) -> Result<String, crate::core::RouteTableError> {
+pub(super) fn normalized(route: &str) -> Result<String, crate::core::RouteTableError> {
     let table = RouteTable::new().with(route, ())?;
     let text = table
         .iter()
@@ -761,7 +761,9 @@ fn validation_problems(validate: &super::ValidateConfig) -> Vec<(String, String)
 }
 
 /// The request validation a route's `validate` describes, its schema file read.
-fn validation(validate: &super::ValidateConfig) -> Result<crate::validate::Validation, String> {
+pub(super) fn validation(
+    validate: &super::ValidateConfig,
+) -> Result<crate::validate::Validation, String> {
     use super::QueryType;
     use crate::validate::{QueryParam, Validation};
     let mut validation = Validation::new();

@@ -99,6 +99,8 @@
 
 mod build;
 mod error;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod reload;
 
 use std::collections::BTreeMap;

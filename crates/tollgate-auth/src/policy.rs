@@ -59,6 +59,16 @@ impl RoutePolicy {
         self
     }
 
+    /// The scopes of which the caller must hold at least one (none: no such condition).
+    pub fn any_of(&self) -> &[String] {
+        &self.any_of
+    }
+
+    /// The scopes the caller must all hold.
+    pub fn all_of(&self) -> &[String] {
+        &self.all_of
+    }
+
     /// Whether requests without credentials are let through.
     pub fn is_anonymous(&self) -> bool {
         self.anonymous
