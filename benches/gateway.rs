@@ -14,6 +14,17 @@
 //!   `GatewayHandle::layer`, which finds the configuration serving now on every request (a
 //!   read lock and a reference count) so that it follows reloads.
 //!
+//! Group `gateway/observe` (feature `observe`): the same bare service behind the gateway's
+//! observing steps alone.
+//!
+//! - `bare`, `gateway_no_steps`: as above.
+//! - `request_id`: tower-http's request-id layers (a UUID made for each request).
+//! - `access_log_off`: the access log with no subscriber listening: the record, the span and
+//!   the event's callsite check, for a service whose logging is filtered out.
+//! - `access_log_json`: the access log formatted as JSON by `tracing-subscriber` into
+//!   `io::sink`: the whole cost of a logged request but the write.
+//! - `metrics_off`: the request metrics with no recorder installed.
+//!
 //! Each request is served by a clone of the service, as axum serves each request of a route,
 //! driven directly (`poll_ready`, `call`, one poll with a no-op waker) as in the other
 //! benches, through the same boxed closure in every case.
@@ -121,5 +132,68 @@ fn gateway(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gateway);
+#[cfg(feature = "observe")]
+fn observe(c: &mut Criterion) {
+    use tollgate::observe::AccessLogLayer;
+
+    let peer: SocketAddr = "192.0.2.1:4000".parse().expect("an address");
+    let mut group = c.benchmark_group("gateway/observe");
+    configure(&mut group);
+    let mut run = |name: &str, mut service: Box<dyn FnMut(Request<Body>) -> Response<Body>>| {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let response = service(black_box(request(peer)));
+                assert_eq!(response.status(), StatusCode::OK);
+                response
+            })
+        });
+    };
+    let service = bare();
+    run("bare", Box::new(move |r| serve(&mut service.clone(), r)));
+    let service = Gateway::builder().build().layer(bare());
+    run(
+        "gateway_no_steps",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
+    let service = Gateway::builder().request_id().build().layer(bare());
+    run(
+        "request_id",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
+    let service = Gateway::builder()
+        .access_log(AccessLogLayer::new())
+        .build()
+        .layer(bare());
+    run(
+        "access_log_off",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let service = Gateway::builder()
+        .access_log(AccessLogLayer::new())
+        .build()
+        .layer(bare());
+    run(
+        "access_log_json",
+        Box::new(move |r| {
+            tracing::dispatcher::with_default(&dispatch, || serve(&mut service.clone(), r))
+        }),
+    );
+    let service = Gateway::builder().metrics().build().layer(bare());
+    run(
+        "metrics_off",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
+    group.finish();
+}
+
+#[cfg(not(feature = "observe"))]
+fn observe(_: &mut Criterion) {}
+
+criterion_group!(benches, gateway, observe);
 criterion_main!(benches);

@@ -25,10 +25,15 @@
 //! | `rejection` | the refusal's problem type URI (`urn:tollgate:problem:throttled`), when refused |
 //! | `aborted` | `true` when the client went away before the body was sent |
 //!
+//! The access log costs a check of the subscriber's filter when its target is filtered out.
+//! When it is on, it also opens a span around the rest of the gateway, target `tollgate::request`,
+//! level INFO, named `request`, with `request_id`, `method` and `path`: every step's own
+//! events (a refusal's reason, a store's failure) nest in it.
+//!
 //! Credentials never reach the log: no header is logged but the request id, the query string
 //! is dropped, and API keys appear by id only.
 //!
-//! A layer notes what it decided in the request's [`AccessRecord`](crate::core::AccessRecord)
+//! A layer notes what it decided in the request's [`AccessRecord`]
 //! (the authorizer its principal, the usage plan the key id and plan, the stage router the
 //! stage, an upstream its latency, a configured route its template); the access log reads the
 //! rest from the request and the response. On an axum `Router`, a gateway added with
@@ -275,6 +280,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        // Filtered out: nothing is gathered, and the request goes straight in.
+        if !tracing::enabled!(target: "tollgate::access", tracing::Level::INFO) {
+            return Box::pin(self.inner.call(request));
+        }
         let started = Instant::now();
         let request_id_header = self.layer.request_id.clone().unwrap_or(X_REQUEST_ID);
         let entry = Entry {
@@ -286,7 +295,16 @@ where
             method: request.method().clone(),
             path: request.uri().path().into(),
         };
-        let response = self.inner.call(request);
+        // Every step's own events (decisions, errors) nest in the request's span.
+        let span = tracing::info_span!(
+            target: "tollgate::request",
+            "request",
+            request_id = entry.request_id.as_ref().and_then(|id| id.to_str().ok()),
+            method = entry.method.as_str(),
+            path = &*entry.path,
+        );
+        let response = span.in_scope(|| self.inner.call(request));
+        let response = tracing::Instrument::instrument(response, span);
         Box::pin(async move {
             let response = response.await?;
             let latency = entry.started.elapsed();
