@@ -311,6 +311,7 @@ pub struct GatewayBuilder {
     request_id: Option<Step>,
     access_log: Option<Step>,
     metrics: Option<Step>,
+    route_note: Option<Step>,
     cors: Option<Step>,
     ip_filter: Option<Step>,
     throttle: Option<Step>,
@@ -454,6 +455,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// The configuration's note of the route serving each request, for the access log and
+    /// the metrics, right after them.
+    #[cfg(feature = "config")]
+    pub(crate) fn route_note(mut self, routes: Arc<crate::RouteTable<()>>) -> Self {
+        self.route_note = step("routes", crate::observe::RouteNote { routes });
+        self
+    }
+
     /// The usage step as something other than a `UsageLayer`: the configuration's, kept to
     /// the routes that need an API key.
     #[cfg(feature = "config")]
@@ -478,6 +487,7 @@ impl GatewayBuilder {
             &self.request_id,
             &self.access_log,
             &self.metrics,
+            &self.route_note,
             &self.ip_filter,
             &self.cors,
             &self.throttle,

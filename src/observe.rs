@@ -57,7 +57,7 @@ use tower::{Layer, Service};
 use crate::core::{AccessFields, AccessRecord, ProblemType, RequestHead};
 use crate::gateway::{GatewayFuture, GatewayService};
 use crate::key::ClientIp;
-use crate::TrustedProxies;
+use crate::{Stage, TrustedProxies};
 
 /// The default request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -65,17 +65,71 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The cache's status header, read for the access log's `cache` field.
 const X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 
-/// The record of `request`: the one an outer layer put there, or a new one.
+/// The record of `request`: the one an outer layer put there, or a new one with what is
+/// known already (axum's matched route, a stage router's stage in front of the gateway).
 fn record_of(request: &mut Request<Body>) -> AccessRecord {
     if let Some(record) = AccessRecord::of(request.extensions()) {
         return record.clone();
     }
     let record = AccessRecord::new();
-    if let Some(matched) = request.extensions().get::<MatchedPath>() {
-        record.note(|fields| fields.route = Some(matched.as_str().into()));
+    let extensions = request.extensions();
+    let (matched, stage) = (extensions.get::<MatchedPath>(), extensions.get::<Stage>());
+    if matched.is_some() || stage.is_some() {
+        record.note(|fields| {
+            fields.route = matched.map(|matched| matched.as_str().into());
+            fields.stage = stage.cloned();
+        });
     }
     request.extensions_mut().insert(record.clone());
     record
+}
+
+/// Notes the template of the route that will serve each request, as soon as the request
+/// comes in, so that the access log and the metrics name it even when a step refuses the
+/// request before it reaches the route (the configuration's dispatch).
+#[cfg(feature = "config")]
+#[derive(Clone)]
+pub(crate) struct RouteNote {
+    pub(crate) routes: std::sync::Arc<crate::RouteTable<()>>,
+}
+
+#[cfg(feature = "config")]
+impl Layer<GatewayService> for RouteNote {
+    type Service = NotedRoutes;
+
+    fn layer(&self, inner: GatewayService) -> NotedRoutes {
+        NotedRoutes {
+            inner,
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "config")]
+#[derive(Clone)]
+pub(crate) struct NotedRoutes {
+    inner: GatewayService,
+    routes: std::sync::Arc<crate::RouteTable<()>>,
+}
+
+#[cfg(feature = "config")]
+impl Service<Request<Body>> for NotedRoutes {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> GatewayFuture {
+        if let Some(record) = AccessRecord::of(request.extensions()) {
+            if let Some(route) = self.routes.at(request.method(), request.uri().path()) {
+                record.note(|fields| fields.route = Some(route.template().into()));
+            }
+        }
+        self.inner.call(request)
+    }
 }
 
 /// tower-http's request-id layers as one: set (or keep) the id, and echo it.
@@ -343,8 +397,9 @@ struct Head {
     latency: Duration,
 }
 
+/// Milliseconds, to the microsecond (so that they print as `0.794`, not `0.7936650000000001`).
 fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+    duration.as_micros() as f64 / 1000.0
 }
 
 /// Writes the access log event.

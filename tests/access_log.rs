@@ -419,3 +419,57 @@ async fn a_request_id_is_made_when_the_client_sent_none_and_logged_as_echoed() {
         &[],
     );
 }
+
+#[cfg(feature = "config")]
+#[tokio::test]
+async fn a_configured_gateway_logs_the_route_and_stage_of_requests_it_refuses() {
+    use tollgate::config::{GatewayConfig, GatewayHandle, Handlers};
+
+    capture();
+    let yaml = r#"
+request_id: {}
+access_log: {}
+throttle:
+  rules: [{ name: everyone, rate: 1/min, burst: 2, key: global }]
+stages:
+  default_stage: prod
+  stages:
+    prod: { deployment: prod-blue }
+routes:
+  - route: GET /items/{id}
+    integration: { handler: item }
+    validate:
+      query: { n: { type: integer } }
+"#;
+    let config = GatewayConfig::from_yaml(yaml).unwrap();
+    let handlers = Handlers::new()
+        .handler("item", || async { "item" })
+        .clock(ManualClock::new());
+    let handle = GatewayHandle::new(config, handlers).await.unwrap();
+    let addr = serve_axum(handle.router()).await;
+    let client = Client::new();
+    for (id, query, status) in [
+        ("configured-ok", "n=1", 200),
+        ("configured-invalid", "n=x", 400),
+        ("configured-throttled", "n=1", 429),
+    ] {
+        let reply = client
+            .get(addr, &format!("/items/7?{query}"), &[("x-request-id", id)])
+            .await;
+        assert_eq!(reply.status, status, "{reply:?}");
+        let event = event(id).await;
+        assert_fields(
+            &event,
+            &[
+                ("route", json!("/items/{id}")),
+                ("path", json!("/items/7")),
+                ("stage", json!("prod")),
+                ("deployment", json!("prod-blue")),
+                ("status", json!(status)),
+            ],
+            &[],
+        );
+    }
+    assert_eq!(event("configured-invalid").await["decision"], "bad-request");
+    assert_eq!(event("configured-throttled").await["decision"], "throttled");
+}

@@ -1415,7 +1415,7 @@ async fn request_ids_the_access_log_metrics_and_validation_are_steps_of_the_conf
     let handle = GatewayHandle::new(config, Handlers::new()).await.unwrap();
     let shown = format!("{handle:?}");
     assert!(
-        shown.contains(r#"steps: ["request_id", "access_log", "metrics", "validate"]"#),
+        shown.contains(r#"steps: ["request_id", "access_log", "metrics", "routes", "validate"]"#),
         "{shown}"
     );
 }

@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use serde_json::Value;
 use tollgate::auth::KeysConfig;
 use tollgate::config::{AuthorizerConfig, GatewayConfig, GatewayHandle};
 
@@ -66,7 +67,7 @@ fn config() -> GatewayConfig {
 
 /// The shop behind `config`, fresh (no carts, no orders, no cache).
 async fn serve(config: GatewayConfig) -> (GatewayHandle, SocketAddr) {
-    let gateway = GatewayHandle::new(config, shop::handlers()).await.unwrap();
+    let gateway = shop::gateway(config).await.unwrap();
     let addr = serve_axum(gateway.router()).await;
     (gateway, addr)
 }
@@ -92,13 +93,24 @@ async fn post_json(
     headers: &[(&str, &str)],
     body: serde_json::Value,
 ) -> Reply {
+    let mut headers = headers.to_vec();
+    headers.push(("content-type", "application/json"));
+    post(addr, path, &headers, body.to_string()).await
+}
+
+/// A POST of `body` as it is, its content type among `headers`.
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
     let client = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request =
-        Request::post(format!("http://{addr}{path}")).header("content-type", "application/json");
+    let mut request = Request::post(format!("http://{addr}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let body = Full::new(Bytes::from(body.to_string()));
+    let body = Full::new(body.into());
     Reply::of(client.request(request.body(body).unwrap()).await.unwrap()).await
 }
 
@@ -513,4 +525,212 @@ async fn a_flood_from_one_client_ip_is_throttled() {
             .contains("per-client"),
         "{refused:?}"
     );
+}
+
+/// Each violation a validation 400 lists, as `(in, pointer)`.
+fn violations(reply: &Reply) -> Vec<(String, String)> {
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    assert_eq!(
+        reply.header("content-type"),
+        "application/problem+json",
+        "{reply:?}"
+    );
+    reply.json()["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in {reply:?}"))
+        .iter()
+        .map(|error| {
+            (
+                error["in"].as_str().unwrap().to_owned(),
+                error["pointer"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn at(place: &str, pointer: &str) -> (String, String) {
+    (place.to_owned(), pointer.to_owned())
+}
+
+#[tokio::test]
+async fn products_refuse_a_bad_limit_and_sort_listing_both_and_honour_good_ones() {
+    let addr = shop().await;
+    let client = Client::new();
+
+    let refused = client.get(addr, "/products?limit=0&sort=size", &[]).await;
+    let mut errors = violations(&refused);
+    errors.sort();
+    assert_eq!(errors, [at("query", "/limit"), at("query", "/sort")]);
+    assert!(refused.headers.get("x-request-id").is_some(), "{refused:?}");
+
+    let cheapest = client.get(addr, "/products?limit=2&sort=price", &[]).await;
+    assert_eq!(cheapest.status, StatusCode::OK, "{cheapest:?}");
+    let names: Vec<Value> = cheapest.json()["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|product| product["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("Paper filters (100)"), json!("Ceramic mug")]);
+}
+
+#[tokio::test]
+async fn a_cart_body_the_schema_refuses_never_reaches_the_cart() {
+    let addr = shop().await;
+    let bearer = bearer();
+    let both = [
+        ("authorization", bearer.as_str()),
+        ("x-api-key", shop::GLOBEX_KEY),
+    ];
+
+    let not_a_number = post_json(addr, "/cart", &both, json!({ "product_id": "x" })).await;
+    assert_eq!(violations(&not_a_number), [at("body", "/product_id")]);
+    let detail = &not_a_number.json()["errors"][0];
+    assert_eq!(detail["keyword"], "type", "{detail}");
+    let too_many = post_json(
+        addr,
+        "/cart",
+        &both,
+        json!({ "product_id": 1, "quantity": 100 }),
+    )
+    .await;
+    assert_eq!(violations(&too_many), [at("body", "/quantity")]);
+    let no_product = post_json(addr, "/cart", &both, json!({ "quantity": 2 })).await;
+    assert_eq!(violations(&no_product)[0].0, "body");
+
+    let form = post(
+        addr,
+        "/cart",
+        &[
+            ("authorization", bearer.as_str()),
+            ("x-api-key", shop::GLOBEX_KEY),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        "product_id=1",
+    )
+    .await;
+    assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{form:?}");
+    let huge = format!(r#"{{"product_id": 1, "note": "{}"}}"#, "x".repeat(5000));
+    let mut json_headers = both.to_vec();
+    json_headers.push(("content-type", "application/json"));
+    let too_large = post(addr, "/cart", &json_headers, huge).await;
+    assert_eq!(
+        too_large.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{too_large:?}"
+    );
+
+    // None of them reached the cart service.
+    let cart = Client::new().get(addr, "/cart", &both).await;
+    assert_eq!(cart.json(), json!({ "items": [], "total": "0.00" }));
+
+    let added = post_json(addr, "/cart", &both, json!({ "product_id": 2 })).await;
+    assert_eq!(added.status, StatusCode::CREATED, "{added:?}");
+    assert_eq!(added.json()["items"][0]["quantity"], 1);
+}
+
+#[tokio::test]
+async fn openapi_json_describes_the_routes_and_what_each_needs() {
+    let addr = shop().await;
+
+    let reply = Client::new().get(addr, "/openapi.json", &[]).await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let document = reply.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(document["servers"][0]["url"], format!("http://{addr}"));
+    for path in ["/products", "/products/{id}", "/cart", "/orders"] {
+        assert!(
+            document["paths"].get(path).is_some(),
+            "no {path} in {document}"
+        );
+    }
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
+    assert_eq!(schemes["apiKey"]["type"], "apiKey", "{schemes}");
+    assert_eq!(schemes["apiKey"]["in"], "header", "{schemes}");
+    assert_eq!(schemes["apiKey"]["name"], "x-api-key", "{schemes}");
+
+    let add = &document["paths"]["/cart"]["post"];
+    let config = config();
+    let cart_route = config
+        .routes
+        .iter()
+        .find(|route| route.route == "POST /cart")
+        .unwrap();
+    let schema = cart_route.validate.as_ref().unwrap().body.as_ref().unwrap();
+    assert_eq!(
+        add["requestBody"]["content"]["application/json"]["schema"],
+        *schema.schema.as_ref().unwrap()
+    );
+    // One requirement: the token with scope `cart` and the partner's key, both.
+    assert_eq!(
+        add["security"],
+        json!([{ "bearer": ["cart"], "apiKey": [] }])
+    );
+    for status in ["400", "401", "403", "413", "415", "429"] {
+        assert!(
+            add["responses"].get(status).is_some(),
+            "no {status} in {add}"
+        );
+    }
+
+    let list = &document["paths"]["/products"]["get"];
+    let limit = list["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|parameter| parameter["name"] == "limit")
+        .unwrap_or_else(|| panic!("no limit in {list}"));
+    assert_eq!(limit["in"], "query");
+    assert_eq!(limit["schema"]["minimum"], 1, "{limit}");
+    assert_eq!(limit["schema"]["maximum"], 100, "{limit}");
+    // The catalog is cached; the cart, off the cache's default, is not.
+    let cache_header = |path: &str| {
+        document["paths"][path]["get"]["responses"]["200"]["headers"]
+            .get("X-Cache-Status")
+            .is_some()
+    };
+    assert!(cache_header("/products"), "{list}");
+    assert!(!cache_header("/cart"), "{}", document["paths"]["/cart"]);
+}
+
+#[tokio::test]
+async fn openapi_json_follows_a_reload() {
+    let (gateway, addr) = serve(config()).await;
+    let client = Client::new();
+    let before = client.get(addr, "/openapi.json", &[]).await.json();
+    assert!(before["paths"]["/orders"].get("post").is_some(), "{before}");
+
+    let mut no_checkouts = config();
+    no_checkouts
+        .routes
+        .retain(|route| route.route != "POST /orders");
+    gateway.reload(no_checkouts).await.unwrap();
+
+    let after = client.get(addr, "/openapi.json", &[]).await.json();
+    assert!(after["paths"]["/orders"].get("post").is_none(), "{after}");
+    assert!(after["paths"]["/orders"].get("get").is_some(), "{after}");
+}
+
+/// The OpenAPI Initiative's schema for OpenAPI 3.1 documents (as `tests/openapi.rs` uses it).
+fn openapi_schema() -> jsonschema::Validator {
+    let schema: Value =
+        serde_json::from_str(include_str!("fixtures/openapi-3.1-schema.json")).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+#[test]
+fn the_shop_document_is_valid_openapi_3_1() -> Result<(), Box<dyn std::error::Error>> {
+    let document = GatewayConfig::from_file(CONFIG)?
+        .openapi("Shop", "1.0.0")?
+        .server("http://127.0.0.1:8080", "local")
+        .build()?;
+
+    let violations: Vec<String> = openapi_schema()
+        .iter_errors(&document)
+        .map(|error| format!("{error} at {}", error.instance_path()))
+        .collect();
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    Ok(())
 }

@@ -13,6 +13,10 @@
 //!   on a usage plan; checkouts have a plan throttle of their own.
 //! - `/orders` has a v2 canary: 10 % of clients, by `x-client-id`, get `orders-v2`
 //!   (`x-deployment: prod-v2`).
+//! - `GET /products` checks `limit` and `sort`, `POST /cart` its JSON body: a 400 lists every
+//!   violation. `GET /openapi.json` is the OpenAPI 3.1 document of the configuration serving.
+//! - Every request is one access-log line on stdout (`tracing`, target `tollgate::access`);
+//!   `RUST_LOG=tollgate::access=info` shows only those, `RUST_LOG=warn` hides them.
 //!
 //! The JWT secret comes from `SHOP_JWT_SECRET`; without it a development secret is set. Listen
 //! elsewhere with `TOLLGATE_ADDR=127.0.0.1:8080` or `cargo run ... -- 127.0.0.1:8080`.
@@ -23,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tollgate::config::{GatewayConfig, GatewayHandle};
+use tollgate::config::GatewayConfig;
 
 const CONFIG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -48,7 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    // The watcher reports each reload (INFO) and each refused file (WARN).
+    // The access log (INFO, target `tollgate::access`), each reload (INFO) and each refused
+    // file (WARN), as text; `RUST_LOG` picks, such as `RUST_LOG=tollgate::access=info`.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -64,7 +69,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // Errors name the file, line and field: `gateway.yaml:12:9: routes[3].cache.ttl: ...`.
     let config = GatewayConfig::from_file(CONFIG)?;
-    let gateway = GatewayHandle::new(config, shop::handlers()).await?;
+    let gateway = shop::gateway(config).await?;
     let _watcher = gateway.watch(CONFIG, Duration::from_secs(1));
 
     let secret = std::env::var(SECRET_VARIABLE)?;
@@ -125,12 +130,23 @@ fn print_try(addr: SocketAddr, token: &str) {
     println!("      401: no API key (WWW-Authenticate: ApiKey)");
     println!("  curl -i {url}/cart {auth} -H \"x-api-key: $ACME\" --json '{{\"product_id\": 1, \"quantity\": 2}}'");
     println!("      201, the cart");
+    println!(
+        "  curl -i {url}/cart {auth} -H \"x-api-key: $ACME\" --json '{{\"product_id\": \"x\"}}'"
+    );
+    println!("      400 before the cart service: errors[0].pointer is /product_id");
+    println!("  curl -i '{url}/products?limit=0&sort=size'");
+    println!("      400 listing both violations, in: query");
+    println!("  curl -s {url}/openapi.json");
+    println!("      the OpenAPI 3.1 document of the configuration serving now");
     println!("  curl -i -X POST {url}/orders {auth} -H \"x-api-key: $ACME\"");
     println!("      201, the order; a third checkout within a minute on partner-basic: 429 with Retry-After");
     println!("  curl -i {url}/orders {auth} -H \"x-api-key: $GLOBEX\" -H 'x-client-id: device-45'");
     println!("      x-deployment: prod-v2, orders-v2's answer; most ids (device-1) get prod and orders-v1,");
     println!("      and an id always gets the same side");
     println!();
+    println!(
+        "Each request is an access-log line below (RUST_LOG=tollgate::access=info for only those)."
+    );
     println!("Edit {config} (say, the canary's percent: 50): the gateway reloads within a second.");
     println!("Press Ctrl-C to stop.");
 }

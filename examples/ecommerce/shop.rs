@@ -1,10 +1,11 @@
 //! The shop behind the gateway: its services as axum handlers and routers over in-memory state, the names
-//! `gateway.yaml` knows them by, and the demo credentials. `main.rs` serves them and
-//! `tests/ecommerce.rs` includes this file by path.
+//! `gateway.yaml` knows them by, and the demo credentials. [`gateway`] builds a configuration
+//! with them; `main.rs` serves it and `tests/ecommerce.rs` includes this file by path.
 //!
 //! | name | paths | what it does |
 //! |---|---|---|
-//! | `products`, `product` | `GET /products`, `GET /products/{id}` | the products and their prices (`product` is also the product page's `catalog` backend) |
+//! | `openapi` | `GET /openapi.json` | the OpenAPI 3.1 document of the configuration the gateway serves now |
+//! | `products`, `product` | `GET /products?limit=&sort=`, `GET /products/{id}` | the products and their prices (`product` is also the product page's `catalog` backend) |
 //! | `inventory` | `GET /stock/{id}` | stock per product; product 5 is not in the warehouse yet |
 //! | `reviews` | `GET /reviews/{id}` | reviews per product; down for product 3 |
 //! | `cart` | `GET /cart`, `POST /cart` | the signed-in customer's cart |
@@ -12,17 +13,18 @@
 //! | `orders-v2` | `GET /orders`, `POST /orders` | the same orders, prices in cents with a currency |
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::uri::Authority;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tollgate::config::Handlers;
+use tollgate::config::{ConfigError, GatewayConfig, GatewayHandle, Handlers};
 use tollgate::{Principal, ProblemType, Rejection};
 
 /// The issuer of the shop's customer tokens (HS256, secret in `SHOP_JWT_SECRET`).
@@ -69,9 +71,20 @@ pub fn customer_token(
     )
 }
 
-/// Every service of a fresh shop (empty carts, no orders) under the name `gateway.yaml`
-/// gives it.
-pub fn handlers() -> Handlers {
+/// The shop's gateway: `config` built with every service of a fresh shop (empty carts, no
+/// orders), its `openapi` handler describing whatever configuration the gateway serves.
+pub async fn gateway(config: GatewayConfig) -> Result<GatewayHandle, ConfigError> {
+    // The handlers are given before the gateway exists, so the document's handler finds the
+    // gateway here once it is built. The two then hold each other and are never freed: the
+    // shop's gateway lives as long as the process.
+    let serving = Arc::new(OnceLock::new());
+    let gateway = GatewayHandle::new(config, handlers(serving.clone())).await?;
+    let _ = serving.set(gateway.clone());
+    Ok(gateway)
+}
+
+/// Every service of a fresh shop under the name `gateway.yaml` gives it.
+fn handlers(serving: Arc<OnceLock<GatewayHandle>>) -> Handlers {
     let shop = Shop::default();
     let orders = |version| {
         Router::new()
@@ -79,6 +92,9 @@ pub fn handlers() -> Handlers {
             .with_state((shop.clone(), version))
     };
     Handlers::new()
+        .handler("openapi", move |headers: HeaderMap| {
+            openapi(serving.get().cloned(), headers)
+        })
         // Handlers extract path parameters from the template that calls them: a route's
         // (`GET /products/{id}`) or an aggregate backend's (`path: /stock/{id}`).
         .handler("products", products)
@@ -163,8 +179,59 @@ fn unknown_product(id: &str) -> Rejection {
     Rejection::not_found().with_detail(format!("no product {id:?}"))
 }
 
-async fn products() -> Json<Value> {
-    Json(json!({ "products": PRODUCTS.iter().map(Product::json).collect::<Vec<_>>() }))
+/// The OpenAPI 3.1 document of the configuration `gateway` serves now, so it follows reloads,
+/// with the address the client called as its server.
+async fn openapi(
+    gateway: Option<GatewayHandle>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Rejection> {
+    let gateway = gateway.ok_or_else(|| Rejection::unavailable(Duration::from_secs(1)))?;
+    let mut document = gateway
+        .config()
+        .openapi("Shop", "1.0.0")
+        .map_err(|error| Rejection::internal(&error))?
+        .description("The coffee-gear shop of tollgate's `examples/ecommerce`.");
+    let called = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .and_then(|host| host.parse::<Authority>().ok());
+    if let Some(authority) = called {
+        document = document.server(format!("http://{authority}"), "this gateway");
+    }
+    let document = document
+        .build()
+        .map_err(|error| Rejection::internal(&error))?;
+    Ok(Json(document))
+}
+
+/// `GET /products`' query: at most `limit` products, sorted by `sort`. `gateway.yaml`
+/// validates both, so the 400 below is for callers that bypass the gateway.
+#[derive(serde::Deserialize)]
+struct Listing {
+    limit: Option<usize>,
+    sort: Option<SortBy>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SortBy {
+    Price,
+    Name,
+}
+
+async fn products(
+    listing: Result<Query<Listing>, QueryRejection>,
+) -> Result<Json<Value>, Rejection> {
+    let Query(listing) = listing.map_err(|error| Rejection::bad_request(error.body_text()))?;
+    let mut products: Vec<&Product> = PRODUCTS.iter().collect();
+    match listing.sort {
+        Some(SortBy::Price) => products.sort_by_key(|product| product.price_cents),
+        Some(SortBy::Name) => products.sort_by_key(|product| product.name),
+        None => {}
+    }
+    products.truncate(listing.limit.unwrap_or(PRODUCTS.len()));
+    let products: Vec<Value> = products.into_iter().map(Product::json).collect();
+    Ok(Json(json!({ "products": products })))
 }
 
 async fn product(Path(id): Path<String>) -> Result<Json<Value>, Rejection> {

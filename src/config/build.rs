@@ -873,6 +873,14 @@ pub(crate) async fn build(
     if config.metrics {
         gateway = gateway.metrics();
     }
+    if (config.metrics || config.access_log.is_some()) && !config.routes.is_empty() {
+        let mut routes = RouteTable::new();
+        for route in &config.routes {
+            // Validated already: every route is one the table takes.
+            let _ = routes.insert(&route.route, ());
+        }
+        gateway = gateway.route_note(Arc::new(routes));
+    }
     if let Some(cors) = &config.cors {
         gateway = gateway.cors(cors.build().map_err(|e| fail("cors", e))?);
     }
@@ -1461,9 +1469,6 @@ impl Dispatch {
     > {
         let (method, path) = (request.method(), request.uri().path());
         if let Some(route) = self.routes.at(method, path) {
-            crate::core::AccessRecord::update(request.extensions(), |fields| {
-                fields.route = Some(route.template().into());
-            });
             return Box::pin(route.value().clone().oneshot(request));
         }
         let response = match self.allowed.at(method, path) {

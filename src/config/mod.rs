@@ -73,7 +73,8 @@
 //!
 //! Requests go through the stage router (when `stages` is set), then the request id
 //! (`request_id`), the access log (`access_log`) and the metrics (`metrics`), the IP lists (`ip_filter`), CORS (`cors`: a preflight is answered here),
-//! the throttle, the authorizer, the usage plan (on routes with `api_key: true`), the cache,
+//! the throttle, the authorizer, the usage plan (on routes with `api_key: true`), request
+//! validation (on routes with `validate`), the cache,
 //! and the route's integration — the order of [`Gateway`](crate::Gateway), which this
 //! builds.
 //!

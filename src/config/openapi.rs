@@ -13,8 +13,13 @@ impl GatewayConfig {
     /// SDK generators: the route's path and query parameters, headers and JSON body schema
     /// from its `validate`; bearer JWT security with the route's scopes (or the `auth`
     /// section's default policy), an API key where `api_key: true`, in the header the usage
-    /// section reads; the refusals the throttle, the usage plan and validation add; and each
-    /// stage as a server, at its first base path (relative, such as `/v1`) or host.
+    /// section reads; the refusals the throttle, the usage plan and validation add; the cache's
+    /// headers on `GET` routes it keeps; and each stage as a server, at its first base path
+    /// (relative, such as `/v1`) or host.
+    ///
+    /// Every operation answers `200` as far as the document says (a configuration does not
+    /// say what its handlers answer): edit the built JSON to add others, or describe the
+    /// routes in code with [`Operation`].
     ///
     /// Add servers and anything else to the returned builder, then
     /// [`build`](OpenApi::build) it. A route for any method is described for `GET`, `POST`,
@@ -75,7 +80,7 @@ impl GatewayConfig {
                     if policy.is_anonymous() {
                         operation = operation.optional_auth();
                     }
-                    if !policy.any_of().is_empty() {
+                    if policy.any_of().len() > 1 {
                         operation = operation.description(format!(
                             "Needs a token with at least one of the scopes {}{}.",
                             policy.any_of().join(", "),
@@ -94,7 +99,7 @@ impl GatewayConfig {
             if route.throttle.is_some() || self.throttle.is_some() {
                 operation = operation.throttled();
             }
-            if self.cache.is_some() && method == "GET" {
+            if method == "GET" && self.cached(&text, route) {
                 operation = operation.cached();
             }
             if let Some(validate) = &route.validate {
@@ -119,5 +124,25 @@ impl GatewayConfig {
         } else {
             Err(ConfigError::new(problems))
         }
+    }
+
+    /// Whether the cache keeps answers of `route` (written as `text`): its own policy, the
+    /// `cache` section's for it, then the section's default, over the cache's (on).
+    fn cached(&self, text: &str, route: &super::RouteConfig) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        let listed = cache
+            .routes
+            .iter()
+            .find(|(listed, _)| normalized(listed).is_ok_and(|listed| listed == text))
+            .and_then(|(_, policy)| policy.enabled);
+        route
+            .cache
+            .as_ref()
+            .and_then(|policy| policy.enabled)
+            .or(listed)
+            .or(cache.default.enabled)
+            .unwrap_or(true)
     }
 }
