@@ -248,6 +248,22 @@ impl Gateway {
             })
     }
 
+    /// The observing steps (`request_id`, `access_log`, `metrics`), and the others: to put the
+    /// first in front of a stage router, so that they see the requests it refuses and the
+    /// paths as the client sent them.
+    #[cfg(feature = "config")]
+    pub(crate) fn split_observing(&self) -> (Gateway, Gateway) {
+        let observing = |step: &&Step| matches!(step.name, "request_id" | "access_log" | "metrics");
+        let outer = self.steps.iter().filter(observing).cloned().collect();
+        let inner = self
+            .steps
+            .iter()
+            .filter(|step| !observing(step))
+            .cloned()
+            .collect();
+        (Gateway { steps: outer }, Gateway { steps: inner })
+    }
+
     /// The names of the steps, outermost first: `request_id`, `access_log`, `metrics`,
     /// `ip_filter`, `cors`, `throttle`, `authorizer`, `usage`, `validate`, `cache`, then `layer`
     /// for each of the application's own.
@@ -266,6 +282,12 @@ impl Gateway {
     /// deployment's whole router, before axum has matched a route: rules and policies keyed by
     /// route must name their routes in a `RouteTable` rather than rely on axum's
     /// `MatchedPath`.
+    ///
+    /// Every step runs inside the deployments here, request ids, the access log and the
+    /// metrics too: a request the router itself refuses (no stage serves its path) is not
+    /// seen by them, and they see paths without the stage's base path. To see every request
+    /// as the client sent it, leave those steps out of this gateway and wrap the router in
+    /// a second one that has only them (a configuration file does this).
     ///
     /// # Errors
     ///

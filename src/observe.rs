@@ -1,29 +1,30 @@
 //! Seeing every request: request ids, an access log and request metrics.
 //!
 //! The access log is one structured [`tracing`] event per request, target `tollgate::access`,
-//! level INFO, message `request`, written when the response is complete. Its fields, each
-//! present only when known:
+//! level INFO, message `request`, written when the response's body has been sent (or failed,
+//! or the client went away). Its fields, each present only when known:
 //!
 //! | field | what it holds |
 //! |---|---|
-//! | `request_id` | the request id header (`x-request-id`, from the gateway's `request_id` step or the client) |
+//! | `request_id` | the request id header (`x-request-id`, from the gateway's `request_id` step or the client), its first 128 characters |
 //! | `client_ip` | the client's IP address, behind the configured trusted proxies |
 //! | `method` | the request method |
-//! | `path` | the request path, without the query string (which may hold credentials) |
+//! | `path` | the request path, without the query string (which may hold credentials); left out with [`AccessLogLayer::without_path`] |
 //! | `route` | the path template of the route that served it (`/pets/{id}`) |
-//! | `status` | the response status |
+//! | `status` | the response status (absent when the client went away before it) |
 //! | `latency_ms` | from the request's arrival to the response head, in milliseconds |
-//! | `total_ms` | to the end of the response body, for a streamed body |
+//! | `total_ms` | to the end of the response body (to when the client went away, if it did) |
 //! | `upstream_ms` | time spent waiting for an HTTP upstream or an aggregate's backends |
-//! | `bytes` | the response body's size |
 //! | `subject` | the caller, as the authorizer verified it |
 //! | `api_key_id` | the id of the API key the usage plan verified — never the key |
 //! | `plan` | that key's usage plan |
 //! | `stage`, `deployment` | the stage and the deployment (`prod`, `prod-canary`) that served it |
 //! | `cache` | the cache's `X-Cache-Status` (`HIT`, `MISS`, `STALE`, `BYPASS`, ...) |
-//! | `decision` | `allowed`, or the refusal's problem type (`throttled`, `quota-exceeded`, `unauthorized`, ...) |
+//! | `decision` | `allowed`, the refusal's problem type (`throttled`, `quota-exceeded`, `unauthorized`, ...), or `aborted` when the client went away before the response |
 //! | `rejection` | the refusal's problem type URI (`urn:tollgate:problem:throttled`), when refused |
-//! | `aborted` | `true` when the client went away before the body was sent |
+//! | `bytes` | the response body's bytes sent |
+//! | `aborted` | `true` when the client went away before the response was sent whole |
+//! | `body_error` | `true` when the body failed while it was sent (an upstream broke off) |
 //!
 //! The access log costs a check of the subscriber's filter when its target is filtered out.
 //! When it is on, it also opens a span around the rest of the gateway, target `tollgate::request`,
@@ -31,7 +32,8 @@
 //! events (a refusal's reason, a store's failure) nest in it.
 //!
 //! Credentials never reach the log: no header is logged but the request id, the query string
-//! is dropped, and API keys appear by id only.
+//! is dropped, and API keys appear by id only. The path is logged; an API with secrets in its
+//! path segments leaves it out with [`AccessLogLayer::without_path`].
 //!
 //! A layer notes what it decided in the request's [`AccessRecord`]
 //! (the authorizer its principal, the usage plan the key id and plan, the stage router the
@@ -256,9 +258,11 @@ fn method_label(method: &Method) -> &'static str {
 /// # }
 /// ```
 #[derive(Clone, Debug, Default)]
+#[must_use]
 pub struct AccessLogLayer {
     client_ip: ClientIp,
     request_id: Option<HeaderName>,
+    without_path: bool,
 }
 
 impl AccessLogLayer {
@@ -269,23 +273,28 @@ impl AccessLogLayer {
 
     /// Reads the client's address from the forwarding headers of these proxies, as the
     /// throttle's [`ClientIp`] does.
-    #[must_use]
     pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.client_ip = ClientIp::new(proxies);
         self
     }
 
     /// Finds the client's address with `client_ip` (trusted proxies and their header).
-    #[must_use]
     pub fn client_ip(mut self, client_ip: ClientIp) -> Self {
         self.client_ip = client_ip;
         self
     }
 
     /// Reads the request id from `header` rather than `x-request-id`.
-    #[must_use]
     pub fn request_id_header(mut self, header: HeaderName) -> Self {
         self.request_id = Some(header);
+        self
+    }
+
+    /// Leaves the request path out of the event and the span, for APIs that carry secrets in
+    /// path segments (a reset token, a signed link): the `route` template still says which
+    /// route served the request.
+    pub fn without_path(mut self) -> Self {
+        self.without_path = true;
         self
     }
 }
@@ -317,7 +326,7 @@ struct Entry {
     request_id_header: HeaderName,
     client_ip: Option<IpAddr>,
     method: Method,
-    path: Box<str>,
+    path: Option<Box<str>>,
 }
 
 impl<S> Service<Request<Body>> for AccessLog<S>
@@ -347,20 +356,26 @@ where
             request_id_header,
             client_ip: self.layer.client_ip.client_ip(&RequestHead::of(&request)),
             method: request.method().clone(),
-            path: request.uri().path().into(),
+            path: (!self.layer.without_path).then(|| request.uri().path().into()),
         };
         // Every step's own events (decisions, errors) nest in the request's span.
         let span = tracing::info_span!(
             target: "tollgate::request",
             "request",
-            request_id = entry.request_id.as_ref().and_then(|id| id.to_str().ok()),
+            request_id = entry.request_id.as_ref().and_then(request_id_text),
             method = entry.method.as_str(),
-            path = &*entry.path,
+            path = entry.path.as_deref(),
         );
         let response = span.in_scope(|| self.inner.call(request));
         let response = tracing::Instrument::instrument(response, span);
         Box::pin(async move {
+            // Logged as aborted if the future is dropped before the response comes: the
+            // client went away (or a timeout outside gave up) while the gateway worked.
+            let mut pending = Pending(Some(entry));
             let response = response.await?;
+            let Some(entry) = pending.0.take() else {
+                return Ok(response);
+            };
             let latency = entry.started.elapsed();
             let (parts, body) = response.into_parts();
             let head = Head {
@@ -370,21 +385,52 @@ where
                 request_id: parts.headers.get(&entry.request_id_header).cloned(),
                 latency,
             };
-            let body = match http_body::Body::size_hint(&body).exact() {
-                // The body is in memory: logged now, and the body goes out as it is.
-                Some(bytes) => {
-                    log(&entry, &head, bytes, None, false);
-                    body
-                }
-                None => Body::new(LoggedBody {
+            // A response that sends no body (to HEAD, 1xx, 204, 304, or an empty one) is
+            // complete now; hyper never reads its body, so waiting for the end would log it as
+            // aborted.
+            let bodiless = entry.method == Method::HEAD
+                || parts.status.is_informational()
+                || parts.status == http::StatusCode::NO_CONTENT
+                || parts.status == http::StatusCode::NOT_MODIFIED
+                || http_body::Body::size_hint(&body).exact() == Some(0);
+            let body = if bodiless {
+                log(&entry, Some(&head), 0, Some(latency), End::Complete);
+                body
+            } else {
+                // Logged when the body has gone out (or failed, or was dropped): a size the
+                // body declares is not a size sent.
+                Body::new(LoggedBody {
                     body,
                     log: Some((entry, head)),
                     bytes: 0,
-                }),
+                })
             };
             Ok(Response::from_parts(parts, body))
         })
     }
+}
+
+/// Holds a request's entry while the response is awaited, and logs it as aborted if the
+/// wait is dropped.
+struct Pending(Option<Entry>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.take() {
+            log(&entry, None, 0, Some(entry.started.elapsed()), End::Aborted);
+        }
+    }
+}
+
+/// How a response ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Sent whole.
+    Complete,
+    /// The client went away first.
+    Aborted,
+    /// The body failed while it was sent (an upstream broke off).
+    Failed,
 }
 
 /// What the access log learnt from the response head.
@@ -402,8 +448,18 @@ fn millis(duration: Duration) -> f64 {
     duration.as_micros() as f64 / 1000.0
 }
 
-/// Writes the access log event.
-fn log(entry: &Entry, head: &Head, bytes: u64, total: Option<Duration>, aborted: bool) {
+/// The longest request id logged: a client may send its own, up to the size of a header.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A request id as logged: text, cut to [`MAX_REQUEST_ID`] bytes.
+fn request_id_text(value: &HeaderValue) -> Option<&str> {
+    // A header value that is text is ASCII, so any byte is a character boundary.
+    let text = value.to_str().ok()?;
+    Some(&text[..text.len().min(MAX_REQUEST_ID)])
+}
+
+/// Writes the access log event; `head` is `None` when the client went away before it.
+fn log(entry: &Entry, head: Option<&Head>, bytes: u64, total: Option<Duration>, end: End) {
     let AccessFields {
         route,
         principal,
@@ -413,18 +469,22 @@ fn log(entry: &Entry, head: &Head, bytes: u64, total: Option<Duration>, aborted:
         upstream,
         ..
     } = entry.record.fields();
-    let request_id = entry.request_id.as_ref().or(head.request_id.as_ref());
+    let request_id = entry
+        .request_id
+        .as_ref()
+        .or(head.and_then(|head| head.request_id.as_ref()));
     let api_key_id = api_key_id.or_else(|| principal.as_ref()?.api_key_id_shared().cloned());
     let plan = usage_plan.or_else(|| Some(principal.as_ref()?.usage_plan_id()?.into()));
+    let decision = head.and_then(|head| head.decision);
     tracing::info!(
         target: "tollgate::access",
-        request_id = request_id.and_then(|id| id.to_str().ok()),
+        request_id = request_id.and_then(request_id_text),
         client_ip = entry.client_ip.map(tracing::field::display),
         method = entry.method.as_str(),
-        path = &*entry.path,
+        path = entry.path.as_deref(),
         route = route.as_deref(),
-        status = head.status,
-        latency_ms = millis(head.latency),
+        status = head.map(|head| head.status),
+        latency_ms = head.map(|head| millis(head.latency)),
         total_ms = total.map(millis),
         upstream_ms = upstream.map(millis),
         bytes,
@@ -433,17 +493,24 @@ fn log(entry: &Entry, head: &Head, bytes: u64, total: Option<Duration>, aborted:
         plan = plan.as_deref(),
         stage = stage.as_ref().map(|stage| stage.name()),
         deployment = stage.as_ref().map(|stage| stage.deployment()),
-        cache = head.cache.as_ref().and_then(|value| value.to_str().ok()),
-        decision = head.decision.map_or("allowed", ProblemType::slug),
-        rejection = head.decision.map(ProblemType::uri),
-        aborted = aborted.then_some(true),
+        cache = head
+            .and_then(|head| head.cache.as_ref())
+            .and_then(|value| value.to_str().ok()),
+        decision = match (head, decision) {
+            (None, _) => "aborted",
+            (Some(_), None) => "allowed",
+            (Some(_), Some(problem)) => problem.slug(),
+        },
+        rejection = decision.map(ProblemType::uri),
+        aborted = (end == End::Aborted).then_some(true),
+        body_error = (end == End::Failed).then_some(true),
         "request"
     );
 }
 
 pin_project! {
-    /// A streamed response body, counted as it goes out; the access log is written when it
-    /// ends, fails or is dropped.
+    /// A response body, counted as it goes out; the access log is written when it ends,
+    /// fails or is dropped.
     struct LoggedBody {
         #[pin]
         body: Body,
@@ -455,22 +522,27 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some((entry, head)) = this.log.take() {
-                log(&entry, &head, *this.bytes, Some(entry.started.elapsed()), true);
+                let end = if http_body::Body::is_end_stream(&*this.body) {
+                    End::Complete
+                } else {
+                    End::Aborted
+                };
+                log(&entry, Some(&head), *this.bytes, Some(entry.started.elapsed()), end);
             }
         }
     }
 }
 
 impl LoggedBody {
-    fn finish(self: Pin<&mut Self>) {
+    fn finish(self: Pin<&mut Self>, end: End) {
         let this = self.project();
         if let Some((entry, head)) = this.log.take() {
             log(
                 &entry,
-                &head,
+                Some(&head),
                 *this.bytes,
                 Some(entry.started.elapsed()),
-                false,
+                end,
             );
         }
     }
@@ -492,11 +564,11 @@ impl http_body::Body for LoggedBody {
                     *this.bytes += data.len() as u64;
                 }
                 if self.body.is_end_stream() {
-                    self.finish();
+                    self.finish(End::Complete);
                 }
             }
-            // The end, or a failure: the body will say no more.
-            Some(Err(_)) | None => self.finish(),
+            Some(Err(_)) => self.finish(End::Failed),
+            None => self.finish(End::Complete),
         }
         Poll::Ready(frame)
     }

@@ -230,7 +230,11 @@ async fn a_throttled_request_is_logged_with_its_client_and_the_throttle_decision
         ],
         &["rejection", "upstream_ms", "aborted"],
     );
-    assert!(allowed["latency_ms"].as_f64().unwrap() >= 0.0);
+    let latency = allowed["latency_ms"].as_f64().unwrap();
+    assert!(
+        latency > 0.0 && latency <= allowed["total_ms"].as_f64().unwrap(),
+        "{allowed:?}"
+    );
 
     let refused = event("throttle-refused").await;
     assert_fields(
@@ -349,24 +353,29 @@ async fn an_aggregated_request_is_logged_with_its_upstream_time() {
     assert_no_secrets(&[&stack.plan.key, stack.token.trim_start_matches("Bearer ")]);
 }
 
-/// A body of chunks (popped from the end) whose size is not known ahead: streamed.
+/// A body of chunks (popped from the end) whose size is not known ahead: streamed. A chunk
+/// `"!"` is an error, as an upstream that breaks off.
 struct Chunks(Vec<&'static str>);
 
 impl http_body::Body for Chunks {
     type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let chunk = self.0.pop();
-        std::task::Poll::Ready(chunk.map(|chunk| Ok(http_body::Frame::data(chunk.into()))))
+        std::task::Poll::Ready(chunk.map(|chunk| match chunk {
+            "!" => Err(std::io::Error::other("the upstream broke off")),
+            chunk => Ok(http_body::Frame::data(chunk.into())),
+        }))
     }
 }
 
-#[tokio::test]
-async fn a_streamed_body_is_logged_once_it_has_gone_out_with_its_size() {
+/// An app of `/stream` (three chunks), `/broken` (a chunk, then an error) and `/slow` (an
+/// answer after 10 s), behind request ids and the access log.
+async fn streaming_app() -> SocketAddr {
     capture();
     // No cache here: it would read the body whole before sending it.
     let app = Router::new()
@@ -374,13 +383,29 @@ async fn a_streamed_body_is_logged_once_it_has_gone_out_with_its_size() {
             "/stream",
             get(|| async { axum::body::Body::new(Chunks(vec!["three", "two ", "one "])) }),
         )
+        .route(
+            "/broken",
+            get(|| async { axum::body::Body::new(Chunks(vec!["!", "half "])) }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "late"
+            }),
+        )
         .layer(
             Gateway::builder()
                 .request_id()
                 .access_log(AccessLogLayer::new())
                 .build(),
         );
-    let addr = serve_axum(app).await;
+    serve_axum(app).await
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_logged_once_it_has_gone_out_with_its_size() {
+    let addr = streaming_app().await;
     let reply = Client::new()
         .get(addr, "/stream", &[("x-request-id", "stream")])
         .await;
@@ -395,6 +420,73 @@ async fn a_streamed_body_is_logged_once_it_has_gone_out_with_its_size() {
         event["total_ms"].as_f64().unwrap() >= event["latency_ms"].as_f64().unwrap(),
         "{event:?}"
     );
+}
+
+#[tokio::test]
+async fn a_head_request_is_logged_complete_though_its_body_is_never_read() {
+    let addr = streaming_app().await;
+    let reply = Client::new()
+        .send("HEAD", addr, "/stream", &[("x-request-id", "head")])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_fields(
+        &event("head").await,
+        &[
+            ("status", json!(200)),
+            ("bytes", json!(0)),
+            ("method", json!("HEAD")),
+        ],
+        &["aborted", "body_error"],
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_fails_while_it_is_sent_is_logged_as_failed_with_what_was_sent() {
+    let addr = streaming_app().await;
+    // The client sees the connection break; what it reads does not matter here.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(format!("http://{addr}/broken"))
+        .header("x-request-id", "broken")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    // The head may go out with the first chunk or not at all: either way the client sees
+    // the connection break.
+    if let Ok(response) = client.request(request).await {
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+    }
+    assert_fields(
+        &event("broken").await,
+        &[
+            ("status", json!(200)),
+            ("bytes", json!(5)),
+            ("body_error", json!(true)),
+        ],
+        &["aborted"],
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_is_logged_as_aborted() {
+    let addr = streaming_app().await;
+    let gone = tokio::time::timeout(
+        Duration::from_millis(200),
+        Client::new().get(addr, "/slow", &[("x-request-id", "left-early")]),
+    )
+    .await;
+    assert!(gone.is_err(), "the handler answers after 10 s");
+    // The client's connection closes with its future; the server drops the request's.
+    let event = event("left-early").await;
+    assert_fields(
+        &event,
+        &[
+            ("decision", json!("aborted")),
+            ("aborted", json!(true)),
+            ("route", json!("/slow")),
+        ],
+        &["status", "latency_ms"],
+    );
+    assert!(event["total_ms"].as_f64().unwrap() >= 150.0, "{event:?}");
 }
 
 #[tokio::test]
@@ -432,9 +524,8 @@ access_log: {}
 throttle:
   rules: [{ name: everyone, rate: 1/min, burst: 2, key: global }]
 stages:
-  default_stage: prod
   stages:
-    prod: { deployment: prod-blue }
+    prod: { deployment: prod-blue, base_paths: [/v1] }
 routes:
   - route: GET /items/{id}
     integration: { handler: item }
@@ -454,7 +545,11 @@ routes:
         ("configured-throttled", "n=1", 429),
     ] {
         let reply = client
-            .get(addr, &format!("/items/7?{query}"), &[("x-request-id", id)])
+            .get(
+                addr,
+                &format!("/v1/items/7?{query}"),
+                &[("x-request-id", id)],
+            )
             .await;
         assert_eq!(reply.status, status, "{reply:?}");
         let event = event(id).await;
@@ -462,7 +557,8 @@ routes:
             &event,
             &[
                 ("route", json!("/items/{id}")),
-                ("path", json!("/items/7")),
+                // As the client sent it, base path and all.
+                ("path", json!("/v1/items/7")),
                 ("stage", json!("prod")),
                 ("deployment", json!("prod-blue")),
                 ("status", json!(status)),
@@ -472,4 +568,24 @@ routes:
     }
     assert_eq!(event("configured-invalid").await["decision"], "bad-request");
     assert_eq!(event("configured-throttled").await["decision"], "throttled");
+    // A path no stage serves is refused by the stage router, in front of every other step:
+    // logged all the same, with a request id.
+    let unserved = client
+        .get(
+            addr,
+            "/v9/items/7",
+            &[("x-request-id", "configured-no-stage")],
+        )
+        .await;
+    assert_eq!(unserved.status, 404, "{unserved:?}");
+    assert_eq!(unserved.header("x-request-id"), "configured-no-stage");
+    assert_fields(
+        &event("configured-no-stage").await,
+        &[
+            ("status", json!(404)),
+            ("path", json!("/v9/items/7")),
+            ("decision", json!("not-found")),
+        ],
+        &["route", "stage"],
+    );
 }

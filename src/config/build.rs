@@ -1243,7 +1243,11 @@ pub(crate) async fn build(
             if let Some(clock) = &handlers.clock {
                 builder = builder.clock(clock.clone());
             }
-            GatewayService::new(gateway.stages(builder).map_err(|e| fail("stages", e))?)
+            // Request ids, the access log and the metrics go in front of the stage router: they
+            // see the requests it refuses, and the paths as the client sent them.
+            let (observing, steps) = gateway.split_observing();
+            let router = steps.stages(builder).map_err(|e| fail("stages", e))?;
+            observing.wrap(router)
         }
     };
     Ok(Built {
