@@ -53,6 +53,7 @@ use axum::extract::MatchedPath;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body::{Frame, SizeHint};
+use metrics::SharedString;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -187,11 +188,11 @@ impl Service<Request<Body>> for Metrics {
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            let status = response.status().as_u16().to_string();
+            let status = status_label(response.status());
+            // Shared, not copied: the template is an `Arc<str>`.
             let route = record
-                .fields()
-                .route
-                .map_or_else(|| "unmatched".to_owned(), |route| route.to_string());
+                .read(|fields| fields.route.clone())
+                .map_or(SharedString::const_str("unmatched"), SharedString::from);
             metrics::counter!(
                 "tollgate_requests_total",
                 "method" => method,
@@ -210,6 +211,32 @@ impl Service<Request<Body>> for Metrics {
             Ok(response)
         })
     }
+}
+
+/// The status as a label, without an allocation for the statuses a gateway answers most.
+fn status_label(status: http::StatusCode) -> SharedString {
+    let text = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return SharedString::from(other.to_string()),
+    };
+    SharedString::const_str(text)
 }
 
 /// `allowed`, or the problem type of the refusal in `response`.

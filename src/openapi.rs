@@ -88,8 +88,16 @@ pub struct OpenApi {
     description: Option<String>,
     servers: Vec<Server>,
     bearer: bool,
-    api_key_header: Option<String>,
+    api_key: Option<ApiKeyIn>,
     routes: Vec<(String, Operation)>,
+}
+
+/// Where the API key security scheme reads the key.
+#[derive(Clone, Debug)]
+struct ApiKeyIn {
+    /// `header` or `query`, OpenAPI's `in`.
+    location: &'static str,
+    name: String,
 }
 
 #[derive(Clone, Debug)]
@@ -115,7 +123,7 @@ impl OpenApi {
             description: None,
             servers: Vec::new(),
             bearer: false,
-            api_key_header: None,
+            api_key: None,
             routes: Vec::new(),
         }
     }
@@ -157,9 +165,24 @@ impl OpenApi {
     }
 
     /// Declares the API key security scheme, named `apiKey`: the key in the request header
-    /// `header` (`type: apiKey`, `in: header`), for [`Operation::api_key`].
+    /// `header` (`type: apiKey`, `in: header`), for [`Operation::api_key`]. Replaces an
+    /// earlier [`api_key_query`](Self::api_key_query).
     pub fn api_key_header(mut self, header: impl Into<String>) -> Self {
-        self.api_key_header = Some(header.into());
+        self.api_key = Some(ApiKeyIn {
+            location: "header",
+            name: header.into(),
+        });
+        self
+    }
+
+    /// Declares the API key security scheme, named `apiKey`: the key in the query parameter
+    /// `name` (`type: apiKey`, `in: query`), for [`Operation::api_key`]. Replaces an earlier
+    /// [`api_key_header`](Self::api_key_header).
+    pub fn api_key_query(mut self, name: impl Into<String>) -> Self {
+        self.api_key = Some(ApiKeyIn {
+            location: "query",
+            name: name.into(),
+        });
         self
     }
 
@@ -218,7 +241,7 @@ impl OpenApi {
             .map(|item| (item.path.clone(), item.into_json()))
             .collect();
         document.insert("paths".into(), paths.into());
-        let components = components.into_json(self.bearer, self.api_key_header.as_deref());
+        let components = components.into_json(self.bearer, self.api_key.as_ref());
         if !components.is_empty() {
             document.insert("components".into(), components.into());
         }
@@ -339,16 +362,16 @@ impl OpenApi {
     }
 
     fn check_security(&self, text: &str, operation: &Operation, problems: &mut Vec<String>) {
-        if operation.bearer_scopes.is_some() && !self.bearer {
+        if operation.bearer.is_some() && !self.bearer {
             problems.push(format!(
                 "route {text:?} needs the bearer scheme, which is not declared: expected \
                  OpenApi::bearer_jwt()"
             ));
         }
-        if operation.api_key && self.api_key_header.is_none() {
+        if operation.api_key && self.api_key.is_none() {
             problems.push(format!(
                 "route {text:?} needs the API key scheme, which is not declared: expected \
-                 OpenApi::api_key_header(..)"
+                 OpenApi::api_key_header(..) or OpenApi::api_key_query(..)"
             ));
         }
     }
@@ -579,7 +602,7 @@ struct Components {
 }
 
 impl Components {
-    fn into_json(self, bearer: bool, api_key_header: Option<&str>) -> Map<String, Value> {
+    fn into_json(self, bearer: bool, api_key: Option<&ApiKeyIn>) -> Map<String, Value> {
         let mut components = Map::new();
         let mut schemes = Map::new();
         if bearer {
@@ -589,18 +612,19 @@ impl Components {
                     "type": "http",
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
-                    "description": "A JWT in `Authorization: Bearer <token>`. Where an \
-                        operation lists names in its requirement, the token needs those scopes.",
+                    "description": "A JWT in `Authorization: Bearer <token>`. The token needs \
+                        every scope a requirement names; where an operation lists several \
+                        requirements, meeting one of them is enough.",
                 }),
             );
         }
-        if let Some(header) = api_key_header {
+        if let Some(key) = api_key {
             schemes.insert(
                 API_KEY.into(),
                 json!({
                     "type": "apiKey",
-                    "in": "header",
-                    "name": header,
+                    "in": key.location,
+                    "name": key.name,
                     "description": "An API key on a usage plan, which sets its throttle and quota.",
                 }),
             );
@@ -783,7 +807,8 @@ pub struct Operation {
     description: Option<String>,
     operation_id: Option<String>,
     tags: Vec<String>,
-    bearer_scopes: Option<Vec<String>>,
+    /// The scopes of each alternative requirement: a token needs every scope of one.
+    bearer: Option<Vec<Vec<String>>>,
     api_key: bool,
     optional_auth: bool,
     throttled: bool,
@@ -840,28 +865,65 @@ impl Operation {
         self
     }
 
-    /// The caller needs a bearer JWT with `scopes` (none: any valid token), under the
-    /// `bearer` scheme ([`OpenApi::bearer_jwt`]). Adds the `401` and `403` refusals.
+    /// The caller needs a bearer JWT with every one of `scopes` (none: any valid token), under
+    /// the `bearer` scheme ([`OpenApi::bearer_jwt`]). Adds the `401` and `403` refusals.
+    /// Replaces an earlier [`bearer_any_of`](Self::bearer_any_of).
     pub fn bearer<I, S>(mut self, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.bearer_scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self.bearer = Some(vec![scopes.into_iter().map(Into::into).collect()]);
+        self
+    }
+
+    /// The caller needs a bearer JWT with every one of `all_of` and at least one of `any_of`
+    /// (when not empty), as a route policy's `all_scopes` and `any_scope` say. OpenAPI has no "one of these scopes", so the operation lists one
+    /// security requirement per scope of `any_of`, each naming it and all of `all_of`:
+    /// `bearer_any_of(["orders"], ["read", "admin"])` gives
+    /// `[{"bearer": ["orders", "read"]}, {"bearer": ["orders", "admin"]}]`. Otherwise as
+    /// [`bearer`](Self::bearer), which it replaces.
+    pub fn bearer_any_of<A, B, S, T>(mut self, all_of: A, any_of: B) -> Self
+    where
+        A: IntoIterator<Item = S>,
+        B: IntoIterator<Item = T>,
+        S: Into<String>,
+        T: Into<String>,
+    {
+        let all_of: Vec<String> = all_of.into_iter().map(Into::into).collect();
+        let mut alternatives: Vec<Vec<String>> = Vec::new();
+        for scope in any_of {
+            let scope = scope.into();
+            let mut scopes = all_of.clone();
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+            if !alternatives.contains(&scopes) {
+                alternatives.push(scopes);
+            }
+        }
+        if alternatives.is_empty() {
+            alternatives.push(all_of);
+        }
+        self.bearer = Some(alternatives);
         self
     }
 
     /// The caller needs an API key on a usage plan, under the `apiKey` scheme
-    /// ([`OpenApi::api_key_header`]). Adds `401` (`invalid-api-key`), `403`, and `429` (the
-    /// plan's throttle or quota). With [`bearer`](Self::bearer) too, the caller needs both.
+    /// ([`OpenApi::api_key_header`] or [`OpenApi::api_key_query`]). Adds `401`
+    /// (`invalid-api-key`), `403`, and `429` (the plan's throttle or quota). With
+    /// [`bearer`](Self::bearer) too, the caller needs both: the key is named in every
+    /// security requirement.
     pub fn api_key(mut self) -> Self {
         self.api_key = true;
         self
     }
 
-    /// Anonymous callers are let through too (`{}` among the security requirements); the
-    /// credentials, when sent, are still checked. Has no effect without
-    /// [`bearer`](Self::bearer) or [`api_key`](Self::api_key).
+    /// The bearer token is optional: callers without one are let through too, and one that
+    /// is sent is still checked. The operation lists one more security requirement, `{}`, or
+    /// `{"apiKey": []}` with [`api_key`](Self::api_key), as the API key is still required.
+    /// Has no effect without [`bearer`](Self::bearer) or
+    /// [`bearer_any_of`](Self::bearer_any_of).
     pub fn optional_auth(mut self) -> Self {
         self.optional_auth = true;
         self
@@ -888,7 +950,9 @@ impl Operation {
     }
 
     /// A request header (a string); names are compared without regard to case, and a later
-    /// header of the same name replaces this one.
+    /// header of the same name replaces this one. `Accept`, `Content-Type` and
+    /// `Authorization` are left out: OpenAPI 3.1 says header parameters of those names are
+    /// ignored, as the request body's media type and the security schemes say them.
     pub fn header(mut self, name: impl Into<String>, required: bool) -> Self {
         self.push_parameter("header", name.into(), json!({ "type": "string" }), required);
         self
@@ -935,8 +999,10 @@ impl Operation {
 
     /// What a [`Validation`](crate::validate::Validation) checks on this route: its required
     /// headers and its query parameters become parameters (replacing any of the same name
-    /// described before), its body schema the JSON body, with its size cap; and the refusals
-    /// it makes are documented: `400` (with `errors`), `413` and, for a body, `415`.
+    /// described before; required `Accept`, `Content-Type` and `Authorization` headers are
+    /// left out, as for [`header`](Self::header)), its body schema the JSON body, with its
+    /// size cap; and the refusals it makes are documented: `400` (with `errors`), `413` and,
+    /// for a body, `415`.
     #[cfg(feature = "validate")]
     #[cfg_attr(docsrs, doc(cfg(feature = "validate")))]
     pub fn validation(mut self, validation: &crate::validate::Validation) -> Self {
@@ -966,6 +1032,11 @@ impl Operation {
         schema: Value,
         required: bool,
     ) {
+        // OpenAPI 3.1: header parameters named so "SHALL be ignored".
+        let ignored = ["accept", "content-type", "authorization"];
+        if location == "header" && ignored.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            return;
+        }
         let same = |p: &Parameter| {
             p.location == location
                 && if location == "header" {
@@ -1042,23 +1113,43 @@ impl Operation {
             operation.insert("requestBody".into(), body);
         }
 
-        let mut requirement = Map::new();
-        if let Some(scopes) = &self.bearer_scopes {
-            requirement.insert(BEARER.into(), scopes.clone().into());
-        }
-        if self.api_key {
-            requirement.insert(API_KEY.into(), json!([]));
-        }
-        if !requirement.is_empty() {
-            let mut security = vec![Value::Object(requirement)];
-            if self.optional_auth {
-                security.push(json!({}));
-            }
+        let security = self.security();
+        if !security.is_empty() {
             operation.insert("security".into(), security.into());
         }
 
         operation.insert("responses".into(), self.responses_json(components).into());
         operation.into()
+    }
+
+    /// The security requirements, alternatives of which a caller meets one: one per bearer
+    /// alternative, then the anonymous one when the token is optional; the API key, which is
+    /// never optional, in each.
+    fn security(&self) -> Vec<Value> {
+        let requirement = |scopes: Option<&Vec<String>>| {
+            let mut requirement = Map::new();
+            if let Some(scopes) = scopes {
+                requirement.insert(BEARER.into(), scopes.clone().into());
+            }
+            if self.api_key {
+                requirement.insert(API_KEY.into(), json!([]));
+            }
+            Value::Object(requirement)
+        };
+        match &self.bearer {
+            Some(alternatives) => {
+                let mut security: Vec<Value> = alternatives
+                    .iter()
+                    .map(|scopes| requirement(Some(scopes)))
+                    .collect();
+                if self.optional_auth {
+                    security.push(requirement(None));
+                }
+                security
+            }
+            None if self.api_key => vec![requirement(None)],
+            None => Vec::new(),
+        }
     }
 
     fn responses_json(&self, components: &mut Components) -> Map<String, Value> {
@@ -1089,7 +1180,7 @@ impl Operation {
             responses.insert(status.to_string(), response);
         }
 
-        let authenticated = self.bearer_scopes.is_some() || self.api_key;
+        let authenticated = self.bearer.is_some() || self.api_key;
         let refusals = [
             (Refusal::BadRequest, self.body.is_some() || self.validated),
             (Refusal::Unauthorized, authenticated),
@@ -1268,6 +1359,61 @@ mod tests {
         assert_eq!(
             document["paths"]["/a"]["get"]["security"],
             json!([{ "bearer": ["read"] }, {}])
+        );
+    }
+
+    #[test]
+    fn optional_auth_keeps_the_api_key_in_every_requirement() {
+        let document = OpenApi::new("t", "1")
+            .bearer_jwt()
+            .api_key_query("api_key")
+            .route(
+                "GET /a",
+                Operation::new().bearer(["read"]).api_key().optional_auth(),
+            )
+            .route("GET /b", Operation::new().api_key().optional_auth())
+            .build()
+            .unwrap();
+        assert_eq!(
+            document["paths"]["/a"]["get"]["security"],
+            json!([{ "bearer": ["read"], "apiKey": [] }, { "apiKey": [] }])
+        );
+        assert_eq!(
+            document["paths"]["/b"]["get"]["security"],
+            json!([{ "apiKey": [] }])
+        );
+        let scheme = &document["components"]["securitySchemes"]["apiKey"];
+        assert_eq!(
+            (&scheme["in"], &scheme["name"]),
+            (&json!("query"), &json!("api_key"))
+        );
+    }
+
+    #[test]
+    fn any_of_scopes_become_one_requirement_each() {
+        let document = OpenApi::new("t", "1")
+            .bearer_jwt()
+            .route(
+                "GET /a",
+                Operation::new().bearer_any_of(["orders"], ["read", "admin", "read", "orders"]),
+            )
+            .route(
+                "GET /b",
+                Operation::new().bearer_any_of(["orders"], Vec::<String>::new()),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            document["paths"]["/a"]["get"]["security"],
+            json!([
+                { "bearer": ["orders", "read"] },
+                { "bearer": ["orders", "admin"] },
+                { "bearer": ["orders"] },
+            ])
+        );
+        assert_eq!(
+            document["paths"]["/b"]["get"]["security"],
+            json!([{ "bearer": ["orders"] }])
         );
     }
 

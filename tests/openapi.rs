@@ -243,7 +243,8 @@ fn every_operation_feature_makes_valid_openapi_3_1() {
             { "name": "x-client", "in": "header", "required": true, "schema": { "type": "string" } },
         ])
     );
-    assert_eq!(get["security"], json!([{ "apiKey": [] }, {}]));
+    // The token is optional, the key never is: `optional_auth` adds no anonymous requirement.
+    assert_eq!(get["security"], json!([{ "apiKey": [] }]));
     assert_eq!(
         get["responses"]["404"],
         json!({ "description": "No such pet" })
@@ -439,4 +440,253 @@ fn a_validated_route_makes_valid_openapi_3_1() {
         post["responses"]["400"]["$ref"],
         "#/components/responses/BadRequest"
     );
+}
+
+/// The OpenAPI document of the configuration `yaml`, with servers added as a user would.
+fn config_document(yaml: &str, servers: &[&str]) -> Value {
+    let mut document = tollgate::config::GatewayConfig::from_yaml(yaml)
+        .unwrap()
+        .openapi("Config", "1")
+        .unwrap();
+    for url in servers {
+        document = document.server(*url, "added");
+    }
+    let document = document.build().unwrap();
+    assert!(
+        openapi_schema().is_valid(&document),
+        "{}",
+        violations(&document)
+    );
+    document
+}
+
+const JWT: &str = "auth:
+  authorizer:
+    jwt:
+      providers:
+        - issuer: https://login.example/
+          audiences: [shop]
+          algorithms: [HS256]
+          keys: { hmac_secret_env: SHOP_JWT_SECRET }
+";
+
+fn usage(key_sources: &str) -> String {
+    format!("usage:\n  key_sources: {key_sources}\n  plans:\n    basic: {{ name: Basic }}\n")
+}
+
+const KEYED_ROUTE: &str = "routes:
+  - route: GET /widgets
+    integration: { handler: widgets }
+    api_key: true
+";
+
+#[test]
+fn a_configured_query_key_source_is_the_api_key_scheme() {
+    let document = config_document(&(usage("[{ query: api_key }]") + KEYED_ROUTE), &[]);
+    assert_eq!(
+        document["components"]["securitySchemes"]["apiKey"],
+        json!({
+            "type": "apiKey", "in": "query", "name": "api_key",
+            "description": "An API key on a usage plan, which sets its throttle and quota.",
+        })
+    );
+    assert_eq!(
+        document["paths"]["/widgets"]["get"]["security"],
+        json!([{ "apiKey": [] }])
+    );
+
+    // The first source a client sends the key in, in order.
+    let sources = "[authorizer, { query: k }, { header: x-key }]";
+    let document = config_document(&(usage(sources) + KEYED_ROUTE), &[]);
+    let scheme = &document["components"]["securitySchemes"]["apiKey"];
+    assert_eq!(
+        (&scheme["in"], &scheme["name"]),
+        (&json!("query"), &json!("k"))
+    );
+    let document = config_document(
+        &(usage("[{ header: x-key }, { query: k }]") + KEYED_ROUTE),
+        &[],
+    );
+    let scheme = &document["components"]["securitySchemes"]["apiKey"];
+    assert_eq!(
+        (&scheme["in"], &scheme["name"]),
+        (&json!("header"), &json!("x-key"))
+    );
+}
+
+#[test]
+fn a_key_read_only_from_the_authorizer_declares_no_api_key_scheme() {
+    let document = config_document(&(usage("[authorizer]") + KEYED_ROUTE), &[]);
+    assert!(
+        document["components"].get("securitySchemes").is_none(),
+        "{document}"
+    );
+    let get = &document["paths"]["/widgets"]["get"];
+    assert!(get.get("security").is_none(), "{get}");
+    // The plan still throttles the route.
+    assert_eq!(
+        get["responses"]["429"]["$ref"],
+        "#/components/responses/TooManyRequests"
+    );
+}
+
+#[test]
+fn a_route_for_any_method_leaves_out_the_methods_routes_of_their_own_serve() {
+    let yaml = "routes:
+  - route: GET /pets
+    integration: { handler: list }
+    validate: { query: { limit: { type: integer } } }
+  - route: '* /pets'
+    integration: { handler: other }
+  - route: '* /toys'
+    integration: { handler: toys }
+";
+    let document = config_document(yaml, &[]);
+    let pets = document["paths"]["/pets"].as_object().unwrap();
+    let mut methods: Vec<&str> = pets.keys().map(String::as_str).collect();
+    methods.sort_unstable();
+    assert_eq!(methods, ["delete", "get", "patch", "post", "put"]);
+    assert_eq!(pets["get"]["operationId"], "getPets");
+    assert_eq!(pets["get"]["parameters"][0]["name"], "limit");
+    assert!(pets["post"].get("parameters").is_none(), "{}", pets["post"]);
+    assert_eq!(document["paths"]["/toys"].as_object().unwrap().len(), 5);
+}
+
+#[test]
+fn an_anonymous_route_with_an_api_key_still_requires_the_key() {
+    let yaml = format!(
+        "{JWT}{}routes:
+  - route: GET /catalog
+    integration: {{ handler: catalog }}
+    auth: {{ anonymous: true }}
+    api_key: true
+  - route: GET /public
+    integration: {{ handler: public }}
+    auth: {{ anonymous: true }}
+",
+        usage("[{ header: x-api-key }]")
+    );
+    let document = config_document(&yaml, &[]);
+    assert_eq!(
+        document["paths"]["/catalog"]["get"]["security"],
+        json!([{ "bearer": [], "apiKey": [] }, { "apiKey": [] }])
+    );
+    assert_eq!(
+        document["paths"]["/public"]["get"]["security"],
+        json!([{ "bearer": [] }, {}])
+    );
+}
+
+#[test]
+fn any_of_scopes_are_alternative_requirements_each_with_the_all_of_scopes() {
+    let yaml = format!(
+        "{JWT}{}routes:
+  - route: GET /orders
+    integration: {{ handler: orders }}
+    auth: {{ any_of: [read, admin] }}
+  - route: POST /orders
+    integration: {{ handler: orders }}
+    auth: {{ any_of: [write, admin], all_of: [orders] }}
+    api_key: true
+  - route: DELETE /orders
+    integration: {{ handler: orders }}
+    auth: {{ all_of: [orders, admin] }}
+",
+        usage("[]")
+    );
+    let document = config_document(&yaml, &[]);
+    let orders = &document["paths"]["/orders"];
+    assert_eq!(
+        orders["get"]["security"],
+        json!([{ "bearer": ["read"] }, { "bearer": ["admin"] }])
+    );
+    assert_eq!(
+        orders["post"]["security"],
+        json!([
+            { "bearer": ["orders", "write"], "apiKey": [] },
+            { "bearer": ["orders", "admin"], "apiKey": [] },
+        ])
+    );
+    assert_eq!(
+        orders["delete"]["security"],
+        json!([{ "bearer": ["orders", "admin"] }])
+    );
+    let description = document["components"]["securitySchemes"]["bearer"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        description.contains("meeting one of them is enough"),
+        "{description}"
+    );
+}
+
+#[test]
+fn configured_stages_stay_on_their_operations_when_servers_are_added() {
+    let yaml = "stages:
+  stages:
+    v1: { base_paths: [/v1] }
+    v2: { hosts: [v2.example.com] }
+    beta: { versions: [beta] }
+routes:
+  - route: GET /pets
+    integration: { handler: pets }
+";
+    let urls = |servers: &Value| -> Vec<String> {
+        servers
+            .as_array()
+            .unwrap_or_else(|| panic!("no servers: {servers}"))
+            .iter()
+            .map(|server| server["url"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Stages only: every operation is on every stage with a server; `beta`, selected by a
+    // version header, has none.
+    let document = config_document(yaml, &[]);
+    assert_eq!(
+        urls(&document["servers"]),
+        ["/v1", "https://v2.example.com"]
+    );
+    assert!(document["paths"]["/pets"].get("servers").is_none());
+
+    let document = config_document(yaml, &["https://api.example.com"]);
+    assert_eq!(
+        urls(&document["servers"]),
+        ["/v1", "https://v2.example.com", "https://api.example.com"]
+    );
+    assert_eq!(
+        urls(&document["paths"]["/pets"]["servers"]),
+        ["/v1", "https://v2.example.com"]
+    );
+}
+
+#[test]
+fn accept_content_type_and_authorization_are_never_header_parameters() {
+    let yaml = "routes:
+  - route: POST /orders
+    integration: { handler: orders }
+    validate: { headers: [Authorization, accept, Content-Type, x-client] }
+";
+    let document = config_document(yaml, &[]);
+    let post = &document["paths"]["/orders"]["post"];
+    assert_eq!(
+        post["parameters"],
+        json!([{ "name": "x-client", "in": "header", "required": true,
+                 "schema": { "type": "string" } }])
+    );
+    assert_eq!(
+        post["responses"]["400"]["$ref"],
+        "#/components/responses/BadRequest"
+    );
+
+    let document = OpenApi::new("t", "1")
+        .route(
+            "GET /a",
+            Operation::new()
+                .header("ACCEPT", true)
+                .header("authorization", true)
+                .header("content-type", false),
+        )
+        .build()
+        .unwrap();
+    assert!(document["paths"]["/a"]["get"].get("parameters").is_none());
 }

@@ -306,6 +306,71 @@ async fn every_violation_is_listed_in_one_refusal() {
 }
 
 #[tokio::test]
+async fn whitespace_query_values_are_checked_and_only_empty_ones_count_as_absent() {
+    let shop = shop().await;
+    let cases: &[(&str, Value)] = &[
+        (
+            "/orders?region=%20",
+            json!({"in": "query", "name": "region", "pointer": "/region",
+                   "detail": "expected one of \"eu\", \"us\", found \" \""}),
+        ),
+        (
+            "/orders?region=eu&priority=+",
+            json!({"in": "query", "name": "priority", "pointer": "/priority",
+                   "detail": "expected an integer, found \" \""}),
+        ),
+        (
+            "/orders?region=eu&priority=%09",
+            json!({"in": "query", "name": "priority", "pointer": "/priority",
+                   "detail": "expected an integer, found \"\\t\""}),
+        ),
+        (
+            "/orders?region=eu&notify=%20%20",
+            json!({"in": "query", "name": "notify", "pointer": "/notify",
+                   "detail": "expected true or false, found \"  \""}),
+        ),
+        (
+            "/orders?region=",
+            json!({"in": "query", "name": "region", "pointer": "/region",
+                   "detail": "the query parameter is required"}),
+        ),
+    ];
+    for (path, violation) in cases {
+        let reply = post_order(shop.addr, path, &[JSON, CLIENT], VALID_ORDER).await;
+        assert_violations(&reply, json!([violation]));
+    }
+    assert_eq!(shop.handler.count(), 0);
+
+    let reply = post_order(
+        shop.addr,
+        "/orders?region=eu&priority=&notify=",
+        &[JSON, CLIENT],
+        VALID_ORDER,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(shop.handler.count(), 1);
+}
+
+#[tokio::test]
+async fn a_required_header_of_whitespace_only_is_empty_and_refused() {
+    let shop = shop().await;
+    let reply = post_order(
+        shop.addr,
+        "/orders?region=eu",
+        &[JSON, ("x-client-id", " \t ")],
+        VALID_ORDER,
+    )
+    .await;
+    assert_violations(
+        &reply,
+        json!([{"in": "header", "name": "x-client-id", "pointer": "/x-client-id",
+                "detail": "the header is required and must not be blank"}]),
+    );
+    assert_eq!(shop.handler.count(), 0);
+}
+
+#[tokio::test]
 async fn a_body_that_is_not_json_is_refused_with_415() {
     let shop = shop().await;
     let reply = post_order(
@@ -476,4 +541,63 @@ async fn a_plain_hyper_service_is_validated_after_its_body_is_boxed() {
     let reply = post_order(addr, "/elsewhere", &[], "anything").await;
     assert_eq!(reply.body, "anything");
     assert_eq!(handler.count(), 2);
+}
+
+/// A schema that does not compile is refused at its field: an inline one when the
+/// configuration is read, a schema file's when the gateway is built (the file is read then).
+#[cfg(feature = "config")]
+mod config {
+    use tollgate::config::{GatewayConfig, GatewayHandle, Handlers};
+
+    #[test]
+    fn an_inline_schema_that_does_not_compile_is_refused_when_the_configuration_is_read() {
+        let yaml = "routes:
+  - route: GET /health
+    integration: { handler: o }
+  - route: POST /o
+    integration: { handler: o }
+    validate: { body: { schema: { type: 12 } } }
+";
+        let error = GatewayConfig::from_yaml(yaml).unwrap_err();
+        let [problem] = error.problems() else {
+            panic!("{error}");
+        };
+        assert_eq!(problem.path, "routes[1].validate.body.schema", "{error}");
+        assert!(
+            problem.message.starts_with("not a valid JSON Schema: "),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_schema_file_that_does_not_compile_is_refused_at_its_field_when_built() {
+        let dir = std::env::temp_dir().join(format!("tollgate-bad-schema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("order.json"), r#"{"type": 12}"#).unwrap();
+        std::fs::write(
+            dir.join("gateway.yaml"),
+            "routes:
+  - route: GET /health
+    integration: { handler: o }
+  - route: POST /o
+    integration: { handler: o }
+    validate: { body: { schema_file: order.json } }
+",
+        )
+        .unwrap();
+        let config = GatewayConfig::from_file(dir.join("gateway.yaml")).unwrap();
+        let error = GatewayHandle::new(config, Handlers::new().handler("o", || async { "ok" }))
+            .await
+            .unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let [problem] = error.problems() else {
+            panic!("{error}");
+        };
+        assert_eq!(
+            problem.path, "routes[1].validate.body.schema_file",
+            "{error}"
+        );
+        assert!(problem.message.contains("POST /o"), "{error}");
+        assert!(problem.message.contains("invalid JSON Schema"), "{error}");
+    }
 }

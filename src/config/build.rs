@@ -756,6 +756,22 @@ fn validation_problems(validate: &super::ValidateConfig) -> Vec<(String, String)
                 "must be more than 0".to_owned(),
             ));
         }
+        // Compiled as the layer compiles it; a schema file is read only when the gateway is
+        // built, so its schema is judged then.
+        if let Some(schema) = &body.schema {
+            let compiled = crate::validate::ValidateLayer::builder()
+                .route(
+                    "POST /",
+                    crate::validate::Validation::new().body(schema.clone()),
+                )
+                .build();
+            if let Err(crate::validate::ValidateError::InvalidSchema { reason, .. }) = compiled {
+                problems.push((
+                    "body.schema".to_owned(),
+                    format!("not a valid JSON Schema: {reason}"),
+                ));
+            }
+        }
     }
     problems
 }
@@ -1208,16 +1224,46 @@ pub(crate) async fn build(
     // answered from it. Every route is in the table (most with nothing to check), so a
     // request is judged by the route that serves it, never by a wider template beside it.
     if config.routes.iter().any(|route| route.validate.is_some()) {
-        let mut builder = crate::validate::ValidateLayer::builder();
+        use crate::validate::{ValidateError, ValidateLayer, Validation};
+        let mut checks = Vec::with_capacity(config.routes.len());
         for (index, route) in config.routes.iter().enumerate() {
-            let checks = match &route.validate {
+            checks.push(match &route.validate {
                 Some(validate) => validation(validate)
                     .map_err(|e| fail(format!("routes[{index}].validate.body.schema_file"), e))?,
-                None => crate::validate::Validation::new(),
-            };
-            builder = builder.route(&route.route, checks);
+                None => Validation::new(),
+            });
         }
-        let layer = builder.build().map_err(|e| fail("routes", e))?;
+        let builder = config
+            .routes
+            .iter()
+            .zip(&checks)
+            .fold(ValidateLayer::builder(), |builder, (route, checks)| {
+                builder.route(&route.route, checks.clone())
+            });
+        let layer = builder.build().map_err(|error| {
+            // Placed at the first route whose checks fail on their own (a schema file's
+            // schema, which only now is read); else the routes conflict.
+            let placed = config.routes.iter().zip(&checks).enumerate().find_map(
+                |(index, (route, checks))| {
+                    let error = ValidateLayer::builder()
+                        .route(&route.route, checks.clone())
+                        .build()
+                        .err()?;
+                    let body = route.validate.as_ref().and_then(|v| v.body.as_ref());
+                    let field = match (&error, body) {
+                        (ValidateError::InvalidSchema { .. }, Some(body))
+                            if body.schema_file.is_some() =>
+                        {
+                            "validate.body.schema_file"
+                        }
+                        (ValidateError::InvalidSchema { .. }, _) => "validate.body.schema",
+                        _ => "validate",
+                    };
+                    Some(fail(format!("routes[{index}].{field}"), error))
+                },
+            );
+            placed.unwrap_or_else(|| fail("routes", error))
+        })?;
         gateway = gateway.validate(layer);
     }
 

@@ -82,6 +82,11 @@ impl AccessRecord {
         Self::update(extensions, |fields| fields.add_upstream(took));
     }
 
+    /// What `read` makes of the notes so far, without copying them all.
+    pub fn read<R>(&self, read: impl FnOnce(&AccessFields) -> R) -> R {
+        read(&self.lock())
+    }
+
     /// A copy of what the layers have noted so far.
     pub fn fields(&self) -> AccessFields {
         self.lock().clone()

@@ -157,8 +157,9 @@ pub(crate) fn check_head(
         let Some(index) = params.iter().position(|(known, _)| *known == name) else {
             continue;
         };
-        // A blank value counts as absent, as Amazon API Gateway has it for required ones.
-        if is_blank(value.as_bytes()) {
+        // Only an empty value counts as absent, as Amazon API Gateway has it for required
+        // ones: any other, whitespace included, reaches the handler, so it is checked.
+        if value.is_empty() {
             continue;
         }
         present[index] = true;
@@ -247,6 +248,8 @@ pub(crate) fn escape_pointer(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
+/// Whether a header value is empty: whitespace around a field value is not part of it
+/// (RFC 9110, section 5.5), so one of whitespace only is empty too.
 fn is_blank(value: &[u8]) -> bool {
     value.iter().all(|byte| matches!(byte, b' ' | b'\t'))
 }
@@ -415,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn blank_query_values_count_as_absent() {
+    fn empty_query_values_count_as_absent() {
         let validation = Validation::new()
             .query("page", QueryParam::integer())
             .query("q", QueryParam::string().required());
@@ -429,6 +432,36 @@ mod tests {
         );
         assert!(head(&validation, &HeaderMap::new(), Some("q=x&q=")).is_empty());
         assert_eq!(head(&validation, &HeaderMap::new(), None).total(), 1);
+    }
+
+    #[test]
+    fn whitespace_query_values_are_present_and_checked() {
+        let validation = Validation::new()
+            .query("limit", QueryParam::integer())
+            .query("sort", QueryParam::one_of(["name"]).required())
+            .query("q", QueryParam::string().required());
+        let out = head(
+            &validation,
+            &HeaderMap::new(),
+            Some("limit=+&limit=%09&sort=%20&q=%20"),
+        );
+        assert_eq!(
+            pointers_and_details(&out),
+            [
+                (
+                    "/limit".to_owned(),
+                    "expected an integer, found \" \"".to_owned()
+                ),
+                (
+                    "/limit".to_owned(),
+                    "expected an integer, found \"\\t\"".to_owned()
+                ),
+                (
+                    "/sort".to_owned(),
+                    "expected one of \"name\", found \" \"".to_owned()
+                ),
+            ]
+        );
     }
 
     fn body(schema: Value, document: &str) -> Violations {

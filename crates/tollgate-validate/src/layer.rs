@@ -103,6 +103,17 @@ impl Shared {
 /// listing every violation, before the handler runs: Amazon API Gateway's request validator.
 ///
 /// See the [crate documentation](crate) for what is checked, in which order, and an example.
+///
+/// # Which route checks a request
+///
+/// The layer's route table matches the method first, then the path (see [`RouteTable`]):
+/// for a `POST /orders/bulk`, `"POST /orders/{id}"` wins over `"* /orders/bulk"`, which is
+/// consulted only when no `POST` route matches. axum's router matches the path first and sends
+/// that request to the `/orders/bulk` handler, which would then be checked as
+/// `POST /orders/{id}`. So in code, give the layer every route its checks should tell apart
+/// (here `"POST /orders/bulk"` too, with an empty [`Validation`] if it needs nothing). A
+/// configuration file puts every route in the table, so there the checks always follow the
+/// route that serves the request.
 #[must_use]
 pub struct ValidateLayer<M = WrapBody> {
     shared: Arc<Shared>,

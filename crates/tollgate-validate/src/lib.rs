@@ -66,9 +66,10 @@
 //! [`RouteTable`](tollgate_core::RouteTable)); the others pass untouched, at the cost of the
 //! lookup. For a matched route, in this order:
 //!
-//! 1. The head: required headers present and not blank; query parameters percent-decoded,
-//!    required ones present (a blank value counts as absent), every occurrence of a checked
-//!    one of its kind.
+//! 1. The head: required headers present and not empty (a value of whitespace only is
+//!    empty, as HTTP strips whitespace around a value); query parameters percent-decoded,
+//!    required ones present (an empty value counts as absent), every other occurrence of a
+//!    checked one, whitespace included, of its kind.
 //! 2. With a body limit ([`Validation::max_body_bytes`], or the default that comes with a
 //!    body schema): a `Content-Length` (or body size hint) over it is refused with 413 at once,
 //!    before a byte is read.

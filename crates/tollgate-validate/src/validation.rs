@@ -47,9 +47,11 @@ impl Validation {
         Self::default()
     }
 
-    /// Requires the header `name` (any case), present and not blank, as Amazon API Gateway
-    /// requires a method's required headers. Its value need not be UTF-8. A name that is not
-    /// a valid header name is refused when the layer is built.
+    /// Requires the header `name` (any case), present and not empty, as Amazon API Gateway
+    /// requires a method's required headers. A value of whitespace only is empty: whitespace
+    /// around a field value is not part of it (RFC 9110, section 5.5), and hyper strips it
+    /// before the layer sees it. Its value need not be UTF-8. A name that is not a valid
+    /// header name is refused when the layer is built.
     pub fn header(mut self, name: &str) -> Self {
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(name) if !self.headers.contains(&name) => self.headers.push(name),
@@ -60,8 +62,9 @@ impl Validation {
     }
 
     /// Checks the query parameter `name` (compared after percent-decoding, case-sensitively):
-    /// each occurrence must parse as `param` says, and a required one must be present. Given
-    /// twice, the later `param` replaces the earlier.
+    /// each occurrence must parse as `param` says, and a required one must be present. An
+    /// empty value (`?limit=`) counts as absent; any other, whitespace (`?limit=+`) included,
+    /// is checked. Given twice, the later `param` replaces the earlier.
     pub fn query(mut self, name: impl Into<String>, param: QueryParam) -> Self {
         let name = name.into();
         match self.query.iter_mut().find(|(known, _)| *known == name) {
@@ -204,7 +207,7 @@ impl QueryParam {
         ))
     }
 
-    /// Requires the parameter: absent, or present only with blank values, it is a violation.
+    /// Requires the parameter: absent, or present only with empty values, it is a violation.
     pub fn required(mut self) -> Self {
         self.required = true;
         self
