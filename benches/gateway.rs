@@ -88,11 +88,34 @@ fn request(peer: SocketAddr) -> Request<Body> {
     request
 }
 
-fn gateway(c: &mut Criterion) {
+/// A case: a request in, the response of the service measured.
+type Case = Box<dyn FnMut(Request<Body>) -> Response<Body>>;
+
+/// `service`, served by a clone for each request as axum serves a route.
+fn case<S>(service: S) -> Case
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + 'static,
+{
+    Box::new(move |request| serve(&mut service.clone(), request))
+}
+
+/// Every group's first two cases: the bare service, and the gateway with no step around it.
+fn baselines() -> Vec<(&'static str, Case)> {
+    vec![
+        ("bare", case(bare())),
+        (
+            "gateway_no_steps",
+            case(Gateway::builder().build().layer(bare())),
+        ),
+    ]
+}
+
+/// Measures `cases` in group `name`, each on requests from one client.
+fn measure(c: &mut Criterion, name: &str, cases: Vec<(&'static str, Case)>) {
     let peer: SocketAddr = "192.0.2.1:4000".parse().expect("an address");
-    let mut group = c.benchmark_group("gateway/throttle");
+    let mut group = c.benchmark_group(name);
     configure(&mut group);
-    let mut run = |name: &str, mut service: Box<dyn FnMut(Request<Body>) -> Response<Body>>| {
+    for (name, mut service) in cases {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let response = service(black_box(request(peer)));
@@ -100,96 +123,61 @@ fn gateway(c: &mut Criterion) {
                 response
             })
         });
-    };
-    let service = bare();
-    run("bare", Box::new(move |r| serve(&mut service.clone(), r)));
-    let service = Gateway::builder().build().layer(bare());
-    run(
-        "gateway_no_steps",
-        Box::new(move |r| serve(&mut service.clone(), r)),
-    );
-    let service = throttle().layer(bare());
-    run(
-        "throttle_layer",
-        Box::new(move |r| serve(&mut service.clone(), r)),
-    );
-    let service = Gateway::builder()
-        .throttle(throttle())
-        .build()
-        .layer(bare());
-    run(
-        "gateway_throttle",
-        Box::new(move |r| serve(&mut service.clone(), r)),
-    );
-    #[cfg(feature = "config")]
-    {
-        let service = configured().layer().layer(bare());
-        run(
-            "config_throttle",
-            Box::new(move |r| serve(&mut service.clone(), r)),
-        );
     }
     group.finish();
+}
+
+fn gateway(c: &mut Criterion) {
+    let mut cases = baselines();
+    cases.push(("throttle_layer", case(throttle().layer(bare()))));
+    cases.push((
+        "gateway_throttle",
+        case(
+            Gateway::builder()
+                .throttle(throttle())
+                .build()
+                .layer(bare()),
+        ),
+    ));
+    #[cfg(feature = "config")]
+    cases.push(("config_throttle", case(configured().layer().layer(bare()))));
+    measure(c, "gateway/throttle", cases);
 }
 
 #[cfg(feature = "observe")]
 fn observe(c: &mut Criterion) {
     use tollgate::observe::AccessLogLayer;
 
-    let peer: SocketAddr = "192.0.2.1:4000".parse().expect("an address");
-    let mut group = c.benchmark_group("gateway/observe");
-    configure(&mut group);
-    let mut run = |name: &str, mut service: Box<dyn FnMut(Request<Body>) -> Response<Body>>| {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let response = service(black_box(request(peer)));
-                assert_eq!(response.status(), StatusCode::OK);
-                response
-            })
-        });
-    };
-    let service = bare();
-    run("bare", Box::new(move |r| serve(&mut service.clone(), r)));
-    let service = Gateway::builder().build().layer(bare());
-    run(
-        "gateway_no_steps",
-        Box::new(move |r| serve(&mut service.clone(), r)),
-    );
-    let service = Gateway::builder().request_id().build().layer(bare());
-    run(
+    let mut cases = baselines();
+    cases.push((
         "request_id",
-        Box::new(move |r| serve(&mut service.clone(), r)),
-    );
-    let service = Gateway::builder()
-        .access_log(AccessLogLayer::new())
-        .build()
-        .layer(bare());
-    run(
-        "access_log_off",
-        Box::new(move |r| serve(&mut service.clone(), r)),
-    );
+        case(Gateway::builder().request_id().build().layer(bare())),
+    ));
+    let access_log = || {
+        Gateway::builder()
+            .access_log(AccessLogLayer::new())
+            .build()
+            .layer(bare())
+    };
+    cases.push(("access_log_off", case(access_log())));
     let subscriber = tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::sink)
         .with_max_level(tracing::Level::INFO)
         .finish();
     let dispatch = tracing::Dispatch::new(subscriber);
-    let service = Gateway::builder()
-        .access_log(AccessLogLayer::new())
-        .build()
-        .layer(bare());
-    run(
+    let service = access_log();
+    cases.push((
         "access_log_json",
-        Box::new(move |r| {
-            tracing::dispatcher::with_default(&dispatch, || serve(&mut service.clone(), r))
+        Box::new(move |request| {
+            tracing::dispatcher::with_default(&dispatch, || serve(&mut service.clone(), request))
         }),
-    );
-    let service = Gateway::builder().metrics().build().layer(bare());
-    run(
+    ));
+    cases.push((
         "metrics_off",
-        Box::new(move |r| serve(&mut service.clone(), r)),
-    );
-    group.finish();
+        case(Gateway::builder().metrics().build().layer(bare())),
+    ));
+    measure(c, "gateway/observe", cases);
 }
 
 #[cfg(not(feature = "observe"))]
