@@ -73,9 +73,15 @@ fn validate(c: &mut Criterion) {
     let service = bare();
     run("bare", Box::new(move |r| serve(&mut service.clone(), r)));
     let service = layer("GET /elsewhere", head_checks()).layer(bare());
-    run("off_route", Box::new(move |r| serve(&mut service.clone(), r)));
+    run(
+        "off_route",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
     let service = layer("POST /orders", head_checks()).layer(bare());
-    run("head_checks", Box::new(move |r| serve(&mut service.clone(), r)));
+    run(
+        "head_checks",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
     let schema = json!({
         "type": "object",
         "required": ["customer", "items"],
@@ -97,7 +103,10 @@ fn validate(c: &mut Criterion) {
         }
     });
     let service = layer("POST /orders", head_checks().body(schema)).layer(bare());
-    run("json_body", Box::new(move |r| serve(&mut service.clone(), r)));
+    run(
+        "json_body",
+        Box::new(move |r| serve(&mut service.clone(), r)),
+    );
     group.finish();
 }
 
